@@ -1,0 +1,48 @@
+#include "proto/config.h"
+
+#include "gtest/gtest.h"
+
+namespace ember::proto {
+namespace {
+
+const char kGood[] = R"(
+tables { name: "item" dim: 8 }
+data {
+  train: "/tmp/x"
+  columns { name: "label" type: LABEL }
+  columns { name: "item" type: SPARSE table: "item" }
+}
+)";
+
+TEST(ConfigTest, ParsesAndValidates) {
+  auto c = ParseJobConfig(kGood, "good.conf");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  EXPECT_EQ(c->cluster().num_logical_shards(), 1024u);
+  EXPECT_EQ(FindTable(*c, "item"), 0);
+  EXPECT_EQ(ColumnSlot(*c, 1), 2u);
+}
+
+TEST(ConfigTest, SyntaxErrorNamesFileAndLine) {
+  auto c = ParseJobConfig("tables { name: \"a\" \n dimm: 3 }", "bad.conf");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("bad.conf:2"), std::string::npos) << c.status();
+}
+
+TEST(ConfigTest, ValidationNamesField) {
+  auto c = ParseJobConfig(kGood, "x");
+  ASSERT_TRUE(c.ok());
+  c->mutable_data()->mutable_columns(1)->set_table("nope");
+  auto st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("data.columns[1].table"), std::string::npos) << st;
+  c = ParseJobConfig(kGood, "x");
+  c->mutable_tables(0)->mutable_optimizer()->set_learning_rate(-1);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("tables[0].optimizer.learning_rate"), std::string::npos) << st;
+  c = ParseJobConfig(kGood, "x");
+  c->mutable_cluster()->set_heartbeat_timeout_ms(10);
+  EXPECT_FALSE(ValidateJobConfig(*c).ok());
+}
+
+}  // namespace
+}  // namespace ember::proto
