@@ -1,0 +1,80 @@
+// The parameter server: holds the logical shards of every sparse table that
+// the shard map gives it, plus one slice of the dense parameters, and applies
+// the optimizers. See docs/wire_format.md for the requests it serves.
+//
+// Threads: one I/O thread (Run) receives, validates and answers; N handler
+// threads each own a fixed set of logical shards (shard s of this server goes
+// to handler (local index of s) mod N). A PULL or PUSH is cut by shard and
+// the parts run on their owners in parallel; the last part to finish posts
+// the reply. So a shard's hash index and arena are touched by one thread only
+// and need no lock. Dense parameters are touched by the I/O thread only.
+#ifndef EMBER_PS_SERVER_H_
+#define EMBER_PS_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "net/transport.h"
+#include "proto/config.pb.h"
+#include "proto/wire.pb.h"
+
+namespace ember::ps {
+
+struct ServerOptions {
+  // The validated job config: tables, cluster.num_logical_shards,
+  // cluster.server_threads, model.dense_optimizer.
+  proto::JobConfig config;
+  // Owner of every logical shard; must have num_logical_shards entries.
+  proto::ShardMap shard_map;
+  // This server's rank among servers (which shards it owns).
+  uint32_t rank = 0;
+  // Node id written into reply headers.
+  int32_t node_id = -1;
+  // This server's dense slice: [dense_offset, dense_offset + dense_init.size())
+  // of the global dense vector, with its initial values.
+  uint64_t dense_offset = 0;
+  std::vector<float> dense_init;
+};
+
+struct ServerStats {
+  uint64_t pulls = 0, pushes = 0, pulled_keys = 0, pushed_keys = 0;
+  uint64_t errors = 0;   // requests answered with an error
+  uint64_t rows = 0;     // resident rows over all tables
+  uint64_t memory_bytes = 0;
+};
+
+class Server {
+ public:
+  // Checks the options (shard map size, table dims) and takes ownership of
+  // `transport`, which must already be bound (workers connect to it).
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<Server>> Create(
+      ServerOptions options, std::unique_ptr<net::Transport> transport);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Serves requests on the calling thread until Stop(). Returns an error only
+  // if the transport fails.
+  [[nodiscard]] absl::Status Run();
+  // Thread-safe; makes Run return after the requests in progress finish.
+  void Stop();
+
+  // Thread-safe snapshot. rows/memory_bytes are summed by the handler
+  // threads and are at most one request stale.
+  ServerStats stats() const;
+
+ private:
+  class Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ember::ps
+
+#endif  // EMBER_PS_SERVER_H_

@@ -1,0 +1,228 @@
+#include "ps/server.h"
+
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "net/client.h"
+#include "ps/keys.h"
+#include "ps/routing.h"
+#include "storage/sparse_table.h"
+
+namespace ember::ps {
+namespace {
+
+// One server on an in-process transport, with a client connected to it.
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto* t = config_.add_tables();
+    t->set_name("emb");
+    t->set_dim(4);
+    t->mutable_optimizer()->set_kind(proto::OptimizerConfig::ADAGRAD);
+    t->mutable_optimizer()->set_learning_rate(0.1f);
+    t = config_.add_tables();
+    t->set_name("bias");
+    t->set_dim(1);
+    t->mutable_optimizer()->set_kind(proto::OptimizerConfig::SGD);
+    config_.mutable_cluster()->set_num_logical_shards(16);
+    config_.mutable_cluster()->set_server_threads(3);
+    config_.mutable_model()->mutable_dense_optimizer()->set_kind(proto::OptimizerConfig::SGD);
+    config_.mutable_model()->mutable_dense_optimizer()->set_learning_rate(1.0f);
+    // Server 0 owns even shards; odd shards belong to a server that is not here.
+    map_.set_num_logical_shards(16);
+    for (int s = 0; s < 16; ++s) map_.add_server_rank(s % 2);
+
+    net::TransportOptions o;
+    o.kind = net::TransportOptions::Kind::kInproc;
+    o.hub = &hub_;
+    auto st = net::CreateTransport(o);
+    ASSERT_TRUE((*st)->Bind("inproc://ps0").ok());
+    ServerOptions so;
+    so.config = config_;
+    so.shard_map = map_;
+    so.rank = 0;
+    so.dense_offset = 100;
+    so.dense_init = {1, 2, 3};
+    auto server = Server::Create(so, std::move(*st));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    thread_ = std::thread([this] { ASSERT_TRUE(server_->Run().ok()); });
+    client_ = net::Client::Create(std::move(*net::CreateTransport(o)));
+    peer_ = *client_->Connect("inproc://ps0");
+  }
+  void TearDown() override {
+    client_.reset();
+    server_->Stop();
+    thread_.join();
+  }
+
+  std::vector<uint64_t> OwnKeys(size_t n, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<uint64_t> keys;
+    while (keys.size() < n) {
+      uint64_t k = rng();
+      if (ShardOf(k, 16) % 2 == 0) keys.push_back(k);
+    }
+    return keys;
+  }
+
+  net::Message Pull(uint32_t table, uint32_t dim, const std::vector<uint64_t>& keys) {
+    net::Message m;
+    m.header.set_command(proto::PULL);
+    m.header.set_table(table);
+    m.header.set_dim(dim);
+    m.header.set_num_keys(keys.size());
+    m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+    return m;
+  }
+
+  std::vector<float> PullValues(uint32_t table, uint32_t dim, const std::vector<uint64_t>& keys) {
+    auto r = client_->Call(peer_, Pull(table, dim, keys), absl::Seconds(10));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return {};
+    r->frames[0].Align<float>();
+    auto v = r->frames[0].As<float>();
+    return std::vector<float>(v.begin(), v.end());
+  }
+
+  absl::Status Push(uint32_t table, uint32_t dim, const std::vector<uint64_t>& keys, const std::vector<float>& g) {
+    net::Message m;
+    m.header.set_command(proto::PUSH);
+    m.header.set_table(table);
+    m.header.set_dim(dim);
+    m.header.set_num_keys(keys.size());
+    m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+    m.frames.push_back(net::Frame::Copy(g.data(), g.size() * 4));
+    return client_->Call(peer_, std::move(m), absl::Seconds(10)).status();
+  }
+
+  proto::JobConfig config_;
+  proto::ShardMap map_;
+  net::InprocHub hub_;
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+  std::unique_ptr<net::Client> client_;
+  net::PeerId peer_;
+};
+
+TEST_F(ServerTest, PullCreatesInitialisedRowsAndPushAppliesOptimizer) {
+  std::vector<uint64_t> keys = OwnKeys(2000, 1);
+  // Send them grouped by shard, as the client does, and also unordered.
+  std::vector<uint64_t> grouped;
+  std::vector<uint32_t> begin;
+  KeyRouter(map_, 2).Group(keys, &grouped, &begin, nullptr);
+  std::vector<float> v = PullValues(0, 4, grouped);
+  ASSERT_EQ(v.size(), grouped.size() * 4);
+  storage::TableSpec spec(config_.tables(0));
+  std::vector<uint8_t> row(spec.row_bytes());
+  for (size_t i = 0; i < grouped.size(); i += 101) {
+    spec.InitRow(grouped[i], 0, row.data());
+    for (int j = 0; j < 4; ++j) ASSERT_EQ(v[i * 4 + j], storage::TableSpec::Weights(row.data())[j]);
+  }
+
+  // Push a gradient to every key twice (duplicates within one request apply twice).
+  std::vector<uint64_t> dup = keys;
+  dup.insert(dup.end(), keys.begin(), keys.end());
+  std::vector<float> g(dup.size() * 4, 0.5f);
+  ASSERT_TRUE(Push(0, 4, dup, g).ok());
+  std::vector<float> after = PullValues(0, 4, keys);
+  for (size_t i = 0; i < keys.size(); i += 97) {
+    spec.InitRow(keys[i], 0, row.data());
+    float* w = storage::TableSpec::Weights(row.data());
+    const float grad[4] = {0.5f, 0.5f, 0.5f, 0.5f};
+    spec.rule().Apply(w, spec.State(row.data()), grad, 4);
+    spec.rule().Apply(w, spec.State(row.data()), grad, 4);
+    for (int j = 0; j < 4; ++j) ASSERT_EQ(after[i * 4 + j], w[j]) << i;
+  }
+  ServerStats s = server_->stats();
+  EXPECT_EQ(s.pushed_keys, dup.size());
+  EXPECT_EQ(s.errors, 0u);
+}
+
+TEST_F(ServerTest, ConcurrentClientsOnDisjointAndSharedKeys) {
+  std::vector<uint64_t> keys = OwnKeys(500, 2);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t) {
+    ts.emplace_back([&] {
+      for (int i = 0; i < 20; ++i) {
+        ASSERT_TRUE(Push(1, 1, keys, std::vector<float>(keys.size(), 1.0f)).ok());
+      }
+    });
+  }
+  for (auto& t : ts) t.join();
+  storage::TableSpec spec(config_.tables(1));
+  std::vector<uint8_t> row(spec.row_bytes());
+  std::vector<float> v = PullValues(1, 1, keys);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    spec.InitRow(keys[i], 0, row.data());
+    // SGD lr 0.05 (default) x 80 pushes of gradient 1, in any order.
+    ASSERT_NEAR(v[i], storage::TableSpec::Weights(row.data())[0] - 80 * 0.05f, 1e-4);
+  }
+}
+
+TEST_F(ServerTest, MalformedRequestsGetErrorRepliesAndServerKeepsServing) {
+  std::vector<uint64_t> keys = OwnKeys(10, 3);
+  // Wrong frame count.
+  net::Message m = Pull(0, 4, keys);
+  m.frames.push_back(net::Frame::Copy("x", 1));
+  auto r = client_->Call(peer_, std::move(m), absl::Seconds(5));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("BAD_FRAMES"), std::string::npos) << r.status();
+  // Unknown table.
+  r = client_->Call(peer_, Pull(7, 4, keys), absl::Seconds(5));
+  EXPECT_NE(r.status().message().find("UNKNOWN_TABLE"), std::string::npos) << r.status();
+  // Truncated key bytes.
+  m = Pull(0, 4, keys);
+  m.frames[0] = net::Frame::Copy(keys.data(), keys.size() * 8 - 3);
+  r = client_->Call(peer_, std::move(m), absl::Seconds(5));
+  EXPECT_NE(r.status().message().find("BAD_SIZE"), std::string::npos) << r.status();
+  // Wrong dim for the table.
+  r = client_->Call(peer_, Pull(0, 8, keys), absl::Seconds(5));
+  EXPECT_NE(r.status().message().find("dim 4"), std::string::npos) << r.status();
+  // A key of another server's shard: the whole push is refused, nothing applied.
+  std::vector<uint64_t> mixed = keys;
+  uint64_t foreign = 0;
+  while (ShardOf(foreign, 16) % 2 == 0) ++foreign;
+  std::vector<float> before = PullValues(0, 4, keys);
+  mixed.push_back(foreign);
+  absl::Status ps = Push(0, 4, mixed, std::vector<float>(mixed.size() * 4, 1.0f));
+  EXPECT_EQ(ps.code(), absl::StatusCode::kFailedPrecondition) << ps;
+  EXPECT_EQ(PullValues(0, 4, keys), before);
+  // Unknown command.
+  net::Message u;
+  u.header.set_command(proto::GET_CHUNK);
+  u.header.mutable_chunk_request();
+  r = client_->Call(peer_, std::move(u), absl::Seconds(5));
+  EXPECT_NE(r.status().message().find("UNKNOWN_COMMAND"), std::string::npos) << r.status();
+  // Still serving.
+  EXPECT_EQ(PullValues(0, 4, keys).size(), 40u);
+  EXPECT_GE(server_->stats().errors, 6u);
+}
+
+TEST_F(ServerTest, DenseSlicePullPush) {
+  net::Message m;
+  m.header.set_command(proto::DENSE_PULL);
+  m.header.set_dense_offset(100);
+  m.header.set_dense_length(3);
+  auto r = client_->Call(peer_, m, absl::Seconds(5));
+  ASSERT_TRUE(r.ok()) << r.status();
+  r->frames[0].Align<float>();
+  EXPECT_EQ(r->frames[0].As<float>()[2], 3.0f);
+  net::Message p;
+  p.header.set_command(proto::DENSE_PUSH);
+  p.header.set_dense_offset(100);
+  p.header.set_dense_length(3);
+  p.frames.push_back(net::Frame::FromVector(std::vector<float>{1, 1, 1}));
+  ASSERT_TRUE(client_->Call(peer_, p, absl::Seconds(5)).ok());
+  r = client_->Call(peer_, m, absl::Seconds(5));
+  ASSERT_TRUE(r.ok());
+  r->frames[0].Align<float>();
+  EXPECT_EQ(r->frames[0].As<float>()[0], 0.0f);  // SGD lr 1
+  // Outside the slice.
+  m.header.set_dense_offset(99);
+  EXPECT_FALSE(client_->Call(peer_, m, absl::Seconds(5)).ok());
+}
+
+}  // namespace
+}  // namespace ember::ps

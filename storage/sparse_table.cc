@@ -1,0 +1,100 @@
+#include "storage/sparse_table.h"
+
+#include <bit>
+
+#include "storage/initializer.h"
+
+namespace ember::storage {
+namespace {
+
+constexpr uint32_t kFirstSlabShift = 6;  // 64 rows
+constexpr uint32_t kMaxDoublings = 10;   // slabs grow to 64K rows
+// Rows held by slabs 0..kMaxDoublings together: 64 * (2^11 - 1).
+constexpr uint32_t kGrowthRows = (1u << kFirstSlabShift) * ((1u << (kMaxDoublings + 1)) - 1);
+constexpr uint32_t kBigSlabShift = kFirstSlabShift + kMaxDoublings;
+
+// Slab number and offset of a slot.
+inline void Locate(uint32_t slot, uint32_t* slab, uint32_t* offset) {
+  if (slot < kGrowthRows) {
+    // Slab k starts at 64 * (2^k - 1).
+    const uint32_t q = (slot >> kFirstSlabShift) + 1;
+    const uint32_t k = 31 - std::countl_zero(q);
+    *slab = k;
+    *offset = slot - ((1u << kFirstSlabShift) * ((1u << k) - 1));
+  } else {
+    const uint32_t rest = slot - kGrowthRows;
+    *slab = kMaxDoublings + 1 + (rest >> kBigSlabShift);
+    *offset = rest & ((1u << kBigSlabShift) - 1);
+  }
+}
+
+inline size_t SlabRows(uint32_t slab) {
+  return size_t{1} << (kFirstSlabShift + std::min(slab, kMaxDoublings));
+}
+
+}  // namespace
+
+TableSpec::TableSpec(const proto::TableConfig& config)
+    : config_(config), rule_(config.optimizer()), dim_(config.dim()) {
+  state_floats_ = rule_.StateFloats(dim_);
+  row_bytes_ = (sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float) + 7) & ~size_t{7};
+}
+
+void TableSpec::InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const {
+  *Meta(row) = RowMeta{key, 0, 0, epoch, 0};
+  float* w = Weights(row);
+  InitWeights(config_.initializer(), key, epoch, w, dim_);
+  rule_.InitState(w, State(row), dim_);
+}
+
+ShardTable::ShardTable(const TableSpec* spec) : spec_(spec) {}
+
+uint8_t* ShardTable::RowAt(uint32_t slot) {
+  uint32_t slab, offset;
+  Locate(slot, &slab, &offset);
+  return slabs_[slab].get() + size_t{offset} * spec_->row_bytes();
+}
+
+uint8_t* ShardTable::Find(uint64_t key) {
+  auto it = index_.find(key);
+  return it == index_.end() ? nullptr : RowAt(it->second);
+}
+
+uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t epoch, bool* created) {
+  auto [it, inserted] = index_.try_emplace(key, 0);
+  *created = inserted;
+  if (!inserted) return RowAt(it->second);
+  uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = next_slot_++;
+    uint32_t slab, offset;
+    Locate(slot, &slab, &offset);
+    if (slab >= slabs_.size()) {
+      // new[] without () leaves the bytes uninitialised: InitRow writes them.
+      slabs_.emplace_back(new uint8_t[SlabRows(slab) * spec_->row_bytes()]);
+    }
+  }
+  it->second = slot;
+  uint8_t* row = RowAt(slot);
+  spec_->InitRow(key, epoch, row);
+  return row;
+}
+
+bool ShardTable::Erase(uint64_t key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  free_slots_.push_back(it->second);
+  index_.erase(it);
+  return true;
+}
+
+size_t ShardTable::MemoryBytes() const {
+  size_t bytes = index_.capacity() * (sizeof(std::pair<uint64_t, uint32_t>) + 1);
+  for (uint32_t k = 0; k < slabs_.size(); ++k) bytes += SlabRows(k) * spec_->row_bytes();
+  return bytes + free_slots_.capacity() * sizeof(uint32_t);
+}
+
+}  // namespace ember::storage

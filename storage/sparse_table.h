@@ -1,0 +1,100 @@
+// The in-memory sparse table of one logical shard: a hash index (absl) from
+// key to row number, and a slab arena of fixed-size rows. Rows never move, so
+// a row pointer stays valid until the row is erased. A row is
+//   RowMeta | weights[dim] | optimizer state[StateFloats(dim)]
+// The memory budget and RocksDB tier (issue 4) sit on top of this.
+//
+// Thread safety: none. A ShardTable is touched by exactly one server handler
+// thread (the one that owns its logical shard), so it needs no lock.
+#ifndef EMBER_STORAGE_SPARSE_TABLE_H_
+#define EMBER_STORAGE_SPARSE_TABLE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "proto/config.pb.h"
+#include "storage/optimizer.h"
+
+namespace ember::storage {
+
+struct RowMeta {
+  uint64_t key;
+  uint32_t count;      // gradient pushes that touched the row
+  uint32_t last_step;  // server push sequence number of the last push
+  uint32_t epoch;      // reset epoch the row was initialised in
+  uint32_t flags;
+};
+static_assert(sizeof(RowMeta) == 24);
+
+// Shape and rules shared by every shard of one table. Immutable after
+// construction; shared by all handler threads.
+class TableSpec {
+ public:
+  explicit TableSpec(const proto::TableConfig& config);
+
+  const proto::TableConfig& config() const { return config_; }
+  uint32_t dim() const { return dim_; }
+  size_t state_floats() const { return state_floats_; }
+  // Bytes per row, a multiple of 8.
+  size_t row_bytes() const { return row_bytes_; }
+  const OptimizerRule& rule() const { return rule_; }
+
+  // Fills a fresh row for `key`: meta, initial weights, optimizer state.
+  void InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const;
+
+  static RowMeta* Meta(uint8_t* row) { return reinterpret_cast<RowMeta*>(row); }
+  static float* Weights(uint8_t* row) { return reinterpret_cast<float*>(row + sizeof(RowMeta)); }
+  float* State(uint8_t* row) const { return Weights(row) + dim_; }
+
+ private:
+  proto::TableConfig config_;
+  OptimizerRule rule_;
+  uint32_t dim_;
+  size_t state_floats_;
+  size_t row_bytes_;
+};
+
+class ShardTable {
+ public:
+  // `spec` is not owned and must outlive the table.
+  explicit ShardTable(const TableSpec* spec);
+  ShardTable(const ShardTable&) = delete;
+  ShardTable& operator=(const ShardTable&) = delete;
+
+  // The row of `key`, or nullptr.
+  uint8_t* Find(uint64_t key);
+  // The row of `key`, created and initialised (for reset epoch `epoch`) if
+  // absent; *created tells which.
+  uint8_t* FindOrCreate(uint64_t key, uint32_t epoch, bool* created);
+  // Removes the row of `key`; its slot is reused. False if absent.
+  bool Erase(uint64_t key);
+
+  size_t size() const { return index_.size(); }
+  // Bytes held: arena slabs plus the hash index's slots.
+  size_t MemoryBytes() const;
+
+  // Calls fn(key, row) for every row, in no particular order. fn must not
+  // insert or erase.
+  template <typename Fn>
+  void ForEach(Fn&& fn) {
+    for (const auto& [key, slot] : index_) fn(key, RowAt(slot));
+  }
+
+ private:
+  uint8_t* RowAt(uint32_t slot);
+
+  const TableSpec* spec_;
+  absl::flat_hash_map<uint64_t, uint32_t> index_;
+  // Slab k holds kFirstSlabRows << min(k, kMaxDoublings) rows: small shards
+  // stay small, big shards allocate in large steps.
+  std::vector<std::unique_ptr<uint8_t[]>> slabs_;
+  uint32_t next_slot_ = 0;
+  std::vector<uint32_t> free_slots_;
+};
+
+}  // namespace ember::storage
+
+#endif  // EMBER_STORAGE_SPARSE_TABLE_H_
