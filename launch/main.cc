@@ -1,0 +1,282 @@
+// ember: one binary, a sub-command per role and per tool. Only this file
+// reads flags; the libraries take Options structs.
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gflags/gflags.h"
+#include "glog/logging.h"
+#include "launch/gen_data.h"
+#include "models/embedding_mlp.h"
+#include "net/transport.h"
+#include "proto/config.h"
+#include "ps/server.h"
+#include "scheduler/scheduler.h"
+#include "scheduler/scheduler_client.h"
+#include "worker/ps_client.h"
+#include "worker/worker.h"
+
+// Every role.
+DEFINE_string(host, "127.0.0.1", "Address this node listens on and gives to others (scheduler, server).");
+DEFINE_int32(port, 0, "Port to listen on: the scheduler's port (required for `scheduler`), or a server's "
+                      "port (0 = any free port).");
+DEFINE_string(scheduler, "", "Scheduler endpoint for `server` and `worker`, e.g. tcp://127.0.0.1:7000.");
+// Scheduler.
+DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`); see examples/ and docs/.");
+DEFINE_string(data_dir, "", "Overrides data.train/test/meta with DIR/train, DIR/test, DIR/meta.txt (`scheduler`).");
+DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`).");
+DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
+DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
+DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
+// gen-data.
+DEFINE_string(out, "", "Output directory (`gen-data`).");
+DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
+DEFINE_uint64(train_rows, 1000000, "Training rows (`gen-data`).");
+DEFINE_uint64(test_rows, 100000, "Test rows (`gen-data`).");
+DEFINE_uint32(train_files, 4, "Training files (`gen-data`).");
+DEFINE_uint32(test_files, 2, "Test files (`gen-data`).");
+DEFINE_uint64(num_users, 20000, "Distinct users (`gen-data`).");
+DEFINE_uint64(num_items, 10000, "Distinct items (`gen-data`).");
+DEFINE_bool(gzip, false, "Write .tsv.gz files (`gen-data`).");
+DEFINE_bool(overwrite, false, "Replace an existing data set in --out (`gen-data`).");
+DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
+                               "see launch/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
+
+namespace ember {
+namespace {
+
+constexpr char kUsage[] =
+    "ember: distributed parameter server for sparse recommendation models.\n\n"
+    "Usage: ember <command> [--flags]\n\n"
+    "Commands:\n"
+    "  scheduler --config=JOB.conf --port=P [--data_dir=DIR]   run a job: waits for the servers and\n"
+    "            workers, drives epochs and evaluation, prints the final line\n"
+    "  server    --scheduler=tcp://HOST:P [--host=H --port=P]  serve sparse tables and dense slices\n"
+    "  worker    --scheduler=tcp://HOST:P                      train a model replica\n"
+    "  gen-data  --out=DIR [--train_rows=N ...]               write a synthetic click log with its oracle AUC\n\n"
+    "`ember <command> --help` lists every flag.";
+
+int Fail(const absl::Status& st) {
+  std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
+  LOG(ERROR) << st;
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<net::Transport>> NewTransport() {
+  net::TransportOptions o;
+  return net::CreateTransport(o);
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+absl::Status CheckPort(bool required) {
+  if (FLAGS_port < 0 || FLAGS_port > 65535) return absl::InvalidArgumentError("flag --port: must be in [0, 65535]");
+  if (required && FLAGS_port == 0) return absl::InvalidArgumentError("flag --port: the scheduler needs a fixed port");
+  return absl::OkStatus();
+}
+
+int RunScheduler() {
+  if (FLAGS_config.empty()) return Fail(absl::InvalidArgumentError("flag --config: required"));
+  if (absl::Status st = CheckPort(true); !st.ok()) return Fail(st);
+  absl::StatusOr<proto::JobConfig> config = proto::LoadJobConfig(FLAGS_config);
+  if (!config.ok()) return Fail(config.status());
+  if (!FLAGS_data_dir.empty()) {
+    config->mutable_data()->set_train(FLAGS_data_dir + "/train");
+    config->mutable_data()->set_test(FLAGS_data_dir + "/test");
+    config->mutable_data()->set_meta(FLAGS_data_dir + "/meta.txt");
+  }
+  if (FLAGS_num_servers < 0 || FLAGS_num_workers < 0 || FLAGS_epochs < 0)
+    return Fail(absl::InvalidArgumentError("flags --num_servers, --num_workers, --epochs: must be >= 0"));
+  if (FLAGS_num_servers > 0) config->mutable_cluster()->set_num_servers(FLAGS_num_servers);
+  if (FLAGS_num_workers > 0) config->mutable_cluster()->set_num_workers(FLAGS_num_workers);
+  if (FLAGS_epochs > 0) config->mutable_train()->set_epochs(FLAGS_epochs);
+  if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return Fail(st);
+  absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(*config);
+  if (!model.ok()) return Fail(model.status());
+
+  auto transport = NewTransport();
+  if (!transport.ok()) return Fail(transport.status());
+  absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
+  if (!ep.ok()) return Fail(ep.status());
+  LOG(INFO) << "scheduler listening on " << *ep;
+  scheduler::SchedulerOptions so;
+  so.config = *config;
+  so.dense_size = (*model)->num_params();
+  auto sched = scheduler::Scheduler::Create(std::move(so), std::move(*transport));
+  if (!sched.ok()) return Fail(sched.status());
+  absl::StatusOr<scheduler::JobResult> result = (*sched)->Run();
+  if (!result.ok()) return Fail(result.status());
+  const std::string line = scheduler::FinalLine(*result);
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+  if (!FLAGS_result_file.empty()) {
+    FILE* f = std::fopen(FLAGS_result_file.c_str(), "w");
+    if (f == nullptr) return Fail(absl::UnavailableError("cannot write --result_file " + FLAGS_result_file));
+    std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\n", line.c_str(),
+                 static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines));
+    std::fclose(f);
+  }
+  return 0;
+}
+
+// Registration common to servers and workers.
+absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role role, const std::string& endpoint,
+                                                                  proto::RegisterReply* reply) {
+  if (FLAGS_scheduler.empty()) return absl::InvalidArgumentError("flag --scheduler: required (tcp://HOST:PORT)");
+  auto transport = NewTransport();
+  if (!transport.ok()) return transport.status();
+  scheduler::SchedulerClientOptions o;
+  o.scheduler_endpoint = FLAGS_scheduler;
+  o.self.set_role(role);
+  o.self.set_endpoint(endpoint);
+  o.self.set_host(Hostname());
+  o.self.set_pid(getpid());
+  auto control = scheduler::SchedulerClient::Create(o, std::move(*transport));
+  if (!control.ok()) return control.status();
+  absl::StatusOr<proto::RegisterReply> r = (*control)->Register();
+  if (!r.ok()) return r.status();
+  *reply = *r;
+  const proto::ClusterConfig& cc = r->cluster().config().cluster();
+  (*control)->StartHeartbeats(absl::Milliseconds(cc.heartbeat_interval_ms()),
+                              absl::Milliseconds(cc.heartbeat_timeout_ms()));
+  return control;
+}
+
+int RunServer() {
+  if (absl::Status st = CheckPort(false); !st.ok()) return Fail(st);
+  auto transport = NewTransport();
+  if (!transport.ok()) return Fail(transport.status());
+  absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
+  if (!ep.ok()) return Fail(ep.status());
+  proto::RegisterReply reg;
+  auto control = Join(proto::SERVER, *ep, &reg);
+  if (!control.ok()) return Fail(control.status());
+  const proto::ClusterInfo& cluster = reg.cluster();
+
+  ps::ServerOptions so;
+  so.config = cluster.config();
+  so.shard_map = cluster.shard_map();
+  so.rank = reg.rank();
+  so.node_id = reg.node_id();
+  // The dense parameters start from the model's own initialisation.
+  absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(cluster.config());
+  if (!model.ok()) return Fail(model.status());
+  std::vector<float> dense((*model)->num_params());
+  (*model)->InitParams(absl::MakeSpan(dense));
+  const proto::DenseLayout& dl = cluster.dense();
+  if (dl.offset_size() <= reg.rank() + 1 || dl.total() != dense.size())
+    return Fail(absl::InvalidArgumentError("the scheduler's dense layout does not match the model"));
+  so.dense_offset = dl.offset(reg.rank());
+  so.dense_init.assign(dense.begin() + dl.offset(reg.rank()), dense.begin() + dl.offset(reg.rank() + 1));
+
+  auto server = ps::Server::Create(std::move(so), std::move(*transport));
+  if (!server.ok()) return Fail(server.status());
+  LOG(INFO) << "server rank " << reg.rank() << " serving on " << *ep;
+  absl::Status run_status;
+  std::thread serving([&] { run_status = (*server)->Run(); });
+  absl::Status job = (*control)->WaitForShutdown();
+  (*server)->Stop();
+  serving.join();
+  const ps::ServerStats s = (*server)->stats();
+  LOG(INFO) << "server rank " << reg.rank() << " done: " << s.pulls << " pulls, " << s.pushes << " pushes, " << s.rows
+            << " rows, " << s.errors << " rejected requests";
+  (*control)->Leave("server stopped", !run_status.ok());
+  if (!run_status.ok()) return Fail(run_status);
+  if (!job.ok()) return Fail(job);
+  return 0;
+}
+
+int RunWorker() {
+  proto::RegisterReply reg;
+  auto control = Join(proto::WORKER, "", &reg);
+  if (!control.ok()) return Fail(control.status());
+  auto transport = NewTransport();
+  if (!transport.ok()) return Fail(transport.status());
+  worker::PsClientOptions po;
+  po.cluster = reg.cluster();
+  po.node_id = reg.node_id();
+  auto ps = worker::PsClient::Create(po, std::move(*transport));
+  if (!ps.ok()) return Fail(ps.status());
+  worker::WorkerOptions wo;
+  wo.registration = reg;
+  auto w = worker::Worker::Create(wo, control->get(), ps->get());
+  if (!w.ok()) {
+    (*control)->Leave(std::string(w.status().message()), true);
+    return Fail(w.status());
+  }
+  absl::Status st = (*w)->Run();
+  (*control)->Leave(st.ok() ? "worker finished" : std::string(st.message()), !st.ok());
+  if (!st.ok()) return Fail(st);
+  return 0;
+}
+
+int RunGenData() {
+  launch::GenDataOptions o;
+  o.out_dir = FLAGS_out;
+  o.seed = FLAGS_seed;
+  o.train_rows = FLAGS_train_rows;
+  o.test_rows = FLAGS_test_rows;
+  o.train_files = FLAGS_train_files;
+  o.test_files = FLAGS_test_files;
+  o.num_users = FLAGS_num_users;
+  o.num_items = FLAGS_num_items;
+  o.gzip = FLAGS_gzip;
+  o.overwrite = FLAGS_overwrite;
+  if (!FLAGS_gen_options.empty()) {
+    for (absl::string_view kv : absl::StrSplit(FLAGS_gen_options, ',', absl::SkipEmpty())) {
+      std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+      absl::Status st = launch::SetGenDataOption(p.first, p.second, &o);
+      if (!st.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("flag --gen_options: ", st.message())));
+    }
+  }
+  if (o.out_dir.empty()) return Fail(absl::InvalidArgumentError("flag --out: required"));
+  launch::GenDataSummary s;
+  absl::Status st = launch::GenerateData(o, &s);
+  if (!st.ok()) return Fail(st);
+  std::printf("gen-data: %llu train rows, %llu test rows, positive_rate=%.4f oracle_auc=%.4f in %.1fs -> %s\n",
+              static_cast<unsigned long long>(s.train_rows), static_cast<unsigned long long>(s.test_rows),
+              s.positive_rate, s.oracle_auc, s.seconds, o.out_dir.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace ember
+
+int main(int argc, char** argv) {
+  gflags::SetUsageMessage(ember::kUsage);
+  gflags::SetVersionString("0.1");
+  if (argc < 2 || argv[1][0] == '-') {
+    if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+      gflags::ParseCommandLineFlags(&argc, &argv, true);  // prints the flag list and exits
+    }
+    std::fprintf(stderr, "%s\n", ember::kUsage);
+    return 2;
+  }
+  const std::string command = argv[1];
+  // Drop the command so gflags sees only flags.
+  for (int i = 1; i + 1 < argc; ++i) argv[i] = argv[i + 1];
+  --argc;
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  if (argc > 1) {
+    std::fprintf(stderr, "error: unexpected argument '%s'\n%s\n", argv[1], ember::kUsage);
+    return 2;
+  }
+  // Logs go to stderr unless --log_dir asks for files.
+  if (FLAGS_log_dir.empty()) FLAGS_logtostderr = true;
+  google::InitGoogleLogging(argv[0]);
+  if (command == "scheduler") return ember::RunScheduler();
+  if (command == "server") return ember::RunServer();
+  if (command == "worker") return ember::RunWorker();
+  if (command == "gen-data") return ember::RunGenData();
+  std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::kUsage);
+  return 2;
+}

@@ -1,0 +1,152 @@
+#include "scheduler/scheduler_client.h"
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+
+namespace ember::scheduler {
+
+absl::StatusOr<std::unique_ptr<SchedulerClient>> SchedulerClient::Create(SchedulerClientOptions options,
+                                                                          std::unique_ptr<net::Transport> transport) {
+  auto client = net::Client::Create(std::move(transport));
+  absl::StatusOr<net::PeerId> peer = client->Connect(options.scheduler_endpoint);
+  if (!peer.ok()) return peer.status();
+  auto self = std::unique_ptr<SchedulerClient>(new SchedulerClient(std::move(options), std::move(client)));
+  self->scheduler_ = *peer;
+  SchedulerClient* raw = self.get();
+  self->client_->SetUnsolicitedHandler([raw](net::Message&& m) {
+    if (m.header.command() == proto::SHUTDOWN) {
+      const proto::ShutdownRequest& s = m.header.shutdown();
+      LOG(INFO) << "scheduler orders shutdown: " << s.reason();
+      raw->Stop(s.failed() ? absl::AbortedError(absl::StrCat("job failed: ", s.reason())) : absl::OkStatus());
+    }
+  });
+  return self;
+}
+
+SchedulerClient::SchedulerClient(SchedulerClientOptions options, std::unique_ptr<net::Client> client)
+    : options_(std::move(options)), client_(std::move(client)) {}
+
+SchedulerClient::~SchedulerClient() {
+  heartbeat_stop_ = true;
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
+
+void SchedulerClient::Stop(absl::Status why) {
+  absl::MutexLock l(&mu_);
+  if (stopped_.HasBeenNotified()) return;
+  stop_status_ = std::move(why);
+  stopped_.Notify();
+}
+
+net::Message SchedulerClient::NewMessage(proto::Command command) const {
+  net::Message m;
+  m.header.set_command(command);
+  m.header.set_sender(node_id_.load());
+  return m;
+}
+
+absl::StatusOr<net::Message> SchedulerClient::WaitLong(net::Client::CallId id, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  for (;;) {
+    const net::Client::CallId ids[] = {id};
+    absl::StatusOr<size_t> ready = client_->WaitAny(ids, absl::Milliseconds(200));
+    if (ready.ok()) return client_->Wait(id);
+    if (Stopped()) {
+      client_->Forget(id);
+      absl::MutexLock l(&mu_);
+      return stop_status_.ok() ? absl::CancelledError("the job is shutting down") : stop_status_;
+    }
+    if (absl::Now() > deadline) {
+      client_->Forget(id);
+      return absl::DeadlineExceededError(absl::StrCat("no answer from the scheduler at ", options_.scheduler_endpoint,
+                                                      " within ", absl::FormatDuration(timeout)));
+    }
+  }
+}
+
+absl::StatusOr<proto::RegisterReply> SchedulerClient::Register() {
+  net::Message m = NewMessage(proto::REGISTER);
+  proto::RegisterRequest* r = m.header.mutable_register_request();
+  *r->mutable_node() = options_.self;
+  r->set_dense_size(options_.dense_size);
+  absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), options_.register_timeout);
+  if (!reply.ok()) return reply.status();
+  node_id_ = reply->header.register_reply().node_id();
+  return reply->header.register_reply();
+}
+
+void SchedulerClient::StartHeartbeats(absl::Duration interval, absl::Duration timeout) {
+  heartbeat_ = std::thread([this, interval, timeout] {
+    absl::Time last_answer = absl::Now();
+    while (!heartbeat_stop_ && !Stopped()) {
+      net::Client::CallId id = client_->Start(scheduler_, NewMessage(proto::HEARTBEAT));
+      const absl::Time sent = absl::Now();
+      absl::StatusOr<net::Message> r = client_->Wait(id, timeout);
+      if (r.ok()) last_answer = absl::Now();
+      if (absl::Now() - last_answer > timeout) {
+        LOG(ERROR) << "scheduler at " << options_.scheduler_endpoint << " lost: no heartbeat answered for "
+                   << absl::FormatDuration(absl::Now() - last_answer);
+        Stop(absl::UnavailableError("scheduler lost"));
+        return;
+      }
+      const absl::Duration left = interval - (absl::Now() - sent);
+      for (absl::Time end = absl::Now() + left; absl::Now() < end && !heartbeat_stop_;) {
+        absl::SleepFor(std::min(left, absl::Milliseconds(50)));
+      }
+    }
+  });
+}
+
+absl::StatusOr<proto::ChunkReply> SchedulerClient::GetChunk(uint32_t phase, const std::vector<uint64_t>& finished) {
+  net::Message m = NewMessage(proto::GET_CHUNK);
+  proto::ChunkRequest* r = m.header.mutable_chunk_request();
+  r->set_phase(phase);
+  r->mutable_finished()->Add(finished.begin(), finished.end());
+  absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), absl::Minutes(10));
+  if (!reply.ok()) return reply.status();
+  return reply->header.chunk_reply();
+}
+
+absl::StatusOr<proto::Phase> SchedulerClient::PhaseDone(uint32_t phase, const std::vector<uint64_t>& finished,
+                                                        std::vector<float> scores, std::vector<float> labels) {
+  net::Message m = NewMessage(proto::PHASE_DONE);
+  proto::PhaseDone* p = m.header.mutable_phase_done();
+  p->set_phase(phase);
+  p->mutable_finished()->Add(finished.begin(), finished.end());
+  p->set_num_samples(scores.size());
+  if (!scores.empty()) {
+    m.frames.push_back(net::Frame::FromVector(std::move(scores)));
+    m.frames.push_back(net::Frame::FromVector(std::move(labels)));
+  }
+  // Other workers may still be training: wait as long as a phase can take.
+  absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365));
+  if (!reply.ok()) return reply.status();
+  return reply->header.phase_done_reply().next();
+}
+
+absl::Status SchedulerClient::StepBarrier() {
+  net::Message m = NewMessage(proto::BARRIER);
+  m.header.mutable_barrier()->set_name("step");
+  return WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365)).status();
+}
+
+void SchedulerClient::ReportMetrics(const proto::Metrics& metrics) {
+  net::Message m = NewMessage(proto::REPORT_METRICS);
+  *m.header.mutable_metrics() = metrics;
+  client_->SendOneWay(scheduler_, std::move(m));
+}
+
+void SchedulerClient::Leave(const std::string& reason, bool failed) {
+  net::Message m = NewMessage(proto::SHUTDOWN);
+  m.header.mutable_shutdown()->set_reason(reason);
+  m.header.mutable_shutdown()->set_failed(failed);
+  client_->SendOneWay(scheduler_, std::move(m));
+}
+
+absl::Status SchedulerClient::WaitForShutdown() {
+  stopped_.WaitForNotification();
+  absl::MutexLock l(&mu_);
+  return stop_status_;
+}
+
+}  // namespace ember::scheduler

@@ -1,0 +1,94 @@
+// SchedulerClient: a server's or worker's side of the control protocol:
+// registration, heartbeats, chunks, phase barriers, metrics, shutdown.
+//
+// Thread safety: every method may be called from any thread. Blocking calls
+// return early with an error once the scheduler orders a shutdown or stops
+// answering heartbeats.
+#ifndef EMBER_SCHEDULER_SCHEDULER_CLIENT_H_
+#define EMBER_SCHEDULER_SCHEDULER_CLIENT_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "net/client.h"
+#include "proto/wire.pb.h"
+
+namespace ember::scheduler {
+
+struct SchedulerClientOptions {
+  std::string scheduler_endpoint;  // e.g. tcp://127.0.0.1:7000
+  // This node: role, and for servers the endpoint workers connect to.
+  proto::NodeInfo self;
+  uint64_t dense_size = 0;  // workers: the model's dense parameter count
+  // How long Register waits for the whole cluster to come up.
+  absl::Duration register_timeout = absl::Seconds(120);
+};
+
+class SchedulerClient {
+ public:
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<SchedulerClient>> Create(
+      SchedulerClientOptions options, std::unique_ptr<net::Transport> transport);
+  ~SchedulerClient();
+
+  // Registers and blocks until every node has registered; the reply holds
+  // this node's id and rank, the cluster (shard map, config) and the phase.
+  [[nodiscard]] absl::StatusOr<proto::RegisterReply> Register();
+
+  // Starts a thread that heartbeats every `interval`; if no heartbeat is
+  // answered for `timeout`, the scheduler is declared lost (see Stopped()).
+  void StartHeartbeats(absl::Duration interval, absl::Duration timeout);
+
+  // Hands in the chunks finished since the last call and asks for the next
+  // chunk of `phase`.
+  [[nodiscard]] absl::StatusOr<proto::ChunkReply> GetChunk(uint32_t phase, const std::vector<uint64_t>& finished);
+
+  // Blocks until every worker has drained `phase`; returns the next phase.
+  // In an EVAL phase, `scores` and `labels` are this worker's predictions.
+  [[nodiscard]] absl::StatusOr<proto::Phase> PhaseDone(uint32_t phase, const std::vector<uint64_t>& finished,
+                                                       std::vector<float> scores, std::vector<float> labels);
+
+  // BSP: blocks until every worker still in the phase reaches its barrier.
+  [[nodiscard]] absl::Status StepBarrier();
+
+  // One-way, non-blocking.
+  void ReportMetrics(const proto::Metrics& metrics);
+  // One-way goodbye: a clean exit, or a failure that should stop the job.
+  void Leave(const std::string& reason, bool failed);
+
+  // Blocks until the scheduler orders a shutdown or is lost. Returns OK for
+  // an ordinary end of job, an error for a failed job or a lost scheduler.
+  absl::Status WaitForShutdown();
+  // True once a shutdown was ordered or the scheduler was lost.
+  bool Stopped() const { return stopped_.HasBeenNotified(); }
+
+  int32_t node_id() const { return node_id_; }
+
+ private:
+  SchedulerClient(SchedulerClientOptions options, std::unique_ptr<net::Client> client);
+  // Waits for a long-poll reply, giving up when Stopped().
+  absl::StatusOr<net::Message> WaitLong(net::Client::CallId id, absl::Duration timeout);
+  void Stop(absl::Status why);
+  net::Message NewMessage(proto::Command command) const;
+
+  SchedulerClientOptions options_;
+  std::unique_ptr<net::Client> client_;
+  net::PeerId scheduler_ = net::kNoPeer;
+  std::atomic<int32_t> node_id_{-1};
+  absl::Notification stopped_;
+  absl::Mutex mu_;
+  absl::Status stop_status_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> heartbeat_stop_{false};
+  std::thread heartbeat_;
+};
+
+}  // namespace ember::scheduler
+
+#endif  // EMBER_SCHEDULER_SCHEDULER_CLIENT_H_

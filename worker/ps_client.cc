@@ -1,0 +1,143 @@
+#include "worker/ps_client.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace ember::worker {
+
+absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options,
+                                                           std::unique_ptr<net::Transport> transport) {
+  auto self = std::unique_ptr<PsClient>(new PsClient(options, net::Client::Create(std::move(transport))));
+  std::vector<const proto::NodeInfo*> servers;
+  for (const proto::NodeInfo& n : options.cluster.nodes()) {
+    if (n.role() == proto::SERVER) servers.push_back(&n);
+  }
+  self->servers_.assign(servers.size(), net::kNoPeer);
+  for (const proto::NodeInfo* n : servers) {
+    if (n->rank() < 0 || n->rank() >= static_cast<int>(servers.size()))
+      return absl::InvalidArgumentError(absl::StrCat("server node ", n->id(), " has bad rank ", n->rank()));
+    absl::StatusOr<net::PeerId> p = self->client_->Connect(n->endpoint());
+    if (!p.ok()) return p.status();
+    self->servers_[n->rank()] = *p;
+  }
+  if (self->dense_.offset_size() != static_cast<int>(servers.size()) + 1) {
+    return absl::InvalidArgumentError(absl::StrCat("dense layout has ", self->dense_.offset_size(),
+                                                   " offsets for ", servers.size(), " servers"));
+  }
+  return self;
+}
+
+PsClient::PsClient(const PsClientOptions& options, std::unique_ptr<net::Client> client)
+    : options_(options), client_(std::move(client)), dense_(options.cluster.dense()) {
+  for (const proto::TableConfig& t : options.cluster.config().tables()) dims_.push_back(t.dim());
+}
+
+PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
+                                absl::Span<const uint32_t> server_begin, float* out) {
+  Ticket t;
+  t.what = "PULL";
+  const uint32_t dim = dims_[table];
+  for (uint32_t s = 0; s < servers_.size(); ++s) {
+    const uint32_t a = server_begin[s], b = server_begin[s + 1];
+    if (a == b) continue;
+    net::Message m;
+    m.header.set_command(proto::PULL);
+    m.header.set_sender(options_.node_id);
+    m.header.set_table(table);
+    m.header.set_dim(dim);
+    m.header.set_num_keys(b - a);
+    m.frames.push_back(net::Frame::Borrow(keys, keys->data() + a, size_t{b - a} * sizeof(uint64_t)));
+    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
+  }
+  return t;
+}
+
+PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
+                                absl::Span<const uint32_t> server_begin,
+                                std::shared_ptr<const std::vector<float>> grads) {
+  Ticket t;
+  t.what = "PUSH";
+  const uint32_t dim = dims_[table];
+  for (uint32_t s = 0; s < servers_.size(); ++s) {
+    const uint32_t a = server_begin[s], b = server_begin[s + 1];
+    if (a == b) continue;
+    net::Message m;
+    m.header.set_command(proto::PUSH);
+    m.header.set_sender(options_.node_id);
+    m.header.set_table(table);
+    m.header.set_dim(dim);
+    m.header.set_num_keys(b - a);
+    m.frames.push_back(net::Frame::Borrow(keys, keys->data() + a, size_t{b - a} * sizeof(uint64_t)));
+    m.frames.push_back(
+        net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
+    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+  }
+  return t;
+}
+
+PsClient::Ticket PsClient::PullDense(float* out) {
+  Ticket t;
+  t.what = "DENSE_PULL";
+  for (uint32_t s = 0; s < servers_.size(); ++s) {
+    const uint64_t a = dense_.offset(s), b = dense_.offset(s + 1);
+    if (a == b) continue;
+    net::Message m;
+    m.header.set_command(proto::DENSE_PULL);
+    m.header.set_sender(options_.node_id);
+    m.header.set_dense_offset(a);
+    m.header.set_dense_length(b - a);
+    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + a, b - a});
+  }
+  return t;
+}
+
+PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> grads) {
+  Ticket t;
+  t.what = "DENSE_PUSH";
+  for (uint32_t s = 0; s < servers_.size(); ++s) {
+    const uint64_t a = dense_.offset(s), b = dense_.offset(s + 1);
+    if (a == b) continue;
+    net::Message m;
+    m.header.set_command(proto::DENSE_PUSH);
+    m.header.set_sender(options_.node_id);
+    m.header.set_dense_offset(a);
+    m.header.set_dense_length(b - a);
+    m.frames.push_back(net::Frame::Borrow(grads, grads->data() + a, (b - a) * sizeof(float)));
+    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+  }
+  return t;
+}
+
+absl::Status PsClient::Wait(Ticket& t) {
+  absl::Status first;
+  for (const Ticket::Part& p : t.parts) {
+    absl::StatusOr<net::Message> r = client_->Wait(p.call, options_.timeout);
+    if (!r.ok()) {
+      if (first.ok()) {
+        first = absl::Status(r.status().code(),
+                             absl::StrCat(t.what, " to server ", p.server, ": ", r.status().message()));
+      }
+      continue;
+    }
+    if (p.dest == nullptr) continue;
+    if (r->frames.size() != 1 || r->frames[0].size() != p.floats * sizeof(float)) {
+      if (first.ok()) {
+        first = absl::InternalError(absl::StrCat(t.what, " reply from server ", p.server, " has the wrong size"));
+      }
+      continue;
+    }
+    std::memcpy(p.dest, r->frames[0].data(), p.floats * sizeof(float));
+  }
+  t.parts.clear();
+  return first;
+}
+
+bool PsClient::Ready(const Ticket& t) {
+  for (const Ticket::Part& p : t.parts) {
+    if (!client_->Done(p.call)) return false;
+  }
+  return true;
+}
+
+}  // namespace ember::worker

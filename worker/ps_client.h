@@ -1,0 +1,91 @@
+// PsClient: a worker's view of the servers. Pulls and pushes of sparse rows
+// and of the dense parameters, split by server and sent concurrently; the
+// caller gets a Ticket at once and Waits on it later, so the next batch's
+// pull can overlap the current batch's compute.
+//
+// Thread safety: all methods may be called from any thread; one Ticket must
+// not be waited on from two threads.
+#ifndef EMBER_WORKER_PS_CLIENT_H_
+#define EMBER_WORKER_PS_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "net/client.h"
+#include "proto/wire.pb.h"
+
+namespace ember::worker {
+
+struct PsClientOptions {
+  // Server endpoints (nodes with role SERVER, by rank), the shard map, the
+  // dense layout, and the config (table dims).
+  proto::ClusterInfo cluster;
+  int32_t node_id = -1;
+  // How long a request may wait for its reply before Wait fails.
+  absl::Duration timeout = absl::Seconds(120);
+};
+
+class PsClient {
+ public:
+  // One outstanding operation: its calls, and where each reply's values go.
+  struct Ticket {
+    struct Part {
+      net::Client::CallId call;
+      uint32_t server;
+      float* dest;        // nullptr for pushes
+      size_t floats;      // expected reply floats
+    };
+    std::vector<Part> parts;
+    const char* what = "";
+  };
+
+  // Connects to every server in options.cluster through `transport`.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<PsClient>> Create(
+      const PsClientOptions& options, std::unique_ptr<net::Transport> transport);
+
+  uint32_t num_servers() const { return static_cast<uint32_t>(servers_.size()); }
+  uint64_t dense_size() const { return dense_.total(); }
+  const proto::ClusterInfo& cluster() const { return options_.cluster; }
+
+  // Pulls the rows of `keys` in `table`. `keys` must be grouped by server:
+  // keys[server_begin[s] .. server_begin[s+1]) belong to server s (as
+  // ps::KeyRouter and the BatchBuilder lay them out). After Wait, out[i*dim ..)
+  // holds key i's row. `out` must stay valid until Wait returns; the key
+  // frames share ownership of `keys`.
+  Ticket Pull(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
+              absl::Span<const uint32_t> server_begin, float* out);
+
+  // Pushes per-key gradients (keys.size() x dim, summed per key) for `table`,
+  // laid out like Pull's keys. The frames share ownership of both vectors.
+  Ticket Push(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
+              absl::Span<const uint32_t> server_begin, std::shared_ptr<const std::vector<float>> grads);
+
+  // Pulls the whole dense vector (dense_size() floats) into out.
+  Ticket PullDense(float* out);
+  // Pushes a gradient for the whole dense vector.
+  Ticket PushDense(std::shared_ptr<const std::vector<float>> grads);
+
+  // Blocks until every reply of `t` has arrived and copies pulled values into
+  // place. The error names the server and the command. Consumes the ticket.
+  [[nodiscard]] absl::Status Wait(Ticket& t);
+  // True once every reply of `t` has arrived (Wait will not block).
+  bool Ready(const Ticket& t);
+
+ private:
+  PsClient(const PsClientOptions& options, std::unique_ptr<net::Client> client);
+
+  PsClientOptions options_;
+  std::unique_ptr<net::Client> client_;
+  std::vector<net::PeerId> servers_;  // by rank
+  std::vector<uint32_t> dims_;        // by table
+  proto::DenseLayout dense_;
+};
+
+}  // namespace ember::worker
+
+#endif  // EMBER_WORKER_PS_CLIENT_H_

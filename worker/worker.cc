@@ -1,0 +1,355 @@
+#include "worker/worker.h"
+
+#include <cmath>
+#include <deque>
+#include <optional>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "glog/logging.h"
+#include "models/embedding_mlp.h"
+#include "models/metrics.h"
+#include "worker/batch_builder.h"
+#include "worker/chunk_reader.h"
+
+namespace ember::worker {
+namespace {
+
+// Batches parsed ahead of the training thread. Bounded so that a fast reader
+// does not fill memory; std::nullopt marks the end of the phase.
+class BatchQueue {
+ public:
+  explicit BatchQueue(size_t capacity) : capacity_(capacity) {}
+  // False if the queue was closed (the consumer gave up).
+  bool Push(std::optional<models::Batch> b) {
+    absl::MutexLock l(&mu_);
+    auto room = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return closed_ || q_.size() < capacity_; };
+    mu_.Await(absl::Condition(&room));
+    if (closed_) return false;
+    q_.push_back(std::move(b));
+    return true;
+  }
+  std::optional<models::Batch> Pop() {
+    absl::MutexLock l(&mu_);
+    auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !q_.empty(); };
+    mu_.Await(absl::Condition(&ready));
+    auto b = std::move(q_.front());
+    q_.pop_front();
+    return b;
+  }
+  void Close() {
+    absl::MutexLock l(&mu_);
+    closed_ = true;
+  }
+
+ private:
+  const size_t capacity_;
+  absl::Mutex mu_;
+  std::deque<std::optional<models::Batch>> q_ ABSL_GUARDED_BY(mu_);
+  bool closed_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// A batch whose pulls are in flight or done.
+struct Step {
+  models::Batch batch;
+  std::vector<std::shared_ptr<const std::vector<uint64_t>>> keys;  // per table (null if none)
+  std::vector<std::vector<float>> emb;                             // per table: keys x dim
+  std::vector<float> dense;
+  std::vector<PsClient::Ticket> pulls;
+};
+
+// Pushes in flight, and the chunk they complete (if any).
+struct PendingPush {
+  std::vector<PsClient::Ticket> tickets;
+  std::optional<uint64_t> finishes_chunk;
+};
+
+}  // namespace
+
+class Worker::Impl {
+ public:
+  Impl(const WorkerOptions& options, scheduler::SchedulerClient* control, PsClient* ps)
+      : reg_(options.registration),
+        config_(reg_.cluster().config()),
+        control_(control),
+        ps_(ps),
+        window_auc_(config_.train().train_auc_window()) {}
+
+  absl::Status Init() {
+    absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(config_);
+    if (!model.ok()) return model.status();
+    model_ = std::move(*model);
+    if (model_->num_params() != ps_->dense_size()) {
+      return absl::FailedPreconditionError(absl::StrCat("model has ", model_->num_params(),
+                                                        " dense parameters, the servers hold ", ps_->dense_size()));
+    }
+    for (const proto::TableConfig& t : config_.tables()) dims_.push_back(t.dim());
+    return absl::OkStatus();
+  }
+
+  absl::Status Run() {
+    proto::Phase phase = reg_.phase();
+    while (phase.kind() == proto::TRAIN || phase.kind() == proto::EVAL) {
+      std::vector<float> scores, labels;
+      absl::Status st = RunPhase(phase, &scores, &labels);
+      if (!st.ok()) return st;
+      ReportMetrics();
+      absl::StatusOr<proto::Phase> next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(scores),
+                                                              std::move(labels));
+      if (!next.ok()) return next.status();
+      phase = *next;
+    }
+    LOG(INFO) << "worker done: " << samples_ << " samples trained, " << bad_lines_.load() << " bad lines";
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<uint64_t> TakeFinished() {
+    absl::MutexLock l(&finished_mu_);
+    std::vector<uint64_t> out;
+    out.swap(finished_);
+    return out;
+  }
+  void MarkFinished(uint64_t chunk) {
+    absl::MutexLock l(&finished_mu_);
+    finished_.push_back(chunk);
+  }
+
+  // The reader thread: chunks -> batches, until the phase has no more chunks.
+  void ReadLoop(const proto::Phase& phase, BatchQueue* queue) {
+    std::unique_ptr<BatchBuilder> builder;
+    {
+      absl::StatusOr<std::unique_ptr<BatchBuilder>> b =
+          BatchBuilder::Create(config_, reg_.cluster().shard_map(), ps_->num_servers());
+      if (!b.ok()) return EndRead(queue, b.status());
+      builder = std::move(*b);
+    }
+    const proto::DataConfig& d = config_.data();
+    for (;;) {
+      absl::StatusOr<proto::ChunkReply> r = control_->GetChunk(phase.index(), TakeFinished());
+      if (!r.ok()) return EndRead(queue, r.status());
+      if (r->end_of_phase() || !r->has_chunk()) return EndRead(queue, absl::OkStatus());
+      const proto::Chunk& chunk = r->chunk();
+      ReadStats stats;
+      absl::Status st = ReadChunk(
+          chunk, *builder, d.batch_size(),
+          [&](models::Batch&& b) { return queue->Push(std::move(b)) && !control_->Stopped(); },
+          [&](const BadLine& bad) {
+            if (logged_bad_++ < d.log_bad_lines_limit()) {
+              LOG(WARNING) << "bad line " << bad.path << ":" << bad.line << ": " << bad.reason << " (skipped)";
+            } else if (logged_bad_ == d.log_bad_lines_limit() + 1) {
+              LOG(WARNING) << "more bad lines; not logging them (data.log_bad_lines_limit=" << d.log_bad_lines_limit()
+                           << ")";
+            }
+          },
+          &stats);
+      lines_ += stats.lines;
+      bad_lines_ += stats.bad_lines;
+      if (!st.ok()) {
+        return EndRead(queue, absl::Status(st.code(), absl::StrCat("reading chunk ", chunk.id(), " (", chunk.path(),
+                                                                  " bytes ", chunk.begin(), "-", chunk.end(),
+                                                                  "): ", st.message())));
+      }
+    }
+  }
+
+  void EndRead(BatchQueue* queue, absl::Status st) {
+    {
+      absl::MutexLock l(&read_mu_);
+      read_status_ = st;
+    }
+    queue->Push(std::nullopt);
+  }
+
+  // Starts the pulls for a batch.
+  std::unique_ptr<Step> Prepare(models::Batch batch) {
+    auto step = std::make_unique<Step>();
+    step->batch = std::move(batch);
+    const size_t tables = dims_.size();
+    step->keys.resize(tables);
+    step->emb.resize(tables);
+    if (step->batch.size == 0) return step;
+    for (size_t t = 0; t < tables; ++t) {
+      models::TableBatch& tb = step->batch.tables[t];
+      if (tb.keys.empty()) continue;
+      step->emb[t].resize(tb.keys.size() * dims_[t]);
+      step->keys[t] = std::make_shared<const std::vector<uint64_t>>(std::move(tb.keys));
+      step->pulls.push_back(ps_->Pull(t, step->keys[t], tb.server_begin, step->emb[t].data()));
+    }
+    step->dense.resize(ps_->dense_size());
+    step->pulls.push_back(ps_->PullDense(step->dense.data()));
+    return step;
+  }
+
+  absl::Status Await(Step& step) {
+    for (PsClient::Ticket& t : step.pulls) {
+      absl::Status st = ps_->Wait(t);
+      if (!st.ok()) return st;
+    }
+    step.pulls.clear();
+    return absl::OkStatus();
+  }
+
+  std::vector<const float*> EmbPointers(const Step& s) {
+    std::vector<const float*> p(dims_.size(), nullptr);
+    for (size_t t = 0; t < dims_.size(); ++t) p[t] = s.emb[t].empty() ? nullptr : s.emb[t].data();
+    return p;
+  }
+
+  absl::Status Train(std::unique_ptr<Step> step, std::deque<PendingPush>* pending) {
+    PendingPush push;
+    if (step->batch.last_of_chunk) push.finishes_chunk = step->batch.chunk_id;
+    const models::Batch& b = step->batch;
+    if (b.size > 0) {
+      absl::Status st = Await(*step);
+      if (!st.ok()) return st;
+      auto dense_grad = std::make_shared<std::vector<float>>(ps_->dense_size());
+      std::vector<std::shared_ptr<std::vector<float>>> emb_grad(dims_.size());
+      std::vector<float*> emb_grad_ptr(dims_.size(), nullptr);
+      for (size_t t = 0; t < dims_.size(); ++t) {
+        if (!step->keys[t]) continue;
+        emb_grad[t] = std::make_shared<std::vector<float>>(step->emb[t].size());
+        emb_grad_ptr[t] = emb_grad[t]->data();
+      }
+      predictions_.resize(b.size);
+      const double loss = model_->TrainStep(b, step->dense, EmbPointers(*step), absl::MakeSpan(*dense_grad), emb_grad_ptr,
+                                            absl::MakeSpan(predictions_));
+      for (size_t t = 0; t < dims_.size(); ++t) {
+        if (!step->keys[t]) continue;
+        push.tickets.push_back(ps_->Push(t, step->keys[t], b.tables[t].server_begin, std::move(emb_grad[t])));
+      }
+      push.tickets.push_back(ps_->PushDense(std::move(dense_grad)));
+      samples_ += b.size;
+      loss_sum_ += loss;
+      bytes_ += b.bytes;
+      for (int i = 0; i < b.size; ++i) window_auc_.Add(predictions_[i], b.labels[size_t{i} * b.num_labels]);
+    }
+    pending->push_back(std::move(push));
+    const size_t limit = config_.train().consistency() == proto::TrainConfig::BSP ? 0
+                                                                                  : config_.train().max_inflight_pushes();
+    while (pending->size() > limit) {
+      absl::Status st = Retire(pending);
+      if (!st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Retire(std::deque<PendingPush>* pending) {
+    PendingPush& p = pending->front();
+    for (PsClient::Ticket& t : p.tickets) {
+      absl::Status st = ps_->Wait(t);
+      if (!st.ok()) return st;
+    }
+    if (p.finishes_chunk) MarkFinished(*p.finishes_chunk);
+    pending->pop_front();
+    return absl::OkStatus();
+  }
+
+  absl::Status Evaluate(std::unique_ptr<Step> step, std::vector<float>* scores, std::vector<float>* labels) {
+    const models::Batch& b = step->batch;
+    if (b.size > 0) {
+      absl::Status st = Await(*step);
+      if (!st.ok()) return st;
+      predictions_.resize(b.size);
+      model_->Predict(b, step->dense, EmbPointers(*step), absl::MakeSpan(predictions_));
+      scores->insert(scores->end(), predictions_.begin(), predictions_.end());
+      for (int i = 0; i < b.size; ++i) labels->push_back(b.labels[size_t{i} * b.num_labels]);
+    }
+    if (b.last_of_chunk) MarkFinished(b.chunk_id);
+    return absl::OkStatus();
+  }
+
+  absl::Status RunPhase(const proto::Phase& phase, std::vector<float>* scores, std::vector<float>* labels) {
+    const bool train = phase.kind() == proto::TRAIN;
+    const bool bsp = config_.train().consistency() == proto::TrainConfig::BSP;
+    BatchQueue queue(8);
+    std::thread reader([&] { ReadLoop(phase, &queue); });
+    absl::Status st;
+    std::deque<PendingPush> pending;
+    std::unique_ptr<Step> cur;
+    std::optional<models::Batch> first = queue.Pop();
+    if (first) cur = Prepare(std::move(*first));
+    absl::Time last_report = absl::Now();
+    const absl::Duration report_every = absl::Milliseconds(config_.train().report_interval_ms());
+    while (cur && st.ok()) {
+      std::unique_ptr<Step> next;
+      // ASP: the next batch's pulls go out before this batch computes. BSP:
+      // they wait for the step barrier, so they see every worker's update.
+      std::optional<models::Batch> nb = queue.Pop();
+      if (!bsp || !train) {
+        if (nb) next = Prepare(std::move(*nb));
+      }
+      st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), scores, labels);
+      if (st.ok() && train && bsp) {
+        st = control_->StepBarrier();
+        if (st.ok() && nb) next = Prepare(std::move(*nb));
+      }
+      if (control_->Stopped()) st = absl::AbortedError("the scheduler ended the job");
+      cur = std::move(next);
+      if (absl::Now() - last_report >= report_every) {
+        ReportMetrics();
+        last_report = absl::Now();
+      }
+    }
+    while (st.ok() && !pending.empty()) st = Retire(&pending);
+    if (!st.ok()) {
+      queue.Close();
+      // Unblock the reader if it waits on a full queue, then drain.
+    }
+    reader.join();
+    absl::MutexLock l(&read_mu_);
+    if (st.ok()) st = read_status_;
+    return st;
+  }
+
+  void ReportMetrics() {
+    proto::Metrics m;
+    m.set_samples(samples_);
+    m.set_loss_sum(loss_sum_);
+    m.set_window_size(window_auc_.size());
+    const double auc = window_auc_.Auc();
+    m.set_window_auc(std::isnan(auc) ? 0 : auc);
+    if (std::isnan(auc)) m.set_window_size(0);
+    m.set_lines(lines_.load());
+    m.set_bad_lines(bad_lines_.load());
+    m.set_bytes(bytes_);
+    control_->ReportMetrics(m);
+  }
+
+  proto::RegisterReply reg_;
+  const proto::JobConfig& config_;
+  scheduler::SchedulerClient* control_;
+  PsClient* ps_;
+  std::unique_ptr<models::EmbeddingMlp> model_;
+  std::vector<uint32_t> dims_;
+  std::vector<float> predictions_;
+
+  // Training thread.
+  uint64_t samples_ = 0, bytes_ = 0;
+  double loss_sum_ = 0;
+  models::WindowAuc window_auc_;
+
+  // Reader thread (counters read by the training thread).
+  std::atomic<uint64_t> lines_{0}, bad_lines_{0};
+  uint32_t logged_bad_ = 0;
+
+  absl::Mutex finished_mu_;
+  std::vector<uint64_t> finished_ ABSL_GUARDED_BY(finished_mu_);
+  absl::Mutex read_mu_;
+  absl::Status read_status_ ABSL_GUARDED_BY(read_mu_);
+};
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerOptions& options,
+                                                       scheduler::SchedulerClient* control, PsClient* ps) {
+  auto impl = std::make_unique<Impl>(options, control, ps);
+  absl::Status st = impl->Init();
+  if (!st.ok()) return st;
+  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+}
+
+Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Worker::~Worker() = default;
+absl::Status Worker::Run() { return impl_->Run(); }
+
+}  // namespace ember::worker
