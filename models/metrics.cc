@@ -9,6 +9,10 @@ namespace ember::models {
 
 double ExactAuc(absl::Span<const float> scores, absl::Span<const float> labels) {
   const size_t n = scores.size();
+  // A diverged model's NaN scores have no order; sorting them would be undefined.
+  for (float s : scores) {
+    if (std::isnan(s)) return std::numeric_limits<double>::quiet_NaN();
+  }
   std::vector<uint32_t> order(n);
   std::iota(order.begin(), order.end(), 0u);
   std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return scores[a] < scores[b]; });

@@ -32,8 +32,18 @@ inline uint64_t Hash64(uint32_t slot, std::string_view value) {
     p += 8;
     n -= 8;
   }
+  // The last 0-7 bytes, little-endian, with fixed-size loads: a memcpy of a
+  // variable length compiles to byte stores and a stalled 8-byte reload.
   uint64_t tail = 0;
-  std::memcpy(&tail, p, n);
+  if (n >= 4) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + n - 4, 4);
+    tail = lo | (uint64_t{hi} << ((n - 4) * 8));
+  } else if (n > 0) {
+    tail = uint64_t{static_cast<uint8_t>(p[0])} | uint64_t{static_cast<uint8_t>(p[n / 2])} << (n / 2 * 8) |
+           uint64_t{static_cast<uint8_t>(p[n - 1])} << ((n - 1) * 8);
+  }
   return Mix64(h ^ tail ^ (uint64_t{n} << 56));
 }
 

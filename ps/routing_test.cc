@@ -60,5 +60,25 @@ TEST(KeysTest, ShardsSpreadSequentialKeys) {
   EXPECT_NE(Hash64(1, ""), Hash64(1, std::string_view("\0", 1)));
 }
 
+// Keys and shards are part of the checkpoint format: these values must never
+// change.
+TEST(KeysTest, GoldenValues) {
+  struct {
+    uint32_t slot;
+    const char* value;
+    uint64_t key;
+  } golden[] = {
+      {3, "", 0x038196b5b0c91985ULL},
+      {3, "a", 0x2f74f4b47fe394e5ULL},
+      {3, "abc", 0x91c0e23274d3b0eeULL},
+      {3, "12345678", 0x5e749ec3806778cdULL},
+      {3, "item_4711", 0xc9f3b1ed515e3cb9ULL},
+      {3, "a somewhat longer value", 0xe34f22f6abab00a6ULL},
+  };
+  for (const auto& g : golden) EXPECT_EQ(Hash64(g.slot, g.value), g.key) << g.value;
+  EXPECT_EQ(ShardOf(0, 1024), 0u);
+  EXPECT_EQ(ShardOf(123456789, 1024), 761u);
+}
+
 }  // namespace
 }  // namespace ember::ps

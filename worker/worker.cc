@@ -52,7 +52,9 @@ class BatchQueue {
 
 // A batch whose pulls are in flight or done.
 struct Step {
-  models::Batch batch;
+  // Shared so that the key frames in flight can alias its key vectors
+  // without copying them; the model still sees the keys it indexes.
+  std::shared_ptr<models::Batch> batch;
   std::vector<std::shared_ptr<const std::vector<uint64_t>>> keys;  // per table (null if none)
   std::vector<std::vector<float>> emb;                             // per table: keys x dim
   std::vector<float> dense;
@@ -165,16 +167,16 @@ class Worker::Impl {
   // Starts the pulls for a batch.
   std::unique_ptr<Step> Prepare(models::Batch batch) {
     auto step = std::make_unique<Step>();
-    step->batch = std::move(batch);
+    step->batch = std::make_shared<models::Batch>(std::move(batch));
     const size_t tables = dims_.size();
     step->keys.resize(tables);
     step->emb.resize(tables);
-    if (step->batch.size == 0) return step;
+    if (step->batch->size == 0) return step;
     for (size_t t = 0; t < tables; ++t) {
-      models::TableBatch& tb = step->batch.tables[t];
+      const models::TableBatch& tb = step->batch->tables[t];
       if (tb.keys.empty()) continue;
       step->emb[t].resize(tb.keys.size() * dims_[t]);
-      step->keys[t] = std::make_shared<const std::vector<uint64_t>>(std::move(tb.keys));
+      step->keys[t] = std::shared_ptr<const std::vector<uint64_t>>(step->batch, &tb.keys);
       step->pulls.push_back(ps_->Pull(t, step->keys[t], tb.server_begin, step->emb[t].data()));
     }
     step->dense.resize(ps_->dense_size());
@@ -199,8 +201,8 @@ class Worker::Impl {
 
   absl::Status Train(std::unique_ptr<Step> step, std::deque<PendingPush>* pending) {
     PendingPush push;
-    if (step->batch.last_of_chunk) push.finishes_chunk = step->batch.chunk_id;
-    const models::Batch& b = step->batch;
+    const models::Batch& b = *step->batch;
+    if (b.last_of_chunk) push.finishes_chunk = b.chunk_id;
     if (b.size > 0) {
       absl::Status st = Await(*step);
       if (!st.ok()) return st;
@@ -223,7 +225,7 @@ class Worker::Impl {
       samples_ += b.size;
       loss_sum_ += loss;
       bytes_ += b.bytes;
-      for (int i = 0; i < b.size; ++i) window_auc_.Add(predictions_[i], b.labels[size_t{i} * b.num_labels]);
+      for (int i = 0; i < b.size; ++i) window_auc_.Add(predictions_[i], b.labels[static_cast<size_t>(i) * b.num_labels]);
     }
     pending->push_back(std::move(push));
     const size_t limit = config_.train().consistency() == proto::TrainConfig::BSP ? 0
@@ -247,14 +249,14 @@ class Worker::Impl {
   }
 
   absl::Status Evaluate(std::unique_ptr<Step> step, std::vector<float>* scores, std::vector<float>* labels) {
-    const models::Batch& b = step->batch;
+    const models::Batch& b = *step->batch;
     if (b.size > 0) {
       absl::Status st = Await(*step);
       if (!st.ok()) return st;
       predictions_.resize(b.size);
       model_->Predict(b, step->dense, EmbPointers(*step), absl::MakeSpan(predictions_));
       scores->insert(scores->end(), predictions_.begin(), predictions_.end());
-      for (int i = 0; i < b.size; ++i) labels->push_back(b.labels[size_t{i} * b.num_labels]);
+      for (int i = 0; i < b.size; ++i) labels->push_back(b.labels[static_cast<size_t>(i) * b.num_labels]);
     }
     if (b.last_of_chunk) MarkFinished(b.chunk_id);
     return absl::OkStatus();

@@ -1,0 +1,466 @@
+#include "launch/gen_data.h"
+
+#include <zlib.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "models/metrics.h"
+#include "proto/config.h"
+
+namespace ember::launch {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string ReadGzip(const fs::path& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  EXPECT_NE(f, nullptr) << path;
+  if (f == nullptr) return "";
+  std::string out;
+  char buf[65536];
+  int n;
+  while ((n = gzread(f, buf, sizeof(buf))) > 0) out.append(buf, n);
+  EXPECT_EQ(n, 0) << path;
+  EXPECT_EQ(gzclose(f), Z_OK);
+  return out;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::stringstream s(text);
+  for (std::string line; std::getline(s, line);) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    const size_t end = s.find(sep, start);
+    out.push_back(s.substr(start, end == std::string::npos ? std::string::npos : end - start));
+    if (end == std::string::npos) return out;
+    start = end + 1;
+  }
+}
+
+std::map<std::string, std::string> ReadMeta(const fs::path& path) {
+  std::map<std::string, std::string> kv;
+  for (const std::string& line : Lines(ReadFile(path))) {
+    const size_t eq = line.find('=');
+    if (eq != std::string::npos) kv[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return kv;
+}
+
+// Every file under `dir`, sorted, with its bytes.
+std::map<std::string, std::string> Snapshot(const fs::path& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = ReadFile(e.path());
+  }
+  return files;
+}
+
+class GenDataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/gen_data_test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  // Small but complete: every column type, empty histories included.
+  GenDataOptions Small(const std::string& sub) const {
+    GenDataOptions o;
+    o.out_dir = (root_ / sub).string();
+    o.seed = 7;
+    o.train_rows = 3000;
+    o.test_rows = 2000;
+    o.train_files = 3;
+    o.test_files = 2;
+    o.threads = 2;
+    o.num_users = 500;
+    o.num_items = 300;
+    o.num_categories = 20;
+    o.max_history = 8;
+    return o;
+  }
+
+  fs::path root_;
+};
+
+TEST_F(GenDataTest, WritesLayoutColumnsAndMeta) {
+  const GenDataOptions o = Small("out");
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_EQ(s.train_rows, 3000u);
+  EXPECT_EQ(s.test_rows, 2000u);
+  ASSERT_EQ(s.files.size(), 5u);
+  EXPECT_EQ(s.files[0], (root_ / "out/train/part-00000.tsv").string());
+  EXPECT_EQ(s.files[4], (root_ / "out/test/part-00001.tsv").string());
+
+  uint64_t train_lines = 0, empty_histories = 0;
+  for (int i = 0; i < 3; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "part-%05d.tsv", i);
+    const std::vector<std::string> lines = Lines(ReadFile(root_ / "out/train" / name));
+    EXPECT_EQ(lines.size(), 1000u) << name;  // rows spread evenly
+    train_lines += lines.size();
+    for (const std::string& line : lines) {
+      const std::vector<std::string> f = Split(line, '\t');
+      ASSERT_EQ(f.size(), kGenDataColumns.size()) << line;
+      EXPECT_TRUE(f[0] == "0" || f[0] == "1") << line;
+      const uint64_t item = std::stoull(f[3]);
+      EXPECT_LT(item, o.num_items);
+      EXPECT_EQ(std::stoull(f[4]), item % o.num_categories) << line;
+      if (f[5].empty()) {
+        EXPECT_TRUE(f[6].empty()) << line;
+        ++empty_histories;
+        continue;
+      }
+      const std::vector<std::string> items = Split(f[5], ','), cats = Split(f[6], ',');
+      ASSERT_EQ(items.size(), cats.size()) << line;
+      EXPECT_LE(items.size(), o.max_history);
+      for (size_t j = 0; j < items.size(); ++j) {
+        EXPECT_EQ(std::stoull(cats[j]), std::stoull(items[j]) % o.num_categories) << line;
+      }
+      EXPECT_LT(std::stoul(f[7]), 24u);
+      const float d1 = std::stof(f[10]);
+      EXPECT_TRUE(d1 >= 0 && d1 <= 1) << line;
+    }
+  }
+  EXPECT_EQ(train_lines, 3000u);
+  EXPECT_GT(empty_histories, 0u);  // min_history = 0 and max_history = 8
+
+  const auto meta = ReadMeta(root_ / "out/meta.txt");
+  EXPECT_EQ(meta.at("train_rows"), "3000");
+  EXPECT_EQ(meta.at("test_rows"), "2000");
+  EXPECT_EQ(meta.at("seed"), "7");
+  EXPECT_EQ(meta.at("columns"),
+            "label,user_id,user_group,item_id,item_cat,hist_items,hist_cats,hour,device,dense_0,"
+            "dense_1");
+  EXPECT_EQ(std::stod(meta.at("oracle_auc")), s.oracle_auc);
+  EXPECT_EQ(std::stod(meta.at("positive_rate")), s.positive_rate);
+  for (const auto& [name, value] : GenDataOptionValues(o)) {
+    ASSERT_TRUE(meta.count(name)) << name;
+    EXPECT_EQ(meta.at(name), value) << name;
+  }
+  EXPECT_FALSE(fs::exists(root_ / "out/meta.txt.tmp"));
+}
+
+TEST_F(GenDataTest, SameSeedSameBytesWhateverTheThreads) {
+  GenDataOptions a = Small("a"), b = Small("b"), c = Small("c");
+  a.threads = 1;
+  b.threads = 3;
+  c.seed = 8;
+  ASSERT_TRUE(GenerateData(a, nullptr).ok());
+  ASSERT_TRUE(GenerateData(b, nullptr).ok());
+  ASSERT_TRUE(GenerateData(c, nullptr).ok());
+  auto sa = Snapshot(root_ / "a"), sb = Snapshot(root_ / "b"), sc = Snapshot(root_ / "c");
+  ASSERT_EQ(sa.size(), 6u);  // 5 parts + meta
+  for (const auto& [name, bytes] : sa) {
+    if (name == "meta.txt") continue;  // names out_dir and threads
+    EXPECT_TRUE(bytes == sb[name]) << name;
+    EXPECT_FALSE(bytes == sc[name]) << name;
+  }
+  const auto ma = ReadMeta(root_ / "a/meta.txt"), mb = ReadMeta(root_ / "b/meta.txt");
+  EXPECT_EQ(ma.at("oracle_auc"), mb.at("oracle_auc"));
+  EXPECT_EQ(ma.at("distinct_items"), mb.at("distinct_items"));
+}
+
+TEST_F(GenDataTest, OracleAucRecomputesFromTheTestFiles) {
+  GenDataOptions o = Small("out");
+  o.category_match_strength = 0.5;  // exercise every term
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  std::vector<float> p, labels;
+  for (const char* name : {"part-00000.tsv", "part-00001.tsv"}) {
+    for (const std::string& line : Lines(ReadFile(root_ / "out/test" / name))) {
+      absl::StatusOr<float> prob = ClickProbability(o, line);
+      ASSERT_TRUE(prob.ok()) << prob.status() << ": " << line;
+      ASSERT_GT(*prob, 0.0f);
+      ASSERT_LT(*prob, 1.0f);
+      p.push_back(*prob);
+      labels.push_back(line[0] == '1' ? 1.0f : 0.0f);
+    }
+  }
+  ASSERT_EQ(p.size(), 2000u);
+  EXPECT_EQ(models::ExactAuc(p, labels), s.oracle_auc);
+  EXPECT_EQ(models::LogLoss(p, labels), s.oracle_logloss);
+  EXPECT_GT(s.oracle_auc, 0.6);
+  EXPECT_LT(s.oracle_auc, 0.95);
+  // Labels are Bernoulli(p): their mean is close to the mean p.
+  EXPECT_NEAR(s.positive_rate, s.mean_click_probability, 0.03);
+  EXPECT_NEAR(s.mean_history, 4.0, 0.3);
+
+  // The options must be the file's: another seed re-derives other groups.
+  GenDataOptions other = o;
+  other.seed = 8;
+  int mismatches = 0;
+  for (const std::string& line : Lines(ReadFile(root_ / "out/test/part-00000.tsv"))) {
+    mismatches += !ClickProbability(other, line).ok();
+  }
+  EXPECT_GT(mismatches, 900);
+  EXPECT_FALSE(ClickProbability(o, "1\t2\t3").ok());
+}
+
+TEST_F(GenDataTest, DefaultModelIsInTheAdvertisedRange) {
+  // The default population and click model on fewer rows.
+  GenDataOptions o;
+  o.out_dir = (root_ / "out").string();
+  o.train_rows = 20000;
+  o.test_rows = 40000;
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_GT(s.oracle_auc, 0.75);
+  EXPECT_LT(s.oracle_auc, 0.85);
+  EXPECT_GT(s.positive_rate, 0.2);
+  EXPECT_LT(s.positive_rate, 0.4);
+  EXPECT_GT(s.distinct_users, 5000u);
+  EXPECT_LE(s.distinct_users, o.num_users);
+  EXPECT_EQ(s.distinct_categories, o.num_categories);
+}
+
+TEST_F(GenDataTest, GzipHoldsTheSameLines) {
+  GenDataOptions plain = Small("plain"), gz = Small("gz");
+  gz.gzip = true;
+  gz.gzip_level = 6;
+  ASSERT_TRUE(GenerateData(plain, nullptr).ok());
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(gz, &s).ok());
+  EXPECT_EQ(s.files[0], (root_ / "gz/train/part-00000.tsv.gz").string());
+  uint64_t plain_bytes = 0;
+  for (const char* f : {"train/part-00000.tsv", "train/part-00002.tsv", "test/part-00001.tsv"}) {
+    const std::string text = ReadFile(root_ / "plain" / f);
+    EXPECT_EQ(ReadGzip(root_ / "gz" / (std::string(f) + ".gz")), text) << f;
+    plain_bytes += text.size();
+  }
+  EXPECT_LT(s.bytes_written, plain_bytes);  // 5 compressed files < 3 plain ones
+}
+
+TEST_F(GenDataTest, RefusesBadOptionsNamingThem) {
+  struct Case {
+    std::string option;
+    std::function<void(GenDataOptions*)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"out_dir", [](GenDataOptions* o) { o->out_dir.clear(); }},
+      {"train_rows", [](GenDataOptions* o) { o->train_rows = 0; }},
+      {"train_files", [](GenDataOptions* o) { o->train_files = 0; }},
+      {"test_files", [](GenDataOptions* o) { o->test_files = 2001; }},
+      {"gzip_level", [](GenDataOptions* o) { o->gzip_level = 10; }},
+      {"num_users", [](GenDataOptions* o) { o->num_users = 0; }},
+      {"num_categories", [](GenDataOptions* o) { o->num_categories = 301; }},
+      {"num_topics", [](GenDataOptions* o) { o->num_topics = 21; }},
+      {"user_zipf", [](GenDataOptions* o) { o->user_zipf = -0.5; }},
+      {"item_zipf", [](GenDataOptions* o) { o->item_zipf = std::nan(""); }},
+      {"min_history", [](GenDataOptions* o) { o->min_history = 9; }},
+      {"history_focus", [](GenDataOptions* o) { o->history_focus = 1.5; }},
+      {"interest_cap", [](GenDataOptions* o) { o->interest_cap = 0; }},
+      {"count_distinct",
+       [](GenDataOptions* o) { o->num_users = o->num_items = uint64_t{1} << 40; }},
+  };
+  for (const Case& c : cases) {
+    GenDataOptions o = Small("bad");
+    c.spoil(&o);
+    const absl::Status v = ValidateGenDataOptions(o);
+    EXPECT_EQ(v.code(), absl::StatusCode::kInvalidArgument) << c.option;
+    EXPECT_NE(v.message().find("option " + c.option + ":"), std::string::npos)
+        << c.option << " -> " << v;
+    if (!o.out_dir.empty()) {
+      EXPECT_EQ(GenerateData(o, nullptr).message(), v.message());
+      EXPECT_FALSE(fs::exists(o.out_dir)) << c.option;  // nothing written
+    }
+  }
+  EXPECT_TRUE(ValidateGenDataOptions(Small("good")).ok());
+}
+
+TEST_F(GenDataTest, OptionsRoundTripByName) {
+  GenDataOptions o = Small("x");
+  o.gzip = true;
+  o.user_zipf = 0.123456789;
+  GenDataOptions back;
+  for (const auto& [name, value] : GenDataOptionValues(o)) {
+    ASSERT_TRUE(SetGenDataOption(name, value, &back).ok()) << name << "=" << value;
+  }
+  EXPECT_EQ(GenDataOptionValues(back), GenDataOptionValues(o));
+  EXPECT_EQ(back.user_zipf, 0.123456789);
+
+  absl::Status st = SetGenDataOption("num_userz", "3", &back);
+  EXPECT_NE(st.message().find("num_userz"), std::string::npos) << st;
+  st = SetGenDataOption("train_rows", "12x", &back);
+  EXPECT_NE(st.message().find("train_rows"), std::string::npos) << st;
+  EXPECT_EQ(back.train_rows, o.train_rows);  // unchanged on failure
+  EXPECT_FALSE(SetGenDataOption("num_topics", "-1", &back).ok());
+  EXPECT_FALSE(SetGenDataOption("gzip", "maybe", &back).ok());
+}
+
+TEST_F(GenDataTest, ExistingOutputNeedsOverwriteAndForeignFilesStay) {
+  GenDataOptions o = Small("out");
+  ASSERT_TRUE(GenerateData(o, nullptr).ok());
+  absl::Status st = GenerateData(o, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("overwrite"), std::string::npos) << st;
+
+  // A rerun with fewer files leaves none of the old ones behind.
+  o.overwrite = true;
+  o.train_files = 2;
+  ASSERT_TRUE(GenerateData(o, nullptr).ok());
+  EXPECT_FALSE(fs::exists(root_ / "out/train/part-00002.tsv"));
+  EXPECT_TRUE(fs::exists(root_ / "out/train/part-00001.tsv"));
+
+  std::ofstream(root_ / "out/train/notes.txt") << "mine";
+  st = GenerateData(o, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("notes.txt"), std::string::npos) << st;
+  EXPECT_TRUE(fs::exists(root_ / "out/train/notes.txt"));
+}
+
+TEST_F(GenDataTest, UnwritablePathIsNamed) {
+  std::ofstream(root_ / "file") << "x";
+  GenDataOptions o = Small("file/out");
+  const absl::Status st = GenerateData(o, nullptr);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find((root_ / "file").string()), std::string::npos) << st;
+}
+
+TEST_F(GenDataTest, NoTestSplit) {
+  GenDataOptions o = Small("out");
+  o.test_rows = 0;
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_TRUE(std::isnan(s.oracle_auc));
+  EXPECT_FALSE(fs::exists(root_ / "out/test"));
+  EXPECT_EQ(ReadMeta(root_ / "out/meta.txt").at("oracle_auc"), "nan");
+}
+
+// examples/local.conf is the job config for this data: it must load, name
+// the columns in file order, and let the candidate and the history meet.
+TEST(LocalConfTest, MatchesTheGeneratedColumns) {
+  absl::StatusOr<proto::JobConfig> config =
+      proto::LoadJobConfig(std::string(EMBER_SOURCE_DIR) + "/examples/local.conf");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const proto::DataConfig& data = config->data();
+  ASSERT_EQ(data.columns_size(), static_cast<int>(kGenDataColumns.size()));
+  for (int i = 0; i < data.columns_size(); ++i) {
+    EXPECT_EQ(data.columns(i).name(), kGenDataColumns[i]);
+  }
+  auto same_key_space = [&](int a, int b) {
+    EXPECT_EQ(data.columns(a).table(), data.columns(b).table());
+    EXPECT_EQ(proto::ColumnSlot(*config, a), proto::ColumnSlot(*config, b));
+  };
+  same_key_space(3, 5);                                                     // item_id, hist_items
+  same_key_space(4, 6);                                                     // item_cat, hist_cats
+  EXPECT_NE(proto::ColumnSlot(*config, 1), proto::ColumnSlot(*config, 2));  // user, group
+  EXPECT_GE(data.columns(5).max_len(), GenDataOptions().max_history);
+  // The interest term needs the category embedding to hold the topics.
+  const int cat = proto::FindTable(*config, data.columns(4).table());
+  EXPECT_GT(config->tables(cat).dim(), GenDataOptions().num_topics);
+}
+
+TEST(RandomTest, DeterministicAndInRange) {
+  Random a(5), b(5), c(6);
+  bool differs = false;
+  for (int i = 0; i < 1000; ++i) {
+    const uint64_t x = a.Next();
+    EXPECT_EQ(x, b.Next());
+    differs |= x != c.Next();
+  }
+  EXPECT_TRUE(differs);
+  for (int i = 0; i < 1000; ++i) {
+    const double u = a.Uniform();
+    EXPECT_GE(u, 0.0);
+    EXPECT_LT(u, 1.0);
+    EXPECT_LT(a.Below(7), 7u);
+  }
+  double sum = 0, sum2 = 0;
+  const int n = 100000;
+  for (int i = 0; i < n; ++i) {
+    const double z = a.Normal();
+    sum += z;
+    sum2 += z * z;
+  }
+  EXPECT_NEAR(sum / n, 0, 0.02);
+  EXPECT_NEAR(sum2 / n, 1, 0.02);
+}
+
+// Sum of k^-s for k = 1..n; exact below 2M terms, else Euler-Maclaurin.
+double ZipfNorm(uint64_t n, double s) {
+  const uint64_t m = std::min<uint64_t>(n, 2000000);
+  double sum = 0;
+  for (uint64_t k = m; k >= 1; --k) sum += std::pow(static_cast<double>(k), -s);
+  if (n == m) return sum;
+  const double a = static_cast<double>(m), b = static_cast<double>(n);
+  const double integral =
+      s == 1 ? std::log(b / a) : (std::pow(b, 1 - s) - std::pow(a, 1 - s)) / (1 - s);
+  return sum + integral + (std::pow(b, -s) - std::pow(a, -s)) / 2 +
+         s / 12 * (std::pow(a, -s - 1) - std::pow(b, -s - 1));
+}
+
+// Observed counts of the top ranks, and of everything beyond them, within 5
+// standard deviations of the binomial expectation.
+void ExpectZipfFrequencies(uint64_t n, double s, int draws) {
+  SCOPED_TRACE(testing::Message() << "n=" << n << " s=" << s);
+  ZipfSampler zipf(n, s);
+  Random rng(42 + n);
+  constexpr int kTop = 10;
+  std::vector<int> counts(kTop + 1, 0);
+  for (int i = 0; i < draws; ++i) {
+    const uint64_t k = zipf.Sample(rng);
+    ASSERT_GE(k, 1u);
+    ASSERT_LE(k, n);
+    ++counts[std::min<uint64_t>(k, kTop + 1) - 1];
+  }
+  const double norm = ZipfNorm(n, s);
+  double top_mass = 0;
+  for (int k = 1; k <= kTop + 1; ++k) {
+    double p;
+    if (k <= kTop) {
+      p = std::pow(k, -s) / norm;
+      top_mass += p;
+    } else {
+      p = 1 - top_mass;
+    }
+    const double expected = p * draws;
+    const double sd = std::sqrt(draws * p * (1 - p)) + 1;
+    EXPECT_NEAR(counts[k - 1], expected, 5 * sd) << "rank " << k;
+  }
+}
+
+TEST(ZipfSamplerTest, TopRankFrequenciesMatchTheory) {
+  ExpectZipfFrequencies(1000, 1.0, 200000);
+  ExpectZipfFrequencies(1000, 0.8, 200000);
+  ExpectZipfFrequencies(1000, 0.0, 200000);  // uniform
+  ExpectZipfFrequencies(50, 2.5, 200000);
+  ExpectZipfFrequencies(20000, 1.2, 200000);
+}
+
+TEST(ZipfSamplerTest, HugeNeedsNoTable) {
+  // 10^12 ranks; the head's mass only follows from the normaliser.
+  ExpectZipfFrequencies(1000000000000ULL, 1.1, 200000);
+  ExpectZipfFrequencies(uint64_t{1} << 40, 0.9, 200000);
+}
+
+TEST(ZipfSamplerTest, SingleRank) {
+  ZipfSampler zipf(1, 1.0);
+  Random rng(1);
+  for (int i = 0; i < 100; ++i) EXPECT_EQ(zipf.Sample(rng), 1u);
+}
+
+}  // namespace
+}  // namespace ember::launch

@@ -1,0 +1,28 @@
+# Shared by launch/local.sh and tests/run.sh: install what is missing (Debian
+# packages only) and build. Source it; it defines functions and changes nothing.
+
+EMBER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
+  libeigen3-dev libgoogle-glog-dev libgflags-dev librocksdb-dev libgtest-dev libgmock-dev libabsl-dev zlib1g-dev"
+
+# Installs the packages that are not installed yet (apt-get; sudo when not root).
+ember_install_deps() {
+  local missing=() p
+  for p in $EMBER_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# ember_build BUILD_DIR [cmake args...]: configures (Release) and builds everything.
+ember_build() {
+  local dir="$1"
+  shift
+  cmake -S "$EMBER_ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+  cmake --build "$dir" -j"$(nproc)"
+}

@@ -1,0 +1,116 @@
+// Whole-cluster tests: a real scheduler, servers and workers on 127.0.0.1.
+#include <signal.h>
+
+#include <cstdlib>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/cluster_harness.h"
+
+namespace ember::testing {
+namespace {
+
+std::string LocalConfig() { return SourceDir() + "/examples/local.conf"; }
+
+// The example config with `extra` fields inserted at the top of its data and
+// cluster blocks, written into `dir`.
+std::string ConfigWith(const std::string& dir, const std::string& data_extra, const std::string& cluster_extra) {
+  std::string text = ReadFile(LocalConfig());
+  text = absl::StrReplaceAll(text, {{"\ndata {", "\ndata {\n  " + data_extra}});
+  text = absl::StrReplaceAll(text, {{"\ncluster {", "\ncluster {\n  " + cluster_extra}});
+  const std::string path = dir + "/job.conf";
+  WriteFile(path, text);
+  return path;
+}
+
+TEST(ClusterTest, TrainsToWithinThreeHundredthsOfOracleAuc) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {}));
+  Cluster c(tmp.path(), LocalConfig(), 2, 2, {"--data_dir=" + data});
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(8))) << ReadFile(c.scheduler().log());
+  EXPECT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
+  for (auto& p : c.servers()) EXPECT_EQ(p->Wait(absl::ZeroDuration()), 0) << ReadFile(p->log());
+  for (auto& p : c.workers()) EXPECT_EQ(p->Wait(absl::ZeroDuration()), 0) << ReadFile(p->log());
+  auto r = c.Result();
+  ASSERT_TRUE(r.count("auc") && r.count("oracle_auc")) << ReadFile(c.scheduler().log());
+  const double auc = std::atof(r["auc"].c_str()), oracle = std::atof(r["oracle_auc"].c_str());
+  std::printf("auc=%.4f oracle_auc=%.4f samples_per_sec=%s\n", auc, oracle, r["samples_per_sec"].c_str());
+  EXPECT_GT(oracle, 0.6);
+  EXPECT_NEAR(auc, oracle, 0.03);
+  EXPECT_EQ(r["bad_lines"], "0");
+}
+
+// Inserts malformed lines into the first training file: one with a missing
+// column at line 10 and one with a non-numeric label at line 20.
+void CorruptTrainFile(const std::string& data) {
+  const std::string path = data + "/train/part-00000.tsv";
+  std::string text = ReadFile(path);
+  std::vector<std::string> lines = absl::StrSplit(text, '\n');
+  ASSERT_GT(lines.size(), 30u);
+  std::string short_line = lines[9].substr(0, lines[9].rfind('\t'));  // drop the last column
+  std::string bad_label = "x" + lines[19].substr(lines[19].find('\t'));
+  lines[9] = short_line;
+  lines[19] = bad_label;
+  WriteFile(path, absl::StrJoin(lines, "\n"));
+}
+
+TEST(ClusterTest, BadLogLinesAreReportedWithFileAndLineAndSkipped) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  CorruptTrainFile(data);
+  Cluster c(tmp.path(), LocalConfig(), 1, 1, {"--data_dir=" + data, "--epochs=1"});
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(3)));
+  ASSERT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
+  auto r = c.Result();
+  EXPECT_EQ(r["bad_lines"], "2");
+  EXPECT_EQ(r["lines"], "22000");  // lines read in all phases: 20000 train + 2000 test
+  const std::string wlog = ReadFile(c.workers()[0]->log());
+  EXPECT_NE(wlog.find("part-00000.tsv:10: "), std::string::npos) << wlog;
+  EXPECT_NE(wlog.find("part-00000.tsv:20: "), std::string::npos) << wlog;
+  EXPECT_NE(wlog.find("columns"), std::string::npos) << wlog;
+  // The good lines were all trained on: 20000 minus the two bad ones.
+  EXPECT_EQ(r["samples"], "19998");
+}
+
+TEST(ClusterTest, ExceededBadLineBudgetFailsTheJobAndStopsEveryone) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  CorruptTrainFile(data);
+  const std::string conf = ConfigWith(tmp.path(), "max_bad_lines: 1", "");
+  Cluster c(tmp.path(), conf, 1, 1, {"--data_dir=" + data, "--epochs=1"});
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(3))) << "processes left running";
+  EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0);
+  const std::string slog = ReadFile(c.scheduler().log());
+  EXPECT_NE(slog.find("bad-line budget exceeded"), std::string::npos) << slog;
+  EXPECT_NE(slog.find("data.max_bad_lines=1"), std::string::npos) << slog;
+}
+
+TEST(ClusterTest, KilledWorkerIsDetectedAndTheClusterStops) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=2000000", "--test_rows=1000"}));
+  const std::string conf = ConfigWith(tmp.path(), "", "heartbeat_interval_ms: 200 heartbeat_timeout_ms: 2000");
+  Cluster c(tmp.path(), conf, 1, 2, {"--data_dir=" + data, "--epochs=5"});
+  // Wait until training is under way.
+  for (int i = 0; i < 600 && ReadFile(c.scheduler().log()).find("cluster up") == std::string::npos; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  absl::SleepFor(absl::Seconds(1));
+  c.workers()[0]->Kill(SIGKILL);
+  ASSERT_TRUE(c.WaitAll(absl::Seconds(60))) << "processes left running";
+  EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0);
+  const std::string slog = ReadFile(c.scheduler().log());
+  // Ranks follow registration order, so name the victim by its pid.
+  EXPECT_NE(slog.find(absl::StrCat("pid ", c.workers()[0]->pid(), ") is dead")), std::string::npos) << slog;
+  EXPECT_NE(slog.find("is dead: no heartbeat"), std::string::npos) << slog;
+}
+
+}  // namespace
+}  // namespace ember::testing

@@ -1,0 +1,251 @@
+// Batch assembly: keys are deduplicated per table as lines arrive, and
+// Finish orders them by (server, shard) with a stable LSD radix sort over
+// the shards' positions in that order.
+#include "worker/batch_builder.h"
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/memory/memory.h"
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "ps/keys.h"
+
+namespace ember::worker {
+namespace {
+
+absl::Status CheckShardMap(const proto::ShardMap& map, int num_servers) {
+  if (num_servers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_servers is ", num_servers, ", must be >= 1"));
+  }
+  if (map.num_logical_shards() < 1) {
+    return absl::InvalidArgumentError("shard map: num_logical_shards must be >= 1");
+  }
+  if (static_cast<uint64_t>(map.server_rank_size()) != map.num_logical_shards()) {
+    return absl::InvalidArgumentError(absl::StrCat("shard map: ", map.server_rank_size(),
+                                                   " server ranks for ", map.num_logical_shards(),
+                                                   " logical shards"));
+  }
+  for (int s = 0; s < map.server_rank_size(); ++s) {
+    if (map.server_rank(s) >= static_cast<uint32_t>(num_servers)) {
+      return absl::InvalidArgumentError(absl::StrCat("shard map: shard ", s, " is on server ",
+                                                     map.server_rank(s), " of only ", num_servers));
+    }
+  }
+  return absl::OkStatus();
+}
+
+LogParser ParserOrDie(const proto::JobConfig& config) {
+  absl::StatusOr<LogParser> parser = LogParser::Create(config);
+  CHECK(parser.ok()) << "BatchBuilder needs a validated config: " << parser.status();
+  return *std::move(parser);
+}
+
+const proto::ShardMap& ShardMapOrDie(const proto::ShardMap& map, int num_servers) {
+  absl::Status st = CheckShardMap(map, num_servers);
+  CHECK(st.ok()) << "BatchBuilder needs a checked shard map: " << st;
+  return map;
+}
+
+// Bits needed to write any value in [0, n).
+int BitsFor(uint32_t n) {
+  int bits = 0;
+  while (bits < 32 && (uint64_t{1} << bits) < n) ++bits;
+  return bits;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BatchBuilder>> BatchBuilder::Create(const proto::JobConfig& config,
+                                                                   const proto::ShardMap& shard_map,
+                                                                   int num_servers) {
+  absl::Status st = CheckShardMap(shard_map, num_servers);
+  if (!st.ok()) return st;
+  absl::StatusOr<LogParser> parser = LogParser::Create(config);
+  if (!parser.ok()) return parser.status();
+  return absl::WrapUnique(
+      new BatchBuilder(*std::move(parser), shard_map, num_servers, config.tables_size()));
+}
+
+BatchBuilder::BatchBuilder(const proto::JobConfig& config, const proto::ShardMap& shard_map,
+                           int num_servers)
+    : BatchBuilder(ParserOrDie(config), ShardMapOrDie(shard_map, num_servers), num_servers,
+                   config.tables_size()) {}
+
+BatchBuilder::BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, int num_servers,
+                           int num_tables)
+    : parser_(std::move(parser)),
+      num_servers_(num_servers),
+      num_shards_(shard_map.num_logical_shards()) {
+  // Position of each shard in (server, shard) order, by counting shards per server.
+  std::vector<uint32_t> next(num_servers_ + 1, 0);
+  shard_server_.assign(shard_map.server_rank().begin(), shard_map.server_rank().end());
+  for (uint32_t server : shard_server_) ++next[server + 1];
+  for (int s = 0; s < num_servers_; ++s) next[s + 1] += next[s];
+  shard_pos_.resize(num_shards_);
+  for (uint32_t shard = 0; shard < num_shards_; ++shard) {
+    shard_pos_[shard] = next[shard_server_[shard]]++;
+  }
+  // Up to 4096 buckets a pass keeps the histogram in L1; beyond that two
+  // passes of half the bits cost less than one pass over a huge histogram.
+  const int bits = BitsFor(num_shards_);
+  radix_passes_ = bits == 0 ? 0 : bits <= 12 ? 1 : 2;
+  radix_bits_ = radix_passes_ == 2 ? (bits + 1) / 2 : bits;
+
+  for (const LogParser::SparseColumn& sc : parser_.sparse_columns()) {
+    ColumnState col;
+    col.column = sc.column;
+    col.table = sc.table;
+    columns_.push_back(std::move(col));
+  }
+  tables_.resize(num_tables);
+  Reset();
+}
+
+absl::Status BatchBuilder::AddLine(std::string_view line) {
+  absl::Status st = parser_.Parse(line, &scratch_);
+  if (!st.ok()) return st;
+  const uint32_t* key_begin = scratch_.key_begin.data();
+  for (size_t j = 0; j < columns_.size(); ++j) {
+    const uint64_t n = key_begin[j + 1] - key_begin[j];
+    if (columns_[j].rows.size() + n > std::numeric_limits<uint32_t>::max()) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("batch column #", columns_[j].column + 1, " would exceed 2^32 keys"));
+    }
+  }
+  // Nothing can fail from here on, so the batch changes only for a good line.
+  labels_.insert(labels_.end(), scratch_.labels.begin(), scratch_.labels.end());
+  dense_.insert(dense_.end(), scratch_.dense.begin(), scratch_.dense.end());
+  for (size_t j = 0; j < columns_.size(); ++j) {
+    ColumnState& col = columns_[j];
+    TableState& table = tables_[col.table];
+    for (uint32_t k = key_begin[j]; k < key_begin[j + 1]; ++k) {
+      const uint64_t key = scratch_.keys[k];
+      auto [it, inserted] = table.index.try_emplace(key, static_cast<uint32_t>(table.keys.size()));
+      if (inserted) table.keys.push_back(key);
+      col.rows.push_back(it->second);
+    }
+    col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
+  }
+  ++size_;
+  bytes_ += line.size() + 1;
+  return absl::OkStatus();
+}
+
+void BatchBuilder::SortTable(const TableState& state, models::TableBatch* out) {
+  const size_t n = state.keys.size();
+  out->server_begin.assign(num_servers_ + 1, 0);
+  pos_.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t shard = ps::ShardOf(state.keys[i], num_shards_);
+    pos_[i] = shard_pos_[shard];
+    ++out->server_begin[shard_server_[shard] + 1];
+  }
+  for (int s = 0; s < num_servers_; ++s) out->server_begin[s + 1] += out->server_begin[s];
+
+  // Stable LSD passes: within a shard keys keep their first-seen order, so
+  // the same lines always give the same batch.
+  order_.resize(n);
+  order_tmp_.resize(n);
+  const uint32_t buckets = uint32_t{1} << radix_bits_;
+  const uint32_t mask = buckets - 1;
+  auto pass = [&](const uint32_t* in, uint32_t* dst, int shift) {
+    counts_.assign(buckets, 0);
+    for (size_t k = 0; k < n; ++k) {
+      const uint32_t i = in != nullptr ? in[k] : static_cast<uint32_t>(k);
+      ++counts_[(pos_[i] >> shift) & mask];
+    }
+    uint32_t sum = 0;
+    for (uint32_t& c : counts_) {
+      const uint32_t count = c;
+      c = sum;  // first slot of this bucket
+      sum += count;
+    }
+    for (size_t k = 0; k < n; ++k) {
+      const uint32_t i = in != nullptr ? in[k] : static_cast<uint32_t>(k);
+      dst[counts_[(pos_[i] >> shift) & mask]++] = i;
+    }
+  };
+  if (radix_passes_ == 0) {
+    for (size_t k = 0; k < n; ++k) order_[k] = static_cast<uint32_t>(k);
+  } else if (radix_passes_ == 1) {
+    pass(nullptr, order_.data(), 0);
+  } else {
+    pass(nullptr, order_tmp_.data(), 0);
+    pass(order_tmp_.data(), order_.data(), radix_bits_);
+  }
+
+  out->keys.resize(n);
+  remap_.resize(n);
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t i = order_[k];
+    out->keys[k] = state.keys[i];
+    remap_[i] = static_cast<uint32_t>(k);
+  }
+}
+
+models::Batch BatchBuilder::Finish() {
+  models::Batch batch;
+  Finish(&batch);
+  return batch;
+}
+
+void BatchBuilder::Finish(models::Batch* out) {
+  out->size = size_;
+  out->num_labels = parser_.num_labels();
+  out->num_dense = parser_.num_dense();
+  out->bytes = bytes_;
+  out->labels.swap(labels_);
+  out->dense.swap(dense_);
+  out->tables.resize(tables_.size());
+  for (size_t t = 0; t < tables_.size(); ++t) {
+    SortTable(tables_[t], &out->tables[t]);
+    for (ColumnState& col : columns_) {
+      if (col.table != static_cast<int>(t)) continue;
+      for (uint32_t& row : col.rows) row = remap_[row];
+    }
+  }
+  out->sparse.resize(columns_.size());
+  for (size_t j = 0; j < columns_.size(); ++j) {
+    models::SparseColumnBatch& dst = out->sparse[j];
+    dst.column = columns_[j].column;
+    dst.table = columns_[j].table;
+    dst.offsets.swap(columns_[j].offsets);
+    dst.rows.swap(columns_[j].rows);
+  }
+  Reset();
+  // The vectors swapped in from `out` may be empty; size them for a batch
+  // like this one so the next batch does not grow them step by step.
+  labels_.reserve(out->labels.size());
+  dense_.reserve(out->dense.size());
+  for (size_t j = 0; j < columns_.size(); ++j) {
+    columns_[j].offsets.reserve(out->sparse[j].offsets.size());
+    columns_[j].rows.reserve(out->sparse[j].rows.size());
+  }
+}
+
+void BatchBuilder::Clear() { Reset(); }
+
+void BatchBuilder::Reset() {
+  size_ = 0;
+  bytes_ = 0;
+  labels_.clear();
+  dense_.clear();
+  for (ColumnState& col : columns_) {
+    col.offsets.clear();
+    col.offsets.push_back(0);
+    col.rows.clear();
+  }
+  for (TableState& table : tables_) {
+    // absl's clear() frees a large table; reserving for the last batch's
+    // distinct keys makes that one allocation instead of a series of rehashes.
+    if (!table.keys.empty()) table.last_size = table.keys.size();
+    table.index.clear();
+    table.index.reserve(table.last_size);
+    table.keys.clear();
+  }
+}
+
+}  // namespace ember::worker

@@ -1,0 +1,130 @@
+// Turns parsed log lines into the models::Batch a model consumes: labels and
+// dense values row-major, per sparse column a CSR of rows into each table's
+// list of distinct keys, and those keys grouped by the server that owns them
+// so the PS client can send each server one contiguous range.
+#ifndef EMBER_WORKER_BATCH_BUILDER_H_
+#define EMBER_WORKER_BATCH_BUILDER_H_
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "models/batch.h"
+#include "proto/config.pb.h"
+#include "proto/wire.pb.h"
+#include "worker/log_parser.h"
+
+namespace ember::worker {
+
+// Collects samples one line at a time and emits them as a models::Batch.
+//
+// Cost: AddLine is one parse plus one hash-map probe per key; Finish orders
+// the distinct keys by (server rank, logical shard) with a radix sort, O(n)
+// in the number of distinct keys whatever the number of logical shards.
+// Internal buffers keep their capacity from batch to batch.
+//
+// Thread safety: none; one builder per reader thread. Not copyable.
+class BatchBuilder {
+ public:
+  // Checks that `config`'s columns can be parsed (see LogParser::Create) and
+  // that `shard_map` is usable with `num_servers`: num_logical_shards >= 1,
+  // one server_rank per logical shard, each rank in [0, num_servers).
+  // Returns InvalidArgument naming the problem. Use this for a shard map that
+  // arrived over the network.
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<BatchBuilder>> Create(
+      const proto::JobConfig& config, const proto::ShardMap& shard_map, int num_servers);
+
+  // As Create, for inputs already known to be good (a validated config and a
+  // shard map checked by the caller); bad inputs here are a programmer error
+  // and CHECK-fail. Neither argument is retained.
+  BatchBuilder(const proto::JobConfig& config, const proto::ShardMap& shard_map, int num_servers);
+
+  BatchBuilder(const BatchBuilder&) = delete;
+  BatchBuilder& operator=(const BatchBuilder&) = delete;
+
+  // Parses `line` (no trailing '\n'; a trailing '\r' is ignored) and appends
+  // it as one sample. On a malformed line returns the parser's
+  // InvalidArgument (no file:line; the caller knows them) and leaves the
+  // pending batch exactly as it was. Returns ResourceExhausted, also leaving
+  // the batch unchanged, if the sample would overflow the batch's 32-bit row
+  // indices (more than 4G keys in one column); finish the batch and retry.
+  [[nodiscard]] absl::Status AddLine(std::string_view line);
+
+  // Samples added since the last Finish or Clear.
+  int size() const { return size_; }
+
+  // Moves the pending samples into a batch and starts a new, empty one.
+  // Sets size, num_labels, num_dense, labels, dense, sparse (one entry per
+  // sparse column, config order), tables (one entry per JobConfig table, each
+  // with num_servers + 1 server_begin offsets) and bytes (sum of the line
+  // lengths + 1 for each newline). chunk_id and last_of_chunk are left for the
+  // caller. A builder with no samples yields a valid batch of size 0.
+  models::Batch Finish();
+  // As above, writing into `*out` and taking its vectors' capacity for the
+  // next batch: pass back a batch the model is done with to avoid allocating.
+  void Finish(models::Batch* out);
+
+  // Drops the pending samples.
+  void Clear();
+
+  const LogParser& parser() const { return parser_; }
+
+ private:
+  // Samples of one table: its distinct keys in first-seen order.
+  struct TableState {
+    absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> position in keys
+    std::vector<uint64_t> keys;
+    size_t last_size = 0;  // distinct keys of the previous batch, for reserve()
+  };
+
+  // Pending CSR of one sparse column; rows index TableState::keys until Finish
+  // remaps them to the sorted order.
+  struct ColumnState {
+    int column = 0;
+    int table = 0;
+    std::vector<uint32_t> offsets;
+    std::vector<uint32_t> rows;
+  };
+
+  BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, int num_servers, int num_tables);
+
+  // Sorts `state`'s keys into `*out` and fills `remap_` (first-seen position
+  // -> sorted position).
+  void SortTable(const TableState& state, models::TableBatch* out);
+  void Reset();
+
+  LogParser parser_;
+  ParsedLine scratch_;
+  int num_servers_;
+  uint32_t num_shards_;
+  // Shards in (server rank, shard) order: shard_pos_[shard] is the shard's
+  // place in that order; shard_server_[shard] its server.
+  std::vector<uint32_t> shard_pos_;
+  std::vector<uint32_t> shard_server_;
+  // Radix sort of positions in [0, num_shards_): one or two passes of
+  // radix_bits_ bits.
+  int radix_bits_;
+  int radix_passes_;
+
+  int size_ = 0;
+  uint64_t bytes_ = 0;
+  std::vector<float> labels_;
+  std::vector<float> dense_;
+  std::vector<ColumnState> columns_;
+  std::vector<TableState> tables_;
+
+  // Finish's scratch, reused.
+  std::vector<uint32_t> pos_;
+  std::vector<uint32_t> order_;
+  std::vector<uint32_t> order_tmp_;
+  std::vector<uint32_t> counts_;
+  std::vector<uint32_t> remap_;
+};
+
+}  // namespace ember::worker
+
+#endif  // EMBER_WORKER_BATCH_BUILDER_H_
