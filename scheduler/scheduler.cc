@@ -446,12 +446,17 @@ class Scheduler::Impl {
     return s;
   }
 
+  // One progress line: samples and rate since the phase began (reports
+  // arrive in bursts, so a per-interval rate would jump), loss over the
+  // interval, the workers' windowed training AUC, and an ETA from the share of
+  // the epoch's bytes consumed.
   void PrintProgress(absl::Time now) {
     const uint64_t samples = TotalSamples();
+    if (samples == last_samples_) return;  // nothing new to say
     const double loss = TotalLoss();
-    const double dt = std::max(1e-9, absl::ToDoubleSeconds(now - last_progress_));
-    const double rate = (samples - last_samples_) / dt;
-    const double interval_loss = samples > last_samples_ ? (loss - last_loss_) / (samples - last_samples_) : kNaN;
+    const uint64_t phase_samples = samples - phase_samples_start_;
+    const double elapsed = std::max(1e-9, absl::ToDoubleSeconds(now - phase_start_));
+    const double interval_loss = (loss - last_loss_) / (samples - last_samples_);
     double auc_sum = 0, auc_w = 0;
     for (const Node& n : nodes_) {
       if (n.metrics.window_size() > 0 && !std::isnan(n.metrics.window_auc())) {
@@ -459,13 +464,12 @@ class Scheduler::Impl {
         auc_w += n.metrics.window_size();
       }
     }
-    const double done = train_bytes_ ? static_cast<double>(TotalBytes() - phase_bytes_start_) / train_bytes_ : 0;
-    const double elapsed = absl::ToDoubleSeconds(now - phase_start_);
-    const double eta = done > 0.01 ? elapsed * (1 - done) / done : kNaN;
-    opt_.print(absl::StrFormat("epoch %d/%d %5.1f%% samples=%d samples/s=%.0f loss=%.4f train_auc=%.4f eta=%.0fs",
-                               phase_.epoch() + 1, opt_.config.train().epochs(), 100 * std::min(done, 1.0),
-                               samples - phase_samples_start_, rate, interval_loss,
-                               auc_w > 0 ? auc_sum / auc_w : kNaN, eta));
+    const double done =
+        train_bytes_ ? std::min(1.0, static_cast<double>(TotalBytes() - phase_bytes_start_) / train_bytes_) : 0;
+    const std::string eta = done > 0.01 ? absl::StrFormat("%.0fs", elapsed * (1 - done) / done) : "?";
+    opt_.print(absl::StrFormat("epoch %d/%d %5.1f%% samples=%d samples/s=%.0f loss=%.4f train_auc=%.4f eta=%s",
+                               phase_.epoch() + 1, opt_.config.train().epochs(), 100 * done, phase_samples,
+                               phase_samples / elapsed, interval_loss, auc_w > 0 ? auc_sum / auc_w : kNaN, eta));
     last_progress_ = now;
     last_samples_ = samples;
     last_loss_ = loss;
