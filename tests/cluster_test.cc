@@ -16,7 +16,7 @@ namespace {
 
 std::string LocalConfig() { return SourceDir() + "/examples/local.conf"; }
 
-// The example config with `extra` fields inserted at the top of its data and
+// The example config with extra fields inserted at the top of its data and
 // cluster blocks, written into `dir`.
 std::string ConfigWith(const std::string& dir, const std::string& data_extra, const std::string& cluster_extra) {
   std::string text = ReadFile(LocalConfig());
@@ -43,6 +43,26 @@ TEST(ClusterTest, TrainsToWithinThreeHundredthsOfOracleAuc) {
   EXPECT_GT(oracle, 0.6);
   EXPECT_NEAR(auc, oracle, 0.03);
   EXPECT_EQ(r["bad_lines"], "0");
+}
+
+// BSP: every step ends in a barrier of all workers; the model must still learn.
+TEST(ClusterTest, BulkSynchronousTrainingLearns) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=200000", "--test_rows=20000"}));
+  const std::string conf = tmp.path() + "/bsp.conf";
+  WriteFile(conf, absl::StrReplaceAll(ReadFile(LocalConfig()), {{"consistency: ASP", "consistency: BSP"}}));
+  Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=1"});
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(5)));
+  ASSERT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
+  auto r = c.Result();
+  const double auc = std::atof(r["auc"].c_str()), oracle = std::atof(r["oracle_auc"].c_str());
+  std::printf("bsp auc=%.4f oracle_auc=%.4f\n", auc, oracle);
+  // One epoch of 200k rows is little data: measured 0.740 against an oracle of
+  // 0.799 here (ASP on the full default data comes within 0.01). The bar is
+  // that every step's barrier leaves training intact, well above chance.
+  EXPECT_GT(auc, oracle - 0.08);
+  EXPECT_EQ(r["samples"], "200000");
 }
 
 // Inserts malformed lines into the first training file: one with a missing

@@ -37,18 +37,6 @@ absl::Status CheckShardMap(const proto::ShardMap& map, int num_servers) {
   return absl::OkStatus();
 }
 
-LogParser ParserOrDie(const proto::JobConfig& config) {
-  absl::StatusOr<LogParser> parser = LogParser::Create(config);
-  CHECK(parser.ok()) << "BatchBuilder needs a validated config: " << parser.status();
-  return *std::move(parser);
-}
-
-const proto::ShardMap& ShardMapOrDie(const proto::ShardMap& map, int num_servers) {
-  absl::Status st = CheckShardMap(map, num_servers);
-  CHECK(st.ok()) << "BatchBuilder needs a checked shard map: " << st;
-  return map;
-}
-
 // Bits needed to write any value in [0, n).
 int BitsFor(uint32_t n) {
   int bits = 0;
@@ -68,11 +56,6 @@ absl::StatusOr<std::unique_ptr<BatchBuilder>> BatchBuilder::Create(const proto::
   return absl::WrapUnique(
       new BatchBuilder(*std::move(parser), shard_map, num_servers, config.tables_size()));
 }
-
-BatchBuilder::BatchBuilder(const proto::JobConfig& config, const proto::ShardMap& shard_map,
-                           int num_servers)
-    : BatchBuilder(ParserOrDie(config), ShardMapOrDie(shard_map, num_servers), num_servers,
-                   config.tables_size()) {}
 
 BatchBuilder::BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, int num_servers,
                            int num_tables)

@@ -38,11 +38,6 @@ class BatchBuilder {
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<BatchBuilder>> Create(
       const proto::JobConfig& config, const proto::ShardMap& shard_map, int num_servers);
 
-  // As Create, for inputs already known to be good (a validated config and a
-  // shard map checked by the caller); bad inputs here are a programmer error
-  // and CHECK-fail. Neither argument is retained.
-  BatchBuilder(const proto::JobConfig& config, const proto::ShardMap& shard_map, int num_servers);
-
   BatchBuilder(const BatchBuilder&) = delete;
   BatchBuilder& operator=(const BatchBuilder&) = delete;
 
