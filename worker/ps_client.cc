@@ -33,6 +33,23 @@ PsClient::PsClient(const PsClientOptions& options, std::unique_ptr<net::Client> 
   for (const proto::TableConfig& t : options.cluster.config().tables()) dims_.push_back(t.dim());
 }
 
+namespace {
+
+// The PULL or PUSH header and keys frame for keys [a, b) of a table.
+net::Message SparseRequest(proto::Command command, int32_t node_id, uint32_t table, uint32_t dim,
+                           const std::shared_ptr<const std::vector<uint64_t>>& keys, uint32_t a, uint32_t b) {
+  net::Message m;
+  m.header.set_command(command);
+  m.header.set_sender(node_id);
+  m.header.set_table(table);
+  m.header.set_dim(dim);
+  m.header.set_num_keys(b - a);
+  m.frames.push_back(net::Frame::Borrow(keys, keys->data() + a, size_t{b - a} * sizeof(uint64_t)));
+  return m;
+}
+
+}  // namespace
+
 PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
                                 absl::Span<const uint32_t> server_begin, float* out) {
   Ticket t;
@@ -41,13 +58,7 @@ PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vecto
   for (uint32_t s = 0; s < servers_.size(); ++s) {
     const uint32_t a = server_begin[s], b = server_begin[s + 1];
     if (a == b) continue;
-    net::Message m;
-    m.header.set_command(proto::PULL);
-    m.header.set_sender(options_.node_id);
-    m.header.set_table(table);
-    m.header.set_dim(dim);
-    m.header.set_num_keys(b - a);
-    m.frames.push_back(net::Frame::Borrow(keys, keys->data() + a, size_t{b - a} * sizeof(uint64_t)));
+    net::Message m = SparseRequest(proto::PULL, options_.node_id, table, dim, keys, a, b);
     t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
   }
   return t;
@@ -62,13 +73,7 @@ PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vecto
   for (uint32_t s = 0; s < servers_.size(); ++s) {
     const uint32_t a = server_begin[s], b = server_begin[s + 1];
     if (a == b) continue;
-    net::Message m;
-    m.header.set_command(proto::PUSH);
-    m.header.set_sender(options_.node_id);
-    m.header.set_table(table);
-    m.header.set_dim(dim);
-    m.header.set_num_keys(b - a);
-    m.frames.push_back(net::Frame::Borrow(keys, keys->data() + a, size_t{b - a} * sizeof(uint64_t)));
+    net::Message m = SparseRequest(proto::PUSH, options_.node_id, table, dim, keys, a, b);
     m.frames.push_back(
         net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
     t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
