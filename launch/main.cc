@@ -35,13 +35,15 @@ DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`).");
+// These mirror GenDataOptions fields of the same name; unset ones keep the
+// generator's defaults (launch/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
 DEFINE_uint64(train_rows, 1000000, "Training rows (`gen-data`).");
 DEFINE_uint64(test_rows, 100000, "Test rows (`gen-data`).");
 DEFINE_uint32(train_files, 4, "Training files (`gen-data`).");
 DEFINE_uint32(test_files, 2, "Test files (`gen-data`).");
-DEFINE_uint64(num_users, 20000, "Distinct users (`gen-data`).");
-DEFINE_uint64(num_items, 10000, "Distinct items (`gen-data`).");
+DEFINE_uint64(num_users, 10000, "Distinct users (`gen-data`).");
+DEFINE_uint64(num_items, 5000, "Distinct items (`gen-data`).");
 DEFINE_bool(gzip, false, "Write .tsv.gz files (`gen-data`).");
 DEFINE_bool(overwrite, false, "Replace an existing data set in --out (`gen-data`).");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
@@ -51,7 +53,7 @@ namespace ember {
 namespace {
 
 constexpr char kUsage[] =
-    "ember: distributed parameter server for sparse recommendation models.\n\n"
+    "distributed parameter server for sparse recommendation models.\n\n"
     "Usage: ember <command> [--flags]\n\n"
     "Commands:\n"
     "  scheduler --config=JOB.conf --port=P [--data_dir=DIR]   run a job: waits for the servers and\n"
@@ -222,15 +224,13 @@ int RunWorker() {
 int RunGenData() {
   launch::GenDataOptions o;
   o.out_dir = FLAGS_out;
-  o.seed = FLAGS_seed;
-  o.train_rows = FLAGS_train_rows;
-  o.test_rows = FLAGS_test_rows;
-  o.train_files = FLAGS_train_files;
-  o.test_files = FLAGS_test_files;
-  o.num_users = FLAGS_num_users;
-  o.num_items = FLAGS_num_items;
-  o.gzip = FLAGS_gzip;
-  o.overwrite = FLAGS_overwrite;
+  for (const char* name : {"seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items",
+                           "gzip", "overwrite"}) {
+    gflags::CommandLineFlagInfo info = gflags::GetCommandLineFlagInfoOrDie(name);
+    if (info.is_default) continue;
+    absl::Status st = launch::SetGenDataOption(name, info.current_value, &o);
+    if (!st.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", st.message())));
+  }
   if (!FLAGS_gen_options.empty()) {
     for (absl::string_view kv : absl::StrSplit(FLAGS_gen_options, ',', absl::SkipEmpty())) {
       std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
@@ -254,10 +254,14 @@ int RunGenData() {
 int main(int argc, char** argv) {
   gflags::SetUsageMessage(ember::kUsage);
   gflags::SetVersionString("0.1");
-  if (argc < 2 || argv[1][0] == '-') {
-    if (argc >= 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
-      gflags::ParseCommandLineFlags(&argc, &argv, true);  // prints the flag list and exits
+  // --help shows ember's own flags; gflags' --helpfull still lists glog's too.
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      gflags::ShowUsageWithFlagsRestrict(argv[0], "launch/main.cc");
+      return 0;
     }
+  }
+  if (argc < 2 || argv[1][0] == '-') {
     std::fprintf(stderr, "%s\n", ember::kUsage);
     return 2;
   }
