@@ -13,6 +13,7 @@
 #include "glog/logging.h"
 #include "launch/gen_data.h"
 #include "models/embedding_mlp.h"
+#include "net/memory.h"
 #include "net/transport.h"
 #include "proto/config.h"
 #include "ps/server.h"
@@ -277,6 +278,7 @@ int main(int argc, char** argv) {
   // Logs go to stderr unless --log_dir asks for files.
   if (FLAGS_log_dir.empty()) FLAGS_logtostderr = true;
   google::InitGoogleLogging(argv[0]);
+  if (command == "server" || command == "worker") ember::net::TuneAllocatorForMessages();
   if (command == "scheduler") return ember::RunScheduler();
   if (command == "server") return ember::RunServer();
   if (command == "worker") return ember::RunWorker();

@@ -1,6 +1,10 @@
 #include "storage/sparse_table.h"
 
+#include <sys/mman.h>
+
 #include <bit>
+#include <cstdlib>
+#include <new>
 
 #include "storage/initializer.h"
 
@@ -34,6 +38,28 @@ inline size_t SlabRows(uint32_t slab) {
 
 }  // namespace
 
+namespace internal {
+
+uint8_t* AllocatePopulated(size_t bytes) {
+  constexpr size_t kPage = 4096;
+  const size_t rounded = (bytes + kPage - 1) & ~(kPage - 1);
+  if (rounded < 16 * kPage) {
+    void* p = std::malloc(bytes);
+    if (p == nullptr) throw std::bad_alloc();
+    return static_cast<uint8_t*>(p);
+  }
+  void* p = std::aligned_alloc(kPage, rounded);
+  if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_POPULATE_WRITE
+  (void)madvise(p, rounded, MADV_POPULATE_WRITE);
+#endif
+  return static_cast<uint8_t*>(p);
+}
+
+void FreePopulated(uint8_t* p) { std::free(p); }
+
+}  // namespace internal
+
 TableSpec::TableSpec(const proto::TableConfig& config)
     : config_(config), rule_(config.optimizer()), dim_(config.dim()) {
   state_floats_ = rule_.StateFloats(dim_);
@@ -46,6 +72,8 @@ void TableSpec::InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const {
   InitWeights(config_.initializer(), key, epoch, w, dim_);
   rule_.InitState(w, State(row), dim_);
 }
+
+void ShardTable::FreeSlab::operator()(uint8_t* p) const { internal::FreePopulated(p); }
 
 ShardTable::ShardTable(const TableSpec* spec) : spec_(spec) {}
 
@@ -73,8 +101,8 @@ uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t epoch, bool* created) {
     uint32_t slab, offset;
     Locate(slot, &slab, &offset);
     if (slab >= slabs_.size()) {
-      // new[] without () leaves the bytes uninitialised: InitRow writes them.
-      slabs_.emplace_back(new uint8_t[SlabRows(slab) * spec_->row_bytes()]);
+      // Uninitialised: InitRow writes each row before use.
+      slabs_.emplace_back(internal::AllocatePopulated(SlabRows(slab) * spec_->row_bytes()));
     }
   }
   it->second = slot;

@@ -29,6 +29,30 @@ struct RowMeta {
 };
 static_assert(sizeof(RowMeta) == 24);
 
+namespace internal {
+
+// Allocates page-aligned memory and faults its pages in up front with
+// MADV_POPULATE_WRITE when it spans 64 KiB or more. On the VMs we run on a
+// first-touch fault costs ~12 us per 4 KiB page, the populate ~0.8 us, and a
+// table that grows is mostly fresh memory. Falls back to faulting on first
+// touch where the kernel refuses the advice.
+uint8_t* AllocatePopulated(size_t bytes);
+void FreePopulated(uint8_t* p);
+
+// std::allocator's interface over AllocatePopulated, for the hash index.
+template <typename T>
+struct PopulatingAllocator {
+  using value_type = T;
+  PopulatingAllocator() = default;
+  template <typename U>
+  PopulatingAllocator(const PopulatingAllocator<U>&) {}
+  T* allocate(size_t n) { return reinterpret_cast<T*>(AllocatePopulated(n * sizeof(T))); }
+  void deallocate(T* p, size_t) { FreePopulated(reinterpret_cast<uint8_t*>(p)); }
+  friend bool operator==(const PopulatingAllocator&, const PopulatingAllocator&) { return true; }
+};
+
+}  // namespace internal
+
 // Shape and rules shared by every shard of one table. Immutable after
 // construction; shared by all handler threads.
 class TableSpec {
@@ -66,6 +90,9 @@ class ShardTable {
 
   // The row of `key`, or nullptr.
   uint8_t* Find(uint64_t key);
+  // Starts loading the index slot of `key` into cache (a hint; no effect on
+  // contents).
+  void PrefetchIndex(uint64_t key) const { index_.prefetch(key); }
   // The row of `key`, created and initialised (for reset epoch `epoch`) if
   // absent; *created tells which.
   uint8_t* FindOrCreate(uint64_t key, uint32_t epoch, bool* created);
@@ -87,10 +114,15 @@ class ShardTable {
   uint8_t* RowAt(uint32_t slot);
 
   const TableSpec* spec_;
-  absl::flat_hash_map<uint64_t, uint32_t> index_;
+  absl::flat_hash_map<uint64_t, uint32_t, absl::Hash<uint64_t>, std::equal_to<uint64_t>,
+                      internal::PopulatingAllocator<std::pair<const uint64_t, uint32_t>>>
+      index_;
   // Slab k holds kFirstSlabRows << min(k, kMaxDoublings) rows: small shards
   // stay small, big shards allocate in large steps.
-  std::vector<std::unique_ptr<uint8_t[]>> slabs_;
+  struct FreeSlab {
+    void operator()(uint8_t* p) const;
+  };
+  std::vector<std::unique_ptr<uint8_t[], FreeSlab>> slabs_;
   uint32_t next_slot_ = 0;
   std::vector<uint32_t> free_slots_;
 };

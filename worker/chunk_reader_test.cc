@@ -250,7 +250,7 @@ class ReadChunkTest : public ChunkReaderTest {
     proto::ShardMap map;
     map.set_num_logical_shards(4);
     for (int i = 0; i < 4; ++i) map.add_server_rank(i % 2);
-    builder_ = std::make_unique<BatchBuilder>(*config, map, 2);
+    builder_ = std::move(*BatchBuilder::Create(*config, map, 2));
   }
 
   // Runs ReadChunk, recording batches (size, last_of_chunk, chunk_id) and bad lines.

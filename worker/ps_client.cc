@@ -1,5 +1,6 @@
 #include "worker/ps_client.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +9,7 @@ namespace ember::worker {
 
 absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options,
                                                            std::unique_ptr<net::Transport> transport) {
+  if (options.max_keys_per_message == 0) return absl::InvalidArgumentError("max_keys_per_message must be >= 1");
   auto self = std::unique_ptr<PsClient>(new PsClient(options, net::Client::Create(std::move(transport))));
   std::vector<const proto::NodeInfo*> servers;
   for (const proto::NodeInfo& n : options.cluster.nodes()) {
@@ -56,10 +58,12 @@ PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vecto
   t.what = "PULL";
   const uint32_t dim = dims_[table];
   for (uint32_t s = 0; s < servers_.size(); ++s) {
-    const uint32_t a = server_begin[s], b = server_begin[s + 1];
-    if (a == b) continue;
-    net::Message m = SparseRequest(proto::PULL, options_.node_id, table, dim, keys, a, b);
-    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
+    const uint32_t step = options_.max_keys_per_message;
+    for (uint32_t a = server_begin[s], end = server_begin[s + 1]; a < end; a += std::min(step, end - a)) {
+      const uint32_t b = a + std::min(step, end - a);
+      net::Message m = SparseRequest(proto::PULL, options_.node_id, table, dim, keys, a, b);
+      t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
+    }
   }
   return t;
 }
@@ -71,12 +75,14 @@ PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vecto
   t.what = "PUSH";
   const uint32_t dim = dims_[table];
   for (uint32_t s = 0; s < servers_.size(); ++s) {
-    const uint32_t a = server_begin[s], b = server_begin[s + 1];
-    if (a == b) continue;
-    net::Message m = SparseRequest(proto::PUSH, options_.node_id, table, dim, keys, a, b);
-    m.frames.push_back(
-        net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
-    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+    const uint32_t step = options_.max_keys_per_message;
+    for (uint32_t a = server_begin[s], end = server_begin[s + 1]; a < end; a += std::min(step, end - a)) {
+      const uint32_t b = a + std::min(step, end - a);
+      net::Message m = SparseRequest(proto::PUSH, options_.node_id, table, dim, keys, a, b);
+      m.frames.push_back(
+          net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
+      t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+    }
   }
   return t;
 }

@@ -1,0 +1,796 @@
+// ps_bench: throughput of the parameter server alone. One server process and
+// one worker process (PsClient) talk over tcp://127.0.0.1, and a raw ZeroMQ
+// stream of the same message sizes, measured in the same run, gives the
+// ceiling each figure is compared with. Figures go to stdout as key=value
+// lines; bench/README.md says what each key means.
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+#include <zmq.hpp>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/synchronization/notification.h"
+#include "gflags/gflags.h"
+#include "net/memory.h"
+#include "glog/logging.h"
+#include "net/transport.h"
+#include "proto/config.pb.h"
+#include "proto/wire.pb.h"
+#include "ps/keys.h"
+#include "ps/routing.h"
+#include "ps/server.h"
+#include "worker/ps_client.h"
+
+DEFINE_string(patterns, "pslite,zipf", "Comma-separated patterns to run: pslite, zipf.");
+DEFINE_uint64(pslite_keys, 10'000'000,
+              "ps-lite pattern: distinct keys in the one push and the one pull.");
+DEFINE_int32(pslite_rounds, 4,
+             "ps-lite pattern: push+pull rounds. Round 1's push creates the rows; later pushes "
+             "update them.");
+DEFINE_string(zipf_dims, "16,64", "Realistic pattern: embedding dims to run, one table each.");
+DEFINE_int32(zipf_batch_keys, 50'000, "Realistic pattern: distinct keys per batch.");
+DEFINE_int32(zipf_batches, 200,
+             "Realistic pattern: batches per pass (pull, push, pull again) and dim.");
+DEFINE_uint64(zipf_ids, 50'000'000, "Realistic pattern: number of possible feature ids.");
+DEFINE_double(zipf_exponent, 1.05, "Realistic pattern: Zipf exponent s, P(id k) ~ k^-s.");
+DEFINE_int32(inflight, 4,
+             "Realistic pattern: requests kept outstanding, as a worker's pipeline does.");
+DEFINE_int32(server_threads, 2, "Server request handler threads (cluster.server_threads).");
+DEFINE_int32(logical_shards, 1024, "Logical shards (cluster.num_logical_shards).");
+DEFINE_uint64(loopback_bytes, 1'000'000'000,
+              "Bytes streamed by each loopback ceiling measurement.");
+DEFINE_int32(loopback_min_messages, 8, "Fewest messages in a loopback measurement.");
+DEFINE_int32(loopback_repeats, 3,
+             "Loopback measurements per message size; the best is the ceiling.");
+DEFINE_uint64(seed, 1, "Seed of the key streams.");
+DEFINE_int32(timeout_s, 300,
+             "Seconds a request may wait for its reply (generous for runs under valgrind).");
+
+namespace ember::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void Print(const std::string& key, double value) {
+  // Rates are large and a fraction of a key/s means nothing; ratios are small.
+  if (std::fabs(value) >= 1000) {
+    std::printf("%s=%.0f\n", key.c_str(), value);
+  } else {
+    std::printf("%s=%.4g\n", key.c_str(), value);
+  }
+  std::fflush(stdout);
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// Keys are Hash64(slot, id) of the id's eight bytes, as a worker hashes raw
+// feature values; each pattern uses its own slot.
+uint64_t KeyOf(uint32_t slot, uint64_t id) {
+  char bytes[8];
+  std::memcpy(bytes, &id, 8);
+  return ps::Hash64(slot, std::string_view(bytes, 8));
+}
+
+// ---------------------------------------------------------------------------
+// The server process.
+
+proto::JobConfig MakeConfig(const std::vector<uint32_t>& zipf_dims) {
+  proto::JobConfig config;
+  auto add_table = [&config](const std::string& name, uint32_t dim) {
+    proto::TableConfig* t = config.add_tables();
+    t->set_name(name);
+    t->set_dim(dim);
+    t->mutable_optimizer()->set_kind(proto::OptimizerConfig::ADAGRAD);
+  };
+  add_table("pslite", 1);                                              // table 0
+  for (uint32_t d : zipf_dims) add_table(absl::StrCat("zipf", d), d);  // tables 1..
+  config.mutable_cluster()->set_num_logical_shards(FLAGS_logical_shards);
+  config.mutable_cluster()->set_server_threads(FLAGS_server_threads);
+  config.mutable_model()->mutable_dense_optimizer()->set_kind(proto::OptimizerConfig::SGD);
+  return config;
+}
+
+proto::ShardMap OneServerMap(uint32_t shards) {
+  proto::ShardMap map;
+  map.set_num_logical_shards(shards);
+  for (uint32_t s = 0; s < shards; ++s) map.add_server_rank(0);
+  return map;
+}
+
+void WriteAll(int fd, const std::string& s) {
+  size_t done = 0;
+  while (done < s.size()) {
+    const ssize_t n = write(fd, s.data() + done, s.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    done += static_cast<size_t>(n);
+  }
+}
+
+// The child's whole life: bind, tell the parent the endpoint through `fd`
+// (or "!" and the error), serve until killed.
+[[noreturn]] void ServeInChild(const proto::JobConfig& config, const proto::ShardMap& map, int fd) {
+  auto fail = [fd](const absl::Status& st) {
+    WriteAll(fd, absl::StrCat("!", st.ToString(), "\n"));
+    _exit(1);
+  };
+  absl::StatusOr<std::unique_ptr<net::Transport>> transport =
+      net::CreateTransport(net::TransportOptions{});
+  if (!transport.ok()) fail(transport.status());
+  absl::StatusOr<std::string> endpoint = (*transport)->Bind("tcp://127.0.0.1:0");
+  if (!endpoint.ok()) fail(endpoint.status());
+  ps::ServerOptions so;
+  so.config = config;
+  so.shard_map = map;
+  so.rank = 0;
+  so.node_id = 1;
+  so.dense_offset = 0;
+  so.dense_init = {0.0f};  // the server insists on a dense slice; one float will do
+  absl::StatusOr<std::unique_ptr<ps::Server>> server =
+      ps::Server::Create(std::move(so), std::move(*transport));
+  if (!server.ok()) fail(server.status());
+  WriteAll(fd, *endpoint + "\n");
+  close(fd);
+  const absl::Status st = (*server)->Run();
+  if (!st.ok()) LOG(ERROR) << "server: " << st;
+  _exit(st.ok() ? 0 : 1);
+}
+
+// The server child. Start() must run before the parent has any thread or
+// ZeroMQ context: fork copies only the calling thread, so a lock or a context
+// held elsewhere would be broken in the child. The destructor kills and reaps
+// the child; PR_SET_PDEATHSIG covers the exits that skip it (a CHECK failure,
+// a fatal signal), so no server outlives the bench.
+class ServerProcess {
+ public:
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const proto::JobConfig& config,
+                                                              const proto::ShardMap& map) {
+    int fds[2];
+    if (pipe(fds) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
+    const pid_t parent = getpid();
+    std::fflush(nullptr);  // or the child's copy of unflushed stdio could be written twice
+    const pid_t pid = fork();
+    if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+    if (pid == 0) {
+      close(fds[0]);
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
+      ServeInChild(config, map, fds[1]);
+    }
+    close(fds[1]);
+    auto self = std::unique_ptr<ServerProcess>(new ServerProcess(pid));
+    absl::StatusOr<std::string> line = ReadLine(fds[0], /*timeout_ms=*/120'000);
+    close(fds[0]);
+    if (!line.ok()) return line.status();
+    if (line->empty() || (*line)[0] == '!') {
+      return absl::InternalError(absl::StrCat("server process failed to start: ", line->substr(1)));
+    }
+    self->endpoint_ = *line;
+    return self;
+  }
+
+  ~ServerProcess() { Kill(); }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  const std::string& endpoint() const { return endpoint_; }
+  pid_t pid() const { return pid_; }
+
+  // Kills and reaps the child. Idempotent.
+  void Kill() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+    pid_ = -1;
+  }
+
+ private:
+  explicit ServerProcess(pid_t pid) : pid_(pid) {}
+
+  // One '\n'-terminated line from fd, or an error on EOF (the child died) or
+  // timeout (generous: under valgrind the child starts slowly).
+  static absl::StatusOr<std::string> ReadLine(int fd, int timeout_ms) {
+    std::string line;
+    const Clock::time_point t0 = Clock::now();
+    for (;;) {
+      const int left = timeout_ms - static_cast<int>(Since(t0) * 1000);
+      if (left <= 0)
+        return absl::DeadlineExceededError("server process did not report its endpoint");
+      pollfd p{fd, POLLIN, 0};
+      const int r = poll(&p, 1, left);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
+      if (r == 0) continue;
+      char buf[256];
+      const ssize_t n = read(fd, buf, sizeof(buf));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return absl::InternalError("server process exited before reporting its endpoint");
+      line.append(buf, static_cast<size_t>(n));
+      const size_t nl = line.find('\n');
+      if (nl != std::string::npos) return line.substr(0, nl);
+    }
+  }
+
+  pid_t pid_;
+  std::string endpoint_;
+};
+
+// ---------------------------------------------------------------------------
+// The loopback ceiling.
+
+void NoFree(void*, void*) {}
+
+// Bytes/s that one ZeroMQ PUSH->PULL stream over tcp 127.0.0.1 moves in
+// messages of `size` bytes: what any reply of that size could reach on this
+// machine now. Like the transport it sends without copying, receives into
+// ZeroMQ's own buffers and uses 4 MB socket buffers; each end has its own
+// context (so its own I/O thread), as the server and the worker do. Unlike a
+// pull it carries no request, no header and no copy into the caller's array.
+absl::StatusOr<double> LoopbackBytesPerSec(size_t size) {
+  const uint64_t count =
+      std::max<uint64_t>({1, static_cast<uint64_t>(std::max(0, FLAGS_loopback_min_messages)),
+                          FLAGS_loopback_bytes / size});
+  // Connection set-up and the first buffer growth stay out of the timing.
+  constexpr uint64_t kWarmup = 2;
+  try {
+    zmq::context_t rx_ctx(1), tx_ctx(1);
+    zmq::socket_t rx(rx_ctx, zmq::socket_type::pull);
+    zmq::socket_t tx(tx_ctx, zmq::socket_type::push);
+    for (zmq::socket_t* s : {&rx, &tx}) {
+      s->set(zmq::sockopt::sndbuf, 4 << 20);
+      s->set(zmq::sockopt::rcvbuf, 4 << 20);
+      s->set(zmq::sockopt::linger, 0);
+    }
+    rx.bind("tcp://127.0.0.1:*");
+    tx.connect(rx.get(zmq::sockopt::last_endpoint));
+    std::vector<uint8_t> payload(size, 1);
+    absl::Notification warm;
+    Clock::time_point end;
+    std::thread receiver([&] {
+      zmq::message_t m;
+      for (uint64_t i = 0; i < kWarmup + count; ++i) {
+        (void)rx.recv(m);
+        if (i + 1 == kWarmup) warm.Notify();
+      }
+      end = Clock::now();
+    });
+    auto send = [&] {
+      zmq::message_t m(payload.data(), size, &NoFree);
+      tx.send(m, zmq::send_flags::none);
+    };
+    for (uint64_t i = 0; i < kWarmup; ++i) send();
+    // The clock starts on this side once the warm-up has arrived: a receiver
+    // that starts late (a busy machine) must not see a queue built up
+    // before its clock started.
+    warm.WaitForNotification();
+    const Clock::time_point start = Clock::now();
+    for (uint64_t i = 0; i < count; ++i) send();
+    receiver.join();
+    return static_cast<double>(size) * count / std::chrono::duration<double>(end - start).count();
+  } catch (const zmq::error_t& e) {
+    return absl::InternalError(absl::StrCat("loopback stream: ", e.what()));
+  }
+}
+
+// Measures each message size once per run, just before the pattern that needs
+// it, so the ceiling sees the same machine load as the pattern.
+class Ceilings {
+ public:
+  absl::StatusOr<double> Get(size_t size) {
+    auto it = cache_.find(size);
+    if (it != cache_.end()) return it->second;
+    // The best of a few: a ceiling, and a busy machine only ever lowers it,
+    // so the ratios err against ember.
+    double best = 0;
+    for (int i = 0; i < FLAGS_loopback_repeats; ++i) {
+      absl::StatusOr<double> bps = LoopbackBytesPerSec(size);
+      if (!bps.ok()) return bps.status();
+      best = std::max(best, *bps);
+    }
+    Print(absl::StrCat("zmq_loopback_bytes_per_sec_", size), best);
+    cache_[size] = best;
+    return best;
+  }
+
+ private:
+  std::map<size_t, double> cache_;
+};
+
+// CPU seconds (user + system, all threads) `pid` has used so far, from
+// /proc/<pid>/stat (clock-tick resolution, 10 ms); 0 if unreadable.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // Field 2, the command, may hold spaces; count fields after its ')'.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
+  const std::vector<absl::string_view> f =
+      absl::StrSplit(absl::string_view(stat).substr(close + 2), ' ');
+  uint64_t utime = 0, stime = 0;  // fields 14 and 15; f[0] is field 3
+  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime))
+    return 0;
+  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
+}
+
+double MonotonicSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
+// Peak resident memory of `pid` (VmHWM in /proc/<pid>/status), or 0.
+double PeakRssBytes(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) != 0) continue;
+    uint64_t kb = 0;
+    absl::string_view v = absl::StripAsciiWhitespace(absl::string_view(line).substr(6));
+    if (absl::ConsumeSuffix(&v, "kB") && absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kb)) {
+      return static_cast<double>(kb) * 1024;
+    }
+  }
+  return 0;
+}
+
+// Cores that the worker and the server processes kept busy together over a
+// phase. Near nproc means the phase was CPU-bound (the figure is what this
+// machine's cores can do); well below means it waited (on one thread, on
+// latency). It also logs the phase's CLOCK_MONOTONIC interval, so that a
+// profile (perf record -k CLOCK_MONOTONIC) can be cut to one phase.
+class CpuMeter {
+ public:
+  explicit CpuMeter(pid_t server) : server_(server) { Restart(); }
+  void Restart() {
+    t0_ = Clock::now();
+    mono0_ = MonotonicSeconds();
+    cpu0_ = Cpu();
+  }
+  double cpu_seconds() const { return Cpu() - cpu0_; }
+  // Logs "# phase <name>: <start>,<end>" to stderr; returns the cores used.
+  double Finish(const std::string& phase) const {
+    const double cores = cpu_seconds() / Since(t0_);
+    std::fprintf(stderr, "# phase %s: monotonic %.6f,%.6f cores %.2f\n", phase.c_str(), mono0_,
+                 MonotonicSeconds(), cores);
+    return cores;
+  }
+
+ private:
+  double Cpu() const { return CpuSeconds(getpid()) + CpuSeconds(server_); }
+  pid_t server_;
+  Clock::time_point t0_;
+  double mono0_ = 0;
+  double cpu0_ = 0;
+};
+
+// What every pattern runs against.
+struct Context {
+  worker::PsClient& ps;
+  const proto::ShardMap& map;
+  Ceilings& ceilings;
+  pid_t server_pid;
+};
+
+// ---------------------------------------------------------------------------
+// Pattern 1: ps-lite's test_kv_app_benchmark.
+
+// One push, then one pull, of N distinct keys with one float each, each as
+// ONE call: KeyRouter grouping + PsClient call + Wait, the way a caller with
+// an unordered key list would use ember. Round 1's push creates the rows.
+absl::Status RunPsLite(Context& ctx) {
+  constexpr uint32_t kTable = 0;
+  worker::PsClient& ps = ctx.ps;
+  const size_t n = FLAGS_pslite_keys;
+  if (n == 0 || FLAGS_pslite_rounds < 1)
+    return absl::InvalidArgumentError("--pslite_keys and --pslite_rounds >= 1");
+  absl::StatusOr<double> ceiling = ctx.ceilings.Get(n * sizeof(float));
+  if (!ceiling.ok()) return ceiling.status();
+
+  std::vector<uint64_t> keys(n);
+  for (size_t i = 0; i < n; ++i) keys[i] = KeyOf(1, FLAGS_seed * 0x100000000ULL + i);
+  auto grads = std::make_shared<std::vector<float>>(n);
+  for (size_t i = 0; i < n; ++i) (*grads)[i] = (i % 2 ? 0.01f : -0.01f);
+  std::vector<float> out(n, 0.0f);  // written once so page faults stay out of the timing
+  ps::KeyRouter router(ctx.map, ps.num_servers());
+  std::vector<uint32_t> server_begin;
+  auto grouped = std::make_shared<std::vector<uint64_t>>();
+  // A worker reuses its buffers; one untimed grouping sizes and faults them.
+  router.Group(keys, grouped.get(), &server_begin, nullptr);
+
+  std::vector<double> group_s, push_s, pull_s;
+  double create_cores = 0, pull_cpu = 0;
+  // The buffer is reusable once the transport has dropped its frames; if a
+  // free callback is still pending, take a new one (rare, and counted in).
+  auto group = [&] {
+    const Clock::time_point t0 = Clock::now();
+    if (grouped.use_count() > 1) {
+      std::fprintf(stderr, "# pslite: key buffer still held by the transport; using a new one\n");
+      grouped = std::make_shared<std::vector<uint64_t>>();
+    }
+    router.Group(keys, grouped.get(), &server_begin, nullptr);
+    group_s.push_back(Since(t0));
+  };
+  for (int round = 0; round < FLAGS_pslite_rounds; ++round) {
+    CpuMeter cpu(ctx.server_pid);
+    Clock::time_point t0 = Clock::now();
+    group();
+    worker::PsClient::Ticket push = ps.Push(kTable, grouped, server_begin, grads);
+    if (absl::Status st = ps.Wait(push); !st.ok()) return st;
+    push_s.push_back(Since(t0));
+    const double push_cores = cpu.Finish(absl::StrCat("pslite_push_round", round + 1));
+    if (round == 0) create_cores = push_cores;
+
+    cpu.Restart();
+    t0 = Clock::now();
+    group();
+    worker::PsClient::Ticket pull = ps.Pull(kTable, grouped, server_begin, out.data());
+    if (absl::Status st = ps.Wait(pull); !st.ok()) return st;
+    pull_s.push_back(Since(t0));
+    pull_cpu += cpu.cpu_seconds();
+    cpu.Finish(absl::StrCat("pslite_pull_round", round + 1));
+    std::fprintf(stderr, "# pslite round %d: push %.3f s, pull %.3f s\n", round + 1, push_s.back(),
+                 pull_s.back());
+  }
+  // Not a figure, but a pull that returned nothing would flatter every figure.
+  if (std::all_of(out.begin(), out.end(), [](float v) { return v == 0.0f; })) {
+    return absl::InternalError("pslite pull returned only zeros");
+  }
+
+  const double n_d = static_cast<double>(n);
+  Print("pslite_keys", n_d);
+  Print("pslite_push_create_keys_per_sec", n_d / push_s[0]);
+  Print("pslite_push_create_cpu_cores", create_cores);
+  if (push_s.size() > 1) {
+    Print("pslite_push_keys_per_sec",
+          n_d / Median(std::vector<double>(push_s.begin() + 1, push_s.end())));
+  }
+  const double pull_rate = n_d / Median(pull_s);
+  Print("pslite_pull_keys_per_sec", pull_rate);
+  Print("pslite_pull_best_keys_per_sec", n_d / *std::min_element(pull_s.begin(), pull_s.end()));
+  Print("pslite_pull_bytes_per_sec", pull_rate * sizeof(float));
+  double pull_wall = 0;
+  for (double t : pull_s) pull_wall += t;
+  Print("pslite_pull_cpu_cores", pull_cpu / pull_wall);
+  Print("pslite_group_keys_per_sec", n_d / Median(group_s));
+  Print("pslite_pull_bandwidth_ratio", pull_rate * sizeof(float) / *ceiling);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Pattern 2: realistic batches.
+
+// Zipf(s) over {1..n} by rejection-inversion (Hörmann and Derflinger, 1996):
+// invert the integral H of the continuous hat x^-s, round to the nearest
+// integer, and accept unless the point fell in the sliver where the hat
+// exceeds the true mass. O(1) per draw for any n, no tables.
+class ZipfSampler {
+ public:
+  ZipfSampler(uint64_t n, double s) : n_(static_cast<double>(n)), s_(s) {
+    h_first_ = H(1.5) - 1.0;  // the mass of k = 1 is h(1) = 1
+    h_last_ = H(n_ + 0.5);
+    quick_accept_ = 2.0 - HInv(H(2.5) - h(2.0));
+  }
+
+  // A value in [1, n].
+  uint64_t operator()(std::mt19937_64& rng) const {
+    for (;;) {
+      const double u01 = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+      const double u = h_last_ + u01 * (h_first_ - h_last_);
+      const double x = HInv(u);
+      const double k = std::clamp(std::floor(x + 0.5), 1.0, n_);
+      if (k - x <= quick_accept_ || u >= H(k + 0.5) - h(k)) return static_cast<uint64_t>(k);
+    }
+  }
+
+ private:
+  double h(double x) const { return std::exp(-s_ * std::log(x)); }
+  // H(x) = (x^(1-s) - 1) / (1-s), written so that s -> 1 gives log(x).
+  double H(double x) const {
+    const double lx = std::log(x);
+    return lx * ExpM1OverX((1.0 - s_) * lx);
+  }
+  double HInv(double y) const { return std::exp(y * Log1POverX((1.0 - s_) * y)); }
+  static double ExpM1OverX(double t) {
+    return std::fabs(t) < 1e-8 ? 1.0 + t / 2 : std::expm1(t) / t;
+  }
+  static double Log1POverX(double t) {
+    return std::fabs(t) < 1e-8 ? 1.0 - t / 2 : std::log1p(t) / t;
+  }
+
+  double n_, s_;
+  double h_first_, h_last_, quick_accept_;
+};
+
+struct Batch {
+  std::shared_ptr<const std::vector<uint64_t>> keys;  // grouped by (server, shard)
+  std::vector<uint32_t> server_begin;
+};
+
+// Batches of `batch_keys` distinct keys, each drawn from Zipf over the ids
+// and grouped as the worker's BatchBuilder does on its reader thread, which
+// is why the grouping is done here, untimed. Generated on every core before
+// the timing, so that drawing costs nothing during it. *distinct counts the
+// distinct keys over all batches (the rows the server ends up holding).
+std::vector<Batch> MakeZipfBatches(const proto::ShardMap& map, size_t* distinct) {
+  const int n = FLAGS_zipf_batches;
+  const size_t batch_keys = FLAGS_zipf_batch_keys;
+  const ZipfSampler zipf(FLAGS_zipf_ids, FLAGS_zipf_exponent);
+  std::vector<Batch> batches(n);
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ps::KeyRouter router(map, 1);
+      absl::flat_hash_set<uint64_t> ids;
+      std::vector<uint64_t> keys;
+      for (int b = t; b < n; b += threads) {
+        // Seeded per batch, so batch b is the same whatever the thread count.
+        std::mt19937_64 rng(FLAGS_seed * 1'000'003 + b);
+        ids.clear();
+        while (ids.size() < batch_keys) ids.insert(zipf(rng));
+        keys.clear();
+        for (uint64_t id : ids) keys.push_back(KeyOf(2, id));
+        auto grouped = std::make_shared<std::vector<uint64_t>>();
+        router.Group(keys, grouped.get(), &batches[b].server_begin, nullptr);
+        batches[b].keys = std::move(grouped);
+      }
+    });
+  }
+  for (std::thread& t : pool) t.join();
+  absl::flat_hash_set<uint64_t> all;
+  for (const Batch& b : batches) all.insert(b.keys->begin(), b.keys->end());
+  *distinct = all.size();
+  return batches;
+}
+
+// Runs ops 0..n-1 with up to FLAGS_inflight outstanding, waiting for the
+// oldest before starting the next, as a worker's pipeline does. `start(i,
+// slot)` starts op i; `slot` (i mod inflight) is free for its buffers.
+// Returns the seconds from the first start to the last Wait.
+template <typename StartFn>
+absl::StatusOr<double> RunPipelined(worker::PsClient& ps, int n, StartFn start) {
+  std::deque<worker::PsClient::Ticket> q;
+  const size_t depth = std::max(1, FLAGS_inflight);
+  const Clock::time_point t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    if (q.size() == depth) {
+      if (absl::Status st = ps.Wait(q.front()); !st.ok()) return st;
+      q.pop_front();
+    }
+    q.push_back(start(i, static_cast<size_t>(i) % depth));
+  }
+  for (worker::PsClient::Ticket& t : q) {
+    if (absl::Status st = ps.Wait(t); !st.ok()) return st;
+  }
+  return Since(t0);
+}
+
+// Three passes over the batches, each with FLAGS_inflight requests
+// outstanding: pull all (the first touch of a key creates its row, as a
+// worker's first pull of a new id does), push all (every row exists by then,
+// as in training, where a batch's pull precedes its push), pull all again
+// (rows exist: the steady state of a long run, whose batches are mostly ids
+// seen before).
+absl::Status RunZipfDim(Context& ctx, uint32_t table, uint32_t dim,
+                        const std::vector<Batch>& batches) {
+  worker::PsClient& ps = ctx.ps;
+  const size_t batch_keys = FLAGS_zipf_batch_keys;
+  const size_t row_floats = batch_keys * dim;
+  absl::StatusOr<double> ceiling = ctx.ceilings.Get(row_floats * sizeof(float));
+  if (!ceiling.ok()) return ceiling.status();
+
+  const size_t depth = std::max(1, FLAGS_inflight);
+  std::vector<std::vector<float>> out(depth, std::vector<float>(row_floats, 0.0f));
+  const int n = static_cast<int>(batches.size());
+  auto pull = [&](int i, size_t slot) {
+    return ps.Pull(table, batches[i].keys, batches[i].server_begin, out[slot].data());
+  };
+  CpuMeter cpu(ctx.server_pid);
+  absl::StatusOr<double> first_pull_s = RunPipelined(ps, n, pull);
+  if (!first_pull_s.ok()) return first_pull_s.status();
+  const double first_pull_cores = cpu.Finish(absl::StrCat("zipf", dim, "_pull_first"));
+
+  auto grads = std::make_shared<std::vector<float>>(row_floats);
+  for (size_t i = 0; i < row_floats; ++i) (*grads)[i] = (i % 3 == 0 ? 0.02f : -0.01f);
+  cpu.Restart();
+  absl::StatusOr<double> push_s = RunPipelined(ps, n, [&](int i, size_t) {
+    return ps.Push(table, batches[i].keys, batches[i].server_begin, grads);
+  });
+  if (!push_s.ok()) return push_s.status();
+  const double push_cores = cpu.Finish(absl::StrCat("zipf", dim, "_push"));
+
+  cpu.Restart();
+  absl::StatusOr<double> pull_s = RunPipelined(ps, n, pull);
+  if (!pull_s.ok()) return pull_s.status();
+  const double pull_cores = cpu.Finish(absl::StrCat("zipf", dim, "_pull"));
+  std::fprintf(stderr, "# zipf%u: %d batches, first pull %.3f s, push %.3f s, pull %.3f s\n", dim,
+               n, *first_pull_s, *push_s, *pull_s);
+
+  const double keys = static_cast<double>(batch_keys) * n;
+  const double bytes = keys * dim * sizeof(float);
+  const std::string prefix = absl::StrCat("zipf", dim, "_");
+  Print(prefix + "pull_first_keys_per_sec", keys / *first_pull_s);
+  Print(prefix + "pull_first_bandwidth_ratio", bytes / *first_pull_s / *ceiling);
+  Print(prefix + "pull_first_cpu_cores", first_pull_cores);
+  Print(prefix + "push_keys_per_sec", keys / *push_s);
+  Print(prefix + "push_cpu_cores", push_cores);
+  Print(prefix + "pull_keys_per_sec", keys / *pull_s);
+  Print(prefix + "pull_bytes_per_sec", bytes / *pull_s);
+  Print(prefix + "pull_bandwidth_ratio", bytes / *pull_s / *ceiling);
+  Print(prefix + "pull_cpu_cores", pull_cores);
+  return absl::OkStatus();
+}
+
+absl::Status RunZipf(Context& ctx, const std::vector<uint32_t>& dims) {
+  // Drawing a batch of distinct ids from barely more ids than the batch holds
+  // would take forever (the rare ids have to come up too), hence the 2x.
+  if (FLAGS_zipf_batches < 1 || FLAGS_zipf_batch_keys < 1 ||
+      FLAGS_zipf_ids < 2 * uint64_t(FLAGS_zipf_batch_keys) || FLAGS_zipf_exponent <= 0) {
+    return absl::InvalidArgumentError(
+        "need --zipf_batches >= 1, --zipf_batch_keys >= 1, --zipf_ids >= 2 * --zipf_batch_keys, "
+        "--zipf_exponent > 0");
+  }
+  const Clock::time_point t0 = Clock::now();
+  size_t distinct = 0;
+  const std::vector<Batch> batches = MakeZipfBatches(ctx.map, &distinct);
+  std::fprintf(stderr, "# zipf: %zu batches generated in %.1f s\n", batches.size(), Since(t0));
+  Print("zipf_batches", batches.size());
+  Print("zipf_batch_keys", FLAGS_zipf_batch_keys);
+  Print("zipf_distinct_keys", static_cast<double>(distinct));
+  // The same key stream for every dim: each dim has its own table, so each
+  // starts empty and sees the same first-touch pattern.
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (absl::Status st = RunZipfDim(ctx, static_cast<uint32_t>(1 + i), dims[i], batches);
+        !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      return colon == std::string::npos ? line : line.substr(colon + 2);
+    }
+  }
+  return "unknown";
+}
+
+int Main() {
+  bool want_pslite = false, want_zipf = false;
+  for (absl::string_view p : absl::StrSplit(FLAGS_patterns, ',', absl::SkipEmpty())) {
+    if (p == "pslite") {
+      want_pslite = true;
+    } else if (p == "zipf") {
+      want_zipf = true;
+    } else {
+      std::fprintf(stderr, "ps_bench: unknown pattern '%s' in --patterns\n",
+                   std::string(p).c_str());
+      return 2;
+    }
+  }
+  std::vector<uint32_t> dims;
+  for (absl::string_view d : absl::StrSplit(FLAGS_zipf_dims, ',', absl::SkipEmpty())) {
+    uint32_t dim;
+    if (!absl::SimpleAtoi(d, &dim) || dim < 1 || dim > 4096) {
+      std::fprintf(stderr, "ps_bench: bad dim '%s' in --zipf_dims\n", std::string(d).c_str());
+      return 2;
+    }
+    dims.push_back(dim);
+  }
+  if (FLAGS_logical_shards < 1 || FLAGS_server_threads < 1) {
+    std::fprintf(stderr, "ps_bench: need --logical_shards >= 1 and --server_threads >= 1\n");
+    return 2;
+  }
+
+  const proto::JobConfig config = MakeConfig(dims);
+  const proto::ShardMap map = OneServerMap(FLAGS_logical_shards);
+  // Before any thread or ZeroMQ context exists in this process; see ServerProcess.
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(config, map);
+  if (!server.ok()) {
+    std::fprintf(stderr, "ps_bench: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+
+  std::printf(
+      "# ps_bench: nproc=%u cpu=\"%s\" server_threads=%d logical_shards=%d inflight=%d "
+      "zipf_ids=%llu zipf_exponent=%g\n",
+      std::thread::hardware_concurrency(), CpuModel().c_str(), FLAGS_server_threads,
+      FLAGS_logical_shards, FLAGS_inflight, static_cast<unsigned long long>(FLAGS_zipf_ids),
+      FLAGS_zipf_exponent);
+  absl::Status st;
+  {
+    proto::ClusterInfo cluster;
+    proto::NodeInfo* node = cluster.add_nodes();
+    node->set_id(1);
+    node->set_role(proto::SERVER);
+    node->set_rank(0);
+    node->set_endpoint((*server)->endpoint());
+    *cluster.mutable_shard_map() = map;
+    cluster.mutable_dense()->set_total(1);
+    cluster.mutable_dense()->add_offset(0);
+    cluster.mutable_dense()->add_offset(1);
+    *cluster.mutable_config() = config;
+    worker::PsClientOptions po;
+    po.cluster = cluster;
+    po.node_id = 2;
+    po.timeout = absl::Seconds(FLAGS_timeout_s);
+    absl::StatusOr<std::unique_ptr<net::Transport>> transport =
+        net::CreateTransport(net::TransportOptions{});
+    absl::StatusOr<std::unique_ptr<worker::PsClient>> ps =
+        transport.ok() ? worker::PsClient::Create(po, std::move(*transport))
+                       : absl::StatusOr<std::unique_ptr<worker::PsClient>>(transport.status());
+    Ceilings ceilings;
+    if (!ps.ok()) st = ps.status();
+    if (st.ok()) {
+      Context ctx{**ps, map, ceilings, (*server)->pid()};
+      if (want_pslite) st = RunPsLite(ctx);
+      if (st.ok() && want_zipf) st = RunZipf(ctx, dims);
+      if (st.ok()) Print("server_peak_rss_bytes", PeakRssBytes(ctx.server_pid));
+    }
+    // The client goes first: its transport would otherwise linger on
+    // messages to a server that is already dead.
+  }
+  (*server)->Kill();
+  if (!st.ok()) {
+    std::fprintf(stderr, "ps_bench: %s\n", st.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace ember::bench
+
+int main(int argc, char** argv) {
+  FLAGS_logtostderr = true;  // a bench's log belongs next to its figures; --nologtostderr overrides
+  gflags::SetUsageMessage(
+      "ps_bench: parameter-server throughput on loopback (see bench/README.md)");
+  gflags::ParseCommandLineFlags(&argc, &argv, true);
+  google::InitGoogleLogging(argv[0]);
+  // As `ember server` and `ember worker` do; the forked server inherits it.
+  ember::net::TuneAllocatorForMessages();
+  return ember::bench::Main();
+}
