@@ -7,7 +7,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
-servers=2 workers=2 port=27100 epochs=0
+servers=2 workers=2 port=27100 server_port=0 epochs=0
 config="$EMBER_ROOT/examples/local.conf"
 data_dir="$EMBER_ROOT/data/local"
 build_dir="$EMBER_ROOT/build"
@@ -23,7 +23,8 @@ Usage: launch/local.sh [options]
   --config FILE    job config (default examples/local.conf)
   --data-dir DIR   data set: DIR/train, DIR/test, DIR/meta.txt; generated with
                    'ember gen-data' if DIR/meta.txt is missing (default data/local)
-  --port P         scheduler port on 127.0.0.1 (default 27100); servers pick free ports
+  --port P         scheduler port on 127.0.0.1 (default 27100)
+  --server-port P  first server port: servers listen on P, P+1, ... (default: any free ports)
   --epochs N       override train.epochs
   --build-dir DIR  build directory (default build)
   --log-dir DIR    where process logs go (default: a fresh directory under out/)
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --config) config="$2"; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --server-port) server_port="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --build-dir) build_dir="$2"; shift 2 ;;
     --log-dir) log_dir="$2"; shift 2 ;;
@@ -48,7 +50,7 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in servers workers port epochs; do
+for v in servers workers port server_port epochs; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --$v must be a number, got '${!v}'" >&2; exit 2; }
 done
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
@@ -86,7 +88,9 @@ sched_flags=(--config="$config" --port="$port" --data_dir="$data_dir" --num_serv
 pids+=($!)
 endpoint="tcp://127.0.0.1:$port"
 for i in $(seq 1 "$servers"); do
-  "$ember" server --scheduler="$endpoint" --host=127.0.0.1 >"$log_dir/server$i.log" 2>&1 &
+  sport=0
+  [ "$server_port" -gt 0 ] && sport=$((server_port + i - 1))
+  "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport" >"$log_dir/server$i.log" 2>&1 &
   pids+=($!)
 done
 for i in $(seq 1 "$workers"); do
