@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
+#include "launch/convert.h"
 #include "launch/gen_data.h"
 #include "models/embedding_mlp.h"
 #include "net/memory.h"
@@ -35,7 +36,7 @@ DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler
 DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
 // gen-data.
-DEFINE_string(out, "", "Output directory (`gen-data`).");
+DEFINE_string(out, "", "Output directory (`gen-data`, `convert`).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
 // generator's defaults (launch/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
@@ -47,6 +48,11 @@ DEFINE_uint64(num_users, 10000, "Distinct users (`gen-data`).");
 DEFINE_uint64(num_items, 5000, "Distinct items (`gen-data`).");
 DEFINE_bool(gzip, false, "Write .tsv.gz files (`gen-data`).");
 DEFINE_bool(overwrite, false, "Replace an existing data set in --out (`gen-data`).");
+// convert.
+DEFINE_string(input, "", "Input of `convert`: the movielens directory (ratings.csv, movies.csv), or the census, "
+                         "criteo or avazu file (.gz accepted).");
+DEFINE_uint32(max_history, 50, "Longest behaviour sequence `convert` writes (movielens).");
+DEFINE_uint64(max_bad_lines, 100, "Malformed input lines `convert` skips before it fails.");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
                                "see launch/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
 
@@ -61,7 +67,9 @@ constexpr char kUsage[] =
     "            workers, drives epochs and evaluation, prints the final line\n"
     "  server    --scheduler=tcp://HOST:P [--host=H --port=P]  serve sparse tables and dense slices\n"
     "  worker    --scheduler=tcp://HOST:P                      train a model replica\n"
-    "  gen-data  --out=DIR [--train_rows=N ...]               write a synthetic click log with its oracle AUC\n\n"
+    "  gen-data  --out=DIR [--train_rows=N ...]               write a synthetic click log with its oracle AUC\n"
+    "  convert   FORMAT --input=PATH --out=DIR                turn a public data set (movielens, census,\n"
+    "            criteo, avazu) into ember's log files and a job config (DIR/job.conf)\n\n"
     "`ember <command> --help` lists every flag.";
 
 int Fail(const absl::Status& st) {
@@ -207,6 +215,8 @@ int RunWorker() {
   worker::PsClientOptions po;
   po.cluster = reg.cluster();
   po.node_id = reg.node_id();
+  scheduler::SchedulerClient* control_ptr = control->get();
+  po.stop_requested = [control_ptr] { return control_ptr->Stopped(); };
   auto ps = worker::PsClient::Create(po, std::move(*transport));
   if (!ps.ok()) return Fail(ps.status());
   worker::WorkerOptions wo;
@@ -249,6 +259,26 @@ int RunGenData() {
   return 0;
 }
 
+int RunConvert(const std::string& format) {
+  launch::ConvertOptions o;
+  o.format = format;
+  o.input = FLAGS_input;
+  o.out_dir = FLAGS_out;
+  o.max_history = FLAGS_max_history;
+  o.max_bad_lines = FLAGS_max_bad_lines;
+  o.overwrite = FLAGS_overwrite;
+  if (!gflags::GetCommandLineFlagInfoOrDie("seed").is_default) o.seed = FLAGS_seed;
+  launch::ConvertSummary s;
+  absl::Status st = launch::Convert(o, &s);
+  if (!st.ok()) return Fail(st);
+  std::printf("convert %s: %llu train, %llu valid, %llu test rows, %llu bad lines -> %s (job config: %s/job.conf)\n",
+              format.c_str(), static_cast<unsigned long long>(s.train_rows),
+              static_cast<unsigned long long>(s.valid_rows), static_cast<unsigned long long>(s.test_rows),
+              static_cast<unsigned long long>(s.bad_lines), o.out_dir.c_str(), o.out_dir.c_str());
+  for (const std::string& e : s.bad_line_examples) std::printf("  skipped %s\n", e.c_str());
+  return 0;
+}
+
 }  // namespace
 }  // namespace ember
 
@@ -267,6 +297,17 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = argv[1];
+  // `convert FORMAT`: the format is a positional argument.
+  std::string format;
+  if (command == "convert") {
+    if (argc < 3 || argv[2][0] == '-') {
+      std::fprintf(stderr, "error: convert needs a format: movielens, census, criteo or avazu\n");
+      return 2;
+    }
+    format = argv[2];
+    for (int i = 2; i + 1 < argc; ++i) argv[i] = argv[i + 1];
+    --argc;
+  }
   // Drop the command so gflags sees only flags.
   for (int i = 1; i + 1 < argc; ++i) argv[i] = argv[i + 1];
   --argc;
@@ -283,6 +324,7 @@ int main(int argc, char** argv) {
   if (command == "server") return ember::RunServer();
   if (command == "worker") return ember::RunWorker();
   if (command == "gen-data") return ember::RunGenData();
+  if (command == "convert") return ember::RunConvert(format);
   std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::kUsage);
   return 2;
 }

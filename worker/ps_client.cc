@@ -120,10 +120,27 @@ PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> g
   return t;
 }
 
+absl::StatusOr<net::Message> PsClient::WaitReply(net::Client::CallId call) {
+  if (!options_.stop_requested) return client_->Wait(call, options_.timeout);
+  const absl::Time deadline = absl::Now() + options_.timeout;
+  for (;;) {
+    const net::Client::CallId ids[] = {call};
+    if (client_->WaitAny(ids, absl::Milliseconds(100)).ok()) return client_->Wait(call);
+    if (options_.stop_requested()) {
+      client_->Forget(call);
+      return absl::CancelledError("the job is stopping");
+    }
+    if (absl::Now() > deadline) {
+      client_->Forget(call);
+      return absl::DeadlineExceededError(absl::StrCat("no reply within ", absl::FormatDuration(options_.timeout)));
+    }
+  }
+}
+
 absl::Status PsClient::Wait(Ticket& t) {
   absl::Status first;
   for (const Ticket::Part& p : t.parts) {
-    absl::StatusOr<net::Message> r = client_->Wait(p.call, options_.timeout);
+    absl::StatusOr<net::Message> r = WaitReply(p.call);
     if (!r.ok()) {
       if (first.ok()) {
         first = absl::Status(r.status().code(),

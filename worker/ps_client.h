@@ -9,6 +9,7 @@
 #define EMBER_WORKER_PS_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct PsClientOptions {
   // the wire, and buffers stay small enough for malloc to reuse. 256K keys
   // (2 MiB of keys) took the bench's 10M-key pull from ~12M to ~32M keys/s.
   uint32_t max_keys_per_message = 262144;
+  // If set, Wait gives up (CANCELLED) once it returns true, e.g. when the
+  // scheduler has ordered a shutdown and servers may never answer. Polled
+  // every 100 ms while waiting; must be thread-safe.
+  std::function<bool()> stop_requested;
 };
 
 class PsClient {
@@ -76,13 +81,16 @@ class PsClient {
   Ticket PushDense(std::shared_ptr<const std::vector<float>> grads);
 
   // Blocks until every reply of `t` has arrived and copies pulled values into
-  // place. The error names the server and the command. Consumes the ticket.
+  // place. The error names the server and the command; DEADLINE_EXCEEDED
+  // after options.timeout, CANCELLED once options.stop_requested says so.
+  // Consumes the ticket.
   [[nodiscard]] absl::Status Wait(Ticket& t);
   // True once every reply of `t` has arrived (Wait will not block).
   bool Ready(const Ticket& t);
 
  private:
   PsClient(const PsClientOptions& options, std::unique_ptr<net::Client> client);
+  absl::StatusOr<net::Message> WaitReply(net::Client::CallId call);
 
   PsClientOptions options_;
   std::unique_ptr<net::Client> client_;
