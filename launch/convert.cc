@@ -648,6 +648,7 @@ absl::Status ConvertMovielens(const ConvertOptions& o, ConvertSummary* summary) 
       "  train: \"train\"\n"
       "  test: \"test\"\n"
       "  batch_size: 256\n"
+      "  user_column: \"user_id\"  # for GAUC\n"
       "  columns { name: \"label\" type: LABEL }\n"
       "  columns { name: \"user_id\" type: SPARSE table: \"user\" slot: 1 }\n"
       "  # The candidate and the history share table and slot: movie 42 is one row.\n"

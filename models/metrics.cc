@@ -37,6 +37,34 @@ double ExactAuc(absl::Span<const float> scores, absl::Span<const float> labels) 
   return (pos_rank_sum - num_pos * (num_pos + 1) / 2) / (num_pos * num_neg);
 }
 
+double GroupAuc(absl::Span<const float> scores, absl::Span<const float> labels, absl::Span<const uint64_t> groups) {
+  const size_t n = scores.size();
+  std::vector<uint32_t> order(n);
+  std::iota(order.begin(), order.end(), 0u);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return groups[a] < groups[b]; });
+  double weighted = 0, weight = 0;
+  std::vector<float> s, l;
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    s.clear();
+    l.clear();
+    for (; j < n && groups[order[j]] == groups[order[i]]; ++j) {
+      s.push_back(scores[order[j]]);
+      l.push_back(labels[order[j]]);
+    }
+    const double auc = ExactAuc(s, l);
+    for (float x : s) {
+      if (std::isnan(x)) return std::numeric_limits<double>::quiet_NaN();
+    }
+    if (!std::isnan(auc)) {
+      weighted += auc * static_cast<double>(j - i);
+      weight += static_cast<double>(j - i);
+    }
+    i = j;
+  }
+  return weight > 0 ? weighted / weight : std::numeric_limits<double>::quiet_NaN();
+}
+
 double LogLoss(absl::Span<const float> scores, absl::Span<const float> labels) {
   if (scores.empty()) return std::numeric_limits<double>::quiet_NaN();
   double sum = 0;

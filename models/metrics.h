@@ -3,6 +3,7 @@
 #define EMBER_MODELS_METRICS_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -14,6 +15,11 @@ namespace ember::models {
 // Labels >= 0.5 are positives. Returns NaN when either class is empty.
 // O(n log n); `scores` and `labels` must have the same size.
 double ExactAuc(absl::Span<const float> scores, absl::Span<const float> labels);
+
+// GAUC: the AUC of each group (user) with both classes, averaged with the
+// group's number of samples as weight; groups with one class are skipped.
+// NaN when no group has both classes or any score is NaN. O(n log n).
+double GroupAuc(absl::Span<const float> scores, absl::Span<const float> labels, absl::Span<const uint64_t> groups);
 
 // Mean binary cross-entropy of probabilities `scores` (clipped to
 // [1e-7, 1 - 1e-7]) against `labels` in [0, 1]. NaN when empty.

@@ -61,6 +61,20 @@ TEST(ExactAucTest, NanForASingleClass) {
   EXPECT_TRUE(std::isnan(ExactAuc(std::vector<float>{}, std::vector<float>{})));
 }
 
+TEST(GroupAucTest, WeightsByImpressionsAndSkipsOneClassGroups) {
+  // Group 1: 4 samples, perfectly ranked (AUC 1). Group 2: 2 samples, inverted
+  // (AUC 0). Group 3: positives only (skipped). GAUC = (4*1 + 2*0) / 6.
+  std::vector<float> scores = {0.9f, 0.8f, 0.2f, 0.1f, 0.3f, 0.7f, 0.5f};
+  std::vector<float> labels = {1, 1, 0, 0, 1, 0, 1};
+  std::vector<uint64_t> groups = {1, 1, 1, 1, 2, 2, 3};
+  EXPECT_DOUBLE_EQ(GroupAuc(scores, labels, groups), 4.0 / 6.0);
+  // One group only: GAUC is that group's AUC.
+  std::vector<uint64_t> one(7, 9);
+  EXPECT_DOUBLE_EQ(GroupAuc(scores, labels, one), ExactAuc(scores, labels));
+  // No group with both classes.
+  EXPECT_TRUE(std::isnan(GroupAuc({0.1f, 0.2f}, {1, 0}, std::vector<uint64_t>{1, 2})));
+}
+
 TEST(LogLossTest, KnownValuesAndClipping) {
   EXPECT_NEAR(LogLoss(std::vector<float>{0.5f, 0.5f}, std::vector<float>{0, 1}), std::log(2.0),
               1e-7);

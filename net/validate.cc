@@ -69,9 +69,10 @@ WireCheck Check(Message& m) {
       }
       if (!(c = ExpectPayload(m, proto::Header::kPhaseDone)).ok()) return c;
       if (m.frames.empty()) return {};
-      if (!(c = ExpectFrames(m, 2)).ok()) return c;
+      if (!(c = ExpectFrames(m, 3)).ok()) return c;
       if (!(c = ExpectSize(m, 0, h.phase_done().num_samples(), sizeof(float), "scores")).ok()) return c;
-      return ExpectSize(m, 1, h.phase_done().num_samples(), sizeof(float), "labels");
+      if (!(c = ExpectSize(m, 1, h.phase_done().num_samples(), sizeof(float), "labels")).ok()) return c;
+      return ExpectSize(m, 2, h.phase_done().num_samples(), sizeof(uint64_t), "users");
     case proto::REGISTER:
       if (!(c = ExpectFrames(m, 0)).ok()) return c;
       return ExpectPayload(m, reply ? proto::Header::kRegisterReply : proto::Header::kRegisterRequest);

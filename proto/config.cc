@@ -129,6 +129,17 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   }
   if (labels == 0) return Invalid("data.columns", "at least one LABEL column is required");
   if (features == 0) return Invalid("data.columns", "at least one feature column is required");
+  if (!d.user_column().empty()) {
+    bool found = false;
+    for (const ColumnConfig& col : d.columns()) {
+      if (col.name() == d.user_column()) {
+        if (col.type() != ColumnConfig::SPARSE)
+          return Invalid("data.user_column", "column '" + d.user_column() + "' must be SPARSE");
+        found = true;
+      }
+    }
+    if (!found) return Invalid("data.user_column", "no column named '" + d.user_column() + "'");
+  }
   if (d.batch_size() < 1 || d.batch_size() > (1u << 20))
     return Invalid("data.batch_size", "must be in [1, 1048576]");
   if (d.chunk_bytes() < 4096) return Invalid("data.chunk_bytes", "must be >= 4096");

@@ -40,6 +40,14 @@ TEST(ConfigTest, ValidationNamesField) {
   st = ValidateJobConfig(*c);
   EXPECT_NE(st.message().find("tables[0].optimizer.learning_rate"), std::string::npos) << st;
   c = ParseJobConfig(kGood, "x");
+  c->mutable_data()->set_user_column("label");
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("data.user_column: column 'label' must be SPARSE"), std::string::npos) << st;
+  c->mutable_data()->set_user_column("nobody");
+  EXPECT_FALSE(ValidateJobConfig(*c).ok());
+  c->mutable_data()->set_user_column("item");
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  c = ParseJobConfig(kGood, "x");
   c->mutable_cluster()->set_heartbeat_timeout_ms(10);
   EXPECT_FALSE(ValidateJobConfig(*c).ok());
 }

@@ -48,8 +48,10 @@ double ReadOracleAuc(const std::string& path) {
 }  // namespace
 
 std::string FinalLine(const JobResult& r) {
-  return absl::StrFormat("final: auc=%.4f oracle_auc=%.4f logloss=%.4f samples=%d samples_per_sec=%.0f", r.auc,
-                         r.oracle_auc, r.logloss, r.samples, r.samples_per_sec);
+  return absl::StrFormat(
+      "final: auc=%.4f oracle_auc=%.4f logloss=%.4f samples=%d samples_per_sec=%.0f auc_%s=%.4f gauc_%s=%.4f "
+      "logloss_%s=%.4f",
+      r.auc, r.oracle_auc, r.logloss, r.samples, r.samples_per_sec, r.task, r.auc, r.task, r.gauc, r.task, r.logloss);
 }
 
 class Scheduler::Impl {
@@ -82,7 +84,14 @@ class Scheduler::Impl {
     for (const auto& c : train_chunks_) train_bytes_ += c.end() - c.begin();
     for (const auto& c : test_chunks_) test_bytes_ += c.end() - c.begin();
     result_.oracle_auc = ReadOracleAuc(d.meta());
-    result_.auc = result_.logloss = kNaN;
+    result_.auc = result_.logloss = result_.gauc = kNaN;
+    // The model trains on the first label column: that is the task.
+    for (const proto::ColumnConfig& c : d.columns()) {
+      if (c.type() == proto::ColumnConfig::LABEL) {
+        result_.task = c.name();
+        break;
+      }
+    }
     LOG(INFO) << "job '" << opt_.config.name() << "': " << train_chunks_.size() << " train chunks ("
               << train_bytes_ << " bytes), " << test_chunks_.size() << " test chunks";
     return absl::OkStatus();
@@ -286,8 +295,10 @@ class Scheduler::Impl {
     if (phase_.kind() == proto::EVAL && !m.frames.empty()) {
       auto s = m.frames[0].As<float>();
       auto l = m.frames[1].As<float>();
+      auto u = m.frames[2].As<uint64_t>();
       eval_scores_.insert(eval_scores_.end(), s.begin(), s.end());
       eval_labels_.insert(eval_labels_.end(), l.begin(), l.end());
+      eval_users_.insert(eval_users_.end(), u.begin(), u.end());
     }
     node.phase_done = true;
     pending_phase_done_.push_back(std::move(m));
@@ -349,6 +360,7 @@ class Scheduler::Impl {
     last_loss_ = TotalLoss();
     eval_scores_.clear();
     eval_labels_.clear();
+    eval_users_.clear();
     for (Node& n : nodes_) n.phase_done = false;
     if (phase_.kind() == proto::DONE) {
       shutdown_deadline_ = absl::Now() + absl::Seconds(10);
@@ -376,9 +388,12 @@ class Scheduler::Impl {
     } else if (phase_.kind() == proto::EVAL) {
       result_.auc = models::ExactAuc(eval_scores_, eval_labels_);
       result_.logloss = models::LogLoss(eval_scores_, eval_labels_);
+      result_.gauc = opt_.config.data().user_column().empty()
+                         ? kNaN
+                         : models::GroupAuc(eval_scores_, eval_labels_, eval_users_);
       result_.eval_samples = eval_scores_.size();
-      opt_.print(absl::StrFormat("eval after epoch %d: auc=%.4f logloss=%.4f samples=%d", phase_.epoch() + 1,
-                                 result_.auc, result_.logloss, eval_scores_.size()));
+      opt_.print(absl::StrFormat("eval after epoch %d: auc=%.4f gauc=%.4f logloss=%.4f samples=%d", phase_.epoch() + 1,
+                                 result_.auc, result_.gauc, result_.logloss, eval_scores_.size()));
     }
     StartPhase(phase_.index() + 1);
     for (net::Message& pd : pending_phase_done_) {
@@ -535,6 +550,7 @@ class Scheduler::Impl {
   std::vector<net::Message> pending_phase_done_;
   std::vector<net::Message> step_barrier_;
   std::vector<float> eval_scores_, eval_labels_;
+  std::vector<uint64_t> eval_users_;
   absl::Time phase_start_, last_progress_, shutdown_deadline_;
   uint64_t phase_samples_start_ = 0, phase_bytes_start_ = 0, last_samples_ = 0;
   double last_loss_ = 0;

@@ -38,6 +38,8 @@ struct SchedulerOptions {
 struct JobResult {
   double auc = 0;          // exact test AUC after the last epoch (NaN if no test data)
   double logloss = 0;
+  double gauc = 0;         // AUC per user weighted by impressions (NaN without data.user_column)
+  std::string task;        // the first LABEL column's name
   double oracle_auc = 0;   // from data.meta, NaN if absent
   uint64_t eval_samples = 0;
   uint64_t samples = 0;    // training samples over all epochs
@@ -65,7 +67,8 @@ class Scheduler {
 };
 
 // The summary line launch/local.sh ends with:
-// "final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>".
+// "final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>"
+// followed by, for each task, auc_<task>= gauc_<task>= logloss_<task>=.
 std::string FinalLine(const JobResult& r);
 
 }  // namespace ember::scheduler

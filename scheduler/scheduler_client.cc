@@ -108,7 +108,8 @@ absl::StatusOr<proto::ChunkReply> SchedulerClient::GetChunk(uint32_t phase, cons
 }
 
 absl::StatusOr<proto::Phase> SchedulerClient::PhaseDone(uint32_t phase, const std::vector<uint64_t>& finished,
-                                                        std::vector<float> scores, std::vector<float> labels) {
+                                                        std::vector<float> scores, std::vector<float> labels,
+                                                        std::vector<uint64_t> users) {
   net::Message m = NewMessage(proto::PHASE_DONE);
   proto::PhaseDone* p = m.header.mutable_phase_done();
   p->set_phase(phase);
@@ -117,6 +118,7 @@ absl::StatusOr<proto::Phase> SchedulerClient::PhaseDone(uint32_t phase, const st
   if (!scores.empty()) {
     m.frames.push_back(net::Frame::FromVector(std::move(scores)));
     m.frames.push_back(net::Frame::FromVector(std::move(labels)));
+    m.frames.push_back(net::Frame::FromVector(std::move(users)));
   }
   // Other workers may still be training: wait as long as a phase can take.
   absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365));

@@ -43,6 +43,9 @@ TEST(ClusterTest, TrainsToWithinThreeHundredthsOfOracleAuc) {
   EXPECT_GT(oracle, 0.6);
   EXPECT_NEAR(auc, oracle, 0.03);
   EXPECT_EQ(r["bad_lines"], "0");
+  // Per-task fields, with GAUC over the config's user column.
+  EXPECT_EQ(r["auc_label"], r["auc"]);
+  EXPECT_GT(std::atof(r["gauc_label"].c_str()), 0.6) << r["gauc_label"];
 }
 
 // BSP: every step ends in a barrier of all workers; the model must still learn.

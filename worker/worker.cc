@@ -61,6 +61,12 @@ struct Step {
   std::vector<PsClient::Ticket> pulls;
 };
 
+// An EVAL phase's output, one entry per test sample.
+struct Predictions {
+  std::vector<float> scores, labels;
+  std::vector<uint64_t> users;
+};
+
 // Pushes in flight, and the chunk they complete (if any).
 struct PendingPush {
   std::vector<PsClient::Ticket> tickets;
@@ -87,18 +93,27 @@ class Worker::Impl {
                                                         " dense parameters, the servers hold ", ps_->dense_size()));
     }
     for (const proto::TableConfig& t : config_.tables()) dims_.push_back(t.dim());
+    // Position of the user column among the sparse columns (the batch's
+    // `sparse` order), for GAUC.
+    int sparse_index = 0;
+    for (const proto::ColumnConfig& c : config_.data().columns()) {
+      const bool sparse = c.type() == proto::ColumnConfig::SPARSE || c.type() == proto::ColumnConfig::MULTI_SPARSE ||
+                          c.type() == proto::ColumnConfig::SEQUENCE;
+      if (sparse && c.name() == config_.data().user_column()) user_sparse_ = sparse_index;
+      if (sparse) ++sparse_index;
+    }
     return absl::OkStatus();
   }
 
   absl::Status Run() {
     proto::Phase phase = reg_.phase();
     while (phase.kind() == proto::TRAIN || phase.kind() == proto::EVAL) {
-      std::vector<float> scores, labels;
-      absl::Status st = RunPhase(phase, &scores, &labels);
+      Predictions eval;
+      absl::Status st = RunPhase(phase, &eval);
       if (!st.ok()) return st;
       ReportMetrics();
-      absl::StatusOr<proto::Phase> next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(scores),
-                                                              std::move(labels));
+      absl::StatusOr<proto::Phase> next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(eval.scores),
+                                                              std::move(eval.labels), std::move(eval.users));
       if (!next.ok()) return next.status();
       phase = *next;
     }
@@ -248,21 +263,31 @@ class Worker::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status Evaluate(std::unique_ptr<Step> step, std::vector<float>* scores, std::vector<float>* labels) {
+  absl::Status Evaluate(std::unique_ptr<Step> step, Predictions* out) {
     const models::Batch& b = *step->batch;
     if (b.size > 0) {
       absl::Status st = Await(*step);
       if (!st.ok()) return st;
       predictions_.resize(b.size);
       model_->Predict(b, step->dense, EmbPointers(*step), absl::MakeSpan(predictions_));
-      scores->insert(scores->end(), predictions_.begin(), predictions_.end());
-      for (int i = 0; i < b.size; ++i) labels->push_back(b.labels[static_cast<size_t>(i) * b.num_labels]);
+      out->scores.insert(out->scores.end(), predictions_.begin(), predictions_.end());
+      for (int i = 0; i < b.size; ++i) out->labels.push_back(b.labels[static_cast<size_t>(i) * b.num_labels]);
+      for (int i = 0; i < b.size; ++i) out->users.push_back(UserOf(b, i));
     }
     if (b.last_of_chunk) MarkFinished(b.chunk_id);
     return absl::OkStatus();
   }
 
-  absl::Status RunPhase(const proto::Phase& phase, std::vector<float>* scores, std::vector<float>* labels) {
+  // The key of sample i's user (its first value in the user column), 0 if
+  // the job names no user column or the value is missing.
+  uint64_t UserOf(const models::Batch& b, int i) const {
+    if (user_sparse_ < 0) return 0;
+    const models::SparseColumnBatch& col = b.sparse[user_sparse_];
+    if (col.offsets[i] == col.offsets[i + 1]) return 0;
+    return b.tables[col.table].keys[col.rows[col.offsets[i]]];
+  }
+
+  absl::Status RunPhase(const proto::Phase& phase, Predictions* eval) {
     const bool train = phase.kind() == proto::TRAIN;
     const bool bsp = config_.train().consistency() == proto::TrainConfig::BSP;
     BatchQueue queue(8);
@@ -282,7 +307,7 @@ class Worker::Impl {
       if (!bsp || !train) {
         if (nb) next = Prepare(std::move(*nb));
       }
-      st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), scores, labels);
+      st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), eval);
       if (st.ok() && train && bsp) {
         st = control_->StepBarrier();
         if (st.ok() && nb) next = Prepare(std::move(*nb));
@@ -326,6 +351,7 @@ class Worker::Impl {
   std::unique_ptr<models::EmbeddingMlp> model_;
   std::vector<uint32_t> dims_;
   std::vector<float> predictions_;
+  int user_sparse_ = -1;  // index of data.user_column in Batch::sparse, or -1
 
   // Training thread.
   uint64_t samples_ = 0, bytes_ = 0;
