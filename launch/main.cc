@@ -13,7 +13,7 @@
 #include "glog/logging.h"
 #include "launch/convert.h"
 #include "launch/gen_data.h"
-#include "models/embedding_mlp.h"
+#include "models/model.h"
 #include "net/memory.h"
 #include "net/transport.h"
 #include "proto/config.h"
@@ -111,7 +111,7 @@ int RunScheduler() {
   if (FLAGS_num_workers > 0) config->mutable_cluster()->set_num_workers(FLAGS_num_workers);
   if (FLAGS_epochs > 0) config->mutable_train()->set_epochs(FLAGS_epochs);
   if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return Fail(st);
-  absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(*config);
+  absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(*config);
   if (!model.ok()) return Fail(model.status());
 
   auto transport = NewTransport();
@@ -121,7 +121,8 @@ int RunScheduler() {
   LOG(INFO) << "scheduler listening on " << *ep;
   scheduler::SchedulerOptions so;
   so.config = *config;
-  so.dense_size = (*model)->num_params();
+  so.dense_size = (*model)->dense_size();
+  so.tasks = (*model)->tasks();
   auto sched = scheduler::Scheduler::Create(std::move(so), std::move(*transport));
   if (!sched.ok()) return Fail(sched.status());
   absl::StatusOr<scheduler::JobResult> result = (*sched)->Run();
@@ -179,10 +180,12 @@ int RunServer() {
   so.rank = reg.rank();
   so.node_id = reg.node_id();
   // The dense parameters start from the model's own initialisation.
-  absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(cluster.config());
+  absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(cluster.config());
   if (!model.ok()) return Fail(model.status());
-  std::vector<float> dense((*model)->num_params());
-  (*model)->InitParams(absl::MakeSpan(dense));
+  std::vector<float> dense((*model)->dense_size());
+  (*model)->InitDense(absl::MakeSpan(dense));
+  so.dense_state_begin = (*model)->num_params();
+  so.dense_state_rate = (*model)->state_rate();
   const proto::DenseLayout& dl = cluster.dense();
   if (dl.offset_size() <= reg.rank() + 1 || dl.total() != dense.size())
     return Fail(absl::InvalidArgumentError("the scheduler's dense layout does not match the model"));

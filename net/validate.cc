@@ -1,5 +1,7 @@
 #include "net/validate.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 namespace ember::net {
@@ -17,8 +19,10 @@ WireCheck ExpectFrames(const Message& m, size_t n) {
 }
 
 WireCheck ExpectSize(const Message& m, size_t frame, uint64_t elements, uint64_t width, const char* what) {
-  const uint64_t want = elements * width;
-  if (m.frames[frame].size() != want) {
+  // A header count so large that the byte size overflows matches no frame.
+  const bool overflow = width != 0 && elements > UINT64_MAX / width;
+  const uint64_t want = overflow ? UINT64_MAX : elements * width;
+  if (overflow || m.frames[frame].size() != want) {
     return Bad(proto::BAD_SIZE, absl::StrCat(proto::Command_Name(m.header.command()), ": ", what,
                                              " frame has ", m.frames[frame].size(), " bytes, header implies ",
                                              want));
@@ -70,9 +74,15 @@ WireCheck Check(Message& m) {
       if (!(c = ExpectPayload(m, proto::Header::kPhaseDone)).ok()) return c;
       if (m.frames.empty()) return {};
       if (!(c = ExpectFrames(m, 3)).ok()) return c;
-      if (!(c = ExpectSize(m, 0, h.phase_done().num_samples(), sizeof(float), "scores")).ok()) return c;
-      if (!(c = ExpectSize(m, 1, h.phase_done().num_samples(), sizeof(float), "labels")).ok()) return c;
-      return ExpectSize(m, 2, h.phase_done().num_samples(), sizeof(uint64_t), "users");
+      if (h.phase_done().num_tasks() > 64) return Bad(proto::BAD_REQUEST, "phase_done.num_tasks is above 64");
+      {
+        // num_samples is checked against the users frame first, so it is
+        // below 2^61 and the product cannot overflow.
+        if (!(c = ExpectSize(m, 2, h.phase_done().num_samples(), sizeof(uint64_t), "users")).ok()) return c;
+        const uint64_t values = h.phase_done().num_samples() * std::max<uint32_t>(1, h.phase_done().num_tasks());
+        if (!(c = ExpectSize(m, 0, values, sizeof(float), "scores")).ok()) return c;
+        return ExpectSize(m, 1, values, sizeof(float), "labels");
+      }
     case proto::REGISTER:
       if (!(c = ExpectFrames(m, 0)).ok()) return c;
       return ExpectPayload(m, reply ? proto::Header::kRegisterReply : proto::Header::kRegisterRequest);

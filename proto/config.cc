@@ -1,6 +1,8 @@
 // Job config parsing and validation: every message names the field and why.
 #include "proto/config.h"
 
+#include <cmath>
+
 #include <fstream>
 #include <sstream>
 
@@ -123,6 +125,11 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
       case ColumnConfig::DENSE:
         ++features;
         break;
+      case ColumnConfig::TIME_SEQUENCE:
+        if (c.separator().size() != 1 || c.separator() == "\t" || c.separator() == "\n")
+          return Invalid(f + ".separator", "must be exactly one character, not a tab or newline");
+        break;
+      case ColumnConfig::TIME:
       case ColumnConfig::IGNORE:
         break;
     }
@@ -153,6 +160,31 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   }
   absl::Status st = ValidateOptimizer(m.dense_optimizer(), "model.dense_optimizer");
   if (!st.ok()) return st;
+  if (!(m.dice_momentum() >= 0 && m.dice_momentum() < 1))
+    return Invalid("model.dice_momentum", "must be in [0, 1)");
+  if (!(m.dice_epsilon() > 0)) return Invalid("model.dice_epsilon", "must be > 0");
+  if (m.kind() == ModelConfig::MMOE) {
+    const MmoeConfig& e = m.mmoe();
+    if (e.num_experts() < 1 || e.num_experts() > 1024)
+      return Invalid("model.mmoe.num_experts", "must be in [1, 1024]");
+    for (int i = 0; i < e.expert_hidden_size(); ++i) {
+      if (e.expert_hidden(i) < 1 || e.expert_hidden(i) > 65536)
+        return Invalid(absl::StrCat("model.mmoe.expert_hidden[", i, "]"), "must be in [1, 65536]");
+    }
+    for (int i = 0; i < e.tower_hidden_size(); ++i) {
+      if (e.tower_hidden(i) < 1 || e.tower_hidden(i) > 65536)
+        return Invalid(absl::StrCat("model.mmoe.tower_hidden[", i, "]"), "must be in [1, 65536]");
+    }
+    if (e.task_weight_size() != 0 && e.task_weight_size() != labels)
+      return Invalid("model.mmoe.task_weight",
+                     absl::StrCat("has ", e.task_weight_size(), " weights for ", labels, " LABEL columns"));
+    for (int i = 0; i < e.task_weight_size(); ++i) {
+      if (!(e.task_weight(i) >= 0) || !std::isfinite(e.task_weight(i)))
+        return Invalid(absl::StrCat("model.mmoe.task_weight[", i, "]"), "must be a finite number >= 0");
+    }
+  } else if (m.has_mmoe()) {
+    return Invalid("model.mmoe", "is only read by kind MMOE");
+  }
 
   const ClusterConfig& c = config.cluster();
   if (c.num_servers() < 1 || c.num_servers() > 4096) return Invalid("cluster.num_servers", "must be in [1, 4096]");

@@ -86,8 +86,12 @@ class Server::Impl {
     }
     for (auto& h : handlers_) h->thread = std::thread([this, hp = h.get()] { HandlerLoop(hp); });
     dense_w_ = opt_.dense_init;
-    dense_state_.resize(dense_rule_.StateFloats(dense_w_.size()));
-    dense_rule_.InitState(dense_w_.data(), dense_state_.data(), dense_w_.size());
+    // The slice's trainable prefix; the rest is model state.
+    dense_trained_ = opt_.dense_state_begin <= opt_.dense_offset
+                         ? 0
+                         : std::min<uint64_t>(dense_w_.size(), opt_.dense_state_begin - opt_.dense_offset);
+    dense_state_.resize(dense_rule_.StateFloats(dense_trained_));
+    dense_rule_.InitState(dense_w_.data(), dense_state_.data(), dense_trained_);
     return absl::OkStatus();
   }
 
@@ -370,7 +374,10 @@ class Server::Impl {
 
   void HandleDensePush(const net::Message& m) {
     if (!DenseRange(m, true)) return;
-    dense_rule_.Apply(dense_w_.data(), dense_state_.data(), m.frames[0].As<float>().data(), dense_w_.size());
+    const float* g = m.frames[0].As<float>().data();
+    dense_rule_.Apply(dense_w_.data(), dense_state_.data(), g, dense_trained_);
+    const float rate = opt_.dense_state_rate;
+    for (size_t i = dense_trained_; i < dense_w_.size(); ++i) dense_w_[i] += rate * g[i];
     net::Message r = net::MakeReply(m);
     r.header.set_sender(opt_.node_id);
     Reply(std::move(r));
@@ -383,6 +390,7 @@ class Server::Impl {
   std::vector<std::unique_ptr<Handler>> handlers_;
   storage::OptimizerRule dense_rule_;
   std::vector<float> dense_w_, dense_state_;  // I/O thread only
+  size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
   std::atomic<bool> stop_{false};
   std::atomic<uint32_t> push_seq_{0};
   std::atomic<uint64_t> pulls_{0}, pushes_{0}, pulled_keys_{0}, pushed_keys_{0}, errors_{0};

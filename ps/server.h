@@ -40,6 +40,12 @@ struct ServerOptions {
   // of the global dense vector, with its initial values.
   uint64_t dense_offset = 0;
   std::vector<float> dense_init;
+  // Global index where the dense vector's non-gradient state begins (Dice's
+  // moving averages; see models::Model). Entries from there on are not
+  // optimized: a pushed value g moves them by dense_state_rate * g. The
+  // default puts every entry under model.dense_optimizer.
+  uint64_t dense_state_begin = UINT64_MAX;
+  float dense_state_rate = 0.01f;
 };
 
 struct ServerStats {

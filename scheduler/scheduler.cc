@@ -48,10 +48,13 @@ double ReadOracleAuc(const std::string& path) {
 }  // namespace
 
 std::string FinalLine(const JobResult& r) {
-  return absl::StrFormat(
-      "final: auc=%.4f oracle_auc=%.4f logloss=%.4f samples=%d samples_per_sec=%.0f auc_%s=%.4f gauc_%s=%.4f "
-      "logloss_%s=%.4f",
-      r.auc, r.oracle_auc, r.logloss, r.samples, r.samples_per_sec, r.task, r.auc, r.task, r.gauc, r.task, r.logloss);
+  std::string line = absl::StrFormat("final: auc=%.4f oracle_auc=%.4f logloss=%.4f samples=%d samples_per_sec=%.0f",
+                                     r.auc, r.oracle_auc, r.logloss, r.samples, r.samples_per_sec);
+  for (const TaskResult& t : r.tasks) {
+    absl::StrAppendFormat(&line, " auc_%s=%.4f gauc_%s=%.4f logloss_%s=%.4f", t.name, t.auc, t.name, t.gauc, t.name,
+                          t.logloss);
+  }
+  return line;
 }
 
 class Scheduler::Impl {
@@ -85,13 +88,16 @@ class Scheduler::Impl {
     for (const auto& c : test_chunks_) test_bytes_ += c.end() - c.begin();
     result_.oracle_auc = ReadOracleAuc(d.meta());
     result_.auc = result_.logloss = result_.gauc = kNaN;
-    // The model trains on the first label column: that is the task.
-    for (const proto::ColumnConfig& c : d.columns()) {
-      if (c.type() == proto::ColumnConfig::LABEL) {
-        result_.task = c.name();
-        break;
+    std::vector<std::string> tasks = opt_.tasks;
+    if (tasks.empty()) {
+      for (const proto::ColumnConfig& c : d.columns()) {
+        if (c.type() == proto::ColumnConfig::LABEL) {
+          tasks.push_back(c.name());
+          break;
+        }
       }
     }
+    for (const std::string& t : tasks) result_.tasks.push_back(TaskResult{t, kNaN, kNaN, kNaN});
     LOG(INFO) << "job '" << opt_.config.name() << "': " << train_chunks_.size() << " train chunks ("
               << train_bytes_ << " bytes), " << test_chunks_.size() << " test chunks";
     return absl::OkStatus();
@@ -292,6 +298,13 @@ class Scheduler::Impl {
     }
     absl::Status st = MarkFinished(node, pd.finished());
     if (!st.ok()) return st;
+    if (phase_.kind() == proto::EVAL && !m.frames.empty() &&
+        std::max<uint32_t>(1, pd.num_tasks()) != result_.tasks.size()) {
+      Send(net::MakeErrorReply(m, proto::BAD_REQUEST,
+                               absl::StrCat("PHASE_DONE has ", pd.num_tasks(), " tasks, the job has ",
+                                            result_.tasks.size())));
+      return absl::OkStatus();
+    }
     if (phase_.kind() == proto::EVAL && !m.frames.empty()) {
       auto s = m.frames[0].As<float>();
       auto l = m.frames[1].As<float>();
@@ -386,14 +399,25 @@ class Scheduler::Impl {
       opt_.print(absl::StrFormat("epoch %d/%d trained: %d samples in %.1fs (%.0f samples/s)", phase_.epoch() + 1,
                                  opt_.config.train().epochs(), samples, secs, samples / std::max(secs, 1e-9)));
     } else if (phase_.kind() == proto::EVAL) {
-      result_.auc = models::ExactAuc(eval_scores_, eval_labels_);
-      result_.logloss = models::LogLoss(eval_scores_, eval_labels_);
-      result_.gauc = opt_.config.data().user_column().empty()
-                         ? kNaN
-                         : models::GroupAuc(eval_scores_, eval_labels_, eval_users_);
-      result_.eval_samples = eval_scores_.size();
-      opt_.print(absl::StrFormat("eval after epoch %d: auc=%.4f gauc=%.4f logloss=%.4f samples=%d", phase_.epoch() + 1,
-                                 result_.auc, result_.gauc, result_.logloss, eval_scores_.size()));
+      const size_t num_tasks = result_.tasks.size();
+      const size_t n = eval_users_.size();
+      std::vector<float> scores(n), labels(n);
+      for (size_t t = 0; t < num_tasks; ++t) {
+        for (size_t i = 0; i < n; ++i) {
+          scores[i] = eval_scores_[i * num_tasks + t];
+          labels[i] = eval_labels_[i * num_tasks + t];
+        }
+        TaskResult& r = result_.tasks[t];
+        r.auc = models::ExactAuc(scores, labels);
+        r.logloss = models::LogLoss(scores, labels);
+        r.gauc = opt_.config.data().user_column().empty() ? kNaN : models::GroupAuc(scores, labels, eval_users_);
+        opt_.print(absl::StrFormat("eval after epoch %d: task=%s auc=%.4f gauc=%.4f logloss=%.4f samples=%d",
+                                   phase_.epoch() + 1, r.name, r.auc, r.gauc, r.logloss, n));
+      }
+      result_.auc = result_.tasks[0].auc;
+      result_.gauc = result_.tasks[0].gauc;
+      result_.logloss = result_.tasks[0].logloss;
+      result_.eval_samples = n;
     }
     StartPhase(phase_.index() + 1);
     for (net::Message& pd : pending_phase_done_) {

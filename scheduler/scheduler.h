@@ -31,15 +31,28 @@ struct SchedulerOptions {
   // Floats in the model's dense parameter vector (all workers must report
   // the same); sliced evenly across servers.
   uint64_t dense_size = 0;
+  // The model's tasks (one per LABEL column it trains on), in order. Workers'
+  // EVAL predictions carry one score per task. Empty: the first LABEL column.
+  std::vector<std::string> tasks;
   // Where progress lines go (one line per call, no newline). Default: stdout.
   std::function<void(const std::string&)> print;
 };
 
-struct JobResult {
-  double auc = 0;          // exact test AUC after the last epoch (NaN if no test data)
+// Test metrics of one task after the last epoch (NaN if there was no test
+// data; gauc is NaN without data.user_column).
+struct TaskResult {
+  std::string name;  // the LABEL column's name
+  double auc = 0;
+  double gauc = 0;  // AUC per user weighted by impressions
   double logloss = 0;
-  double gauc = 0;         // AUC per user weighted by impressions (NaN without data.user_column)
-  std::string task;        // the first LABEL column's name
+};
+
+struct JobResult {
+  // The first task's metrics (also tasks[0]).
+  double auc = 0;
+  double logloss = 0;
+  double gauc = 0;
+  std::vector<TaskResult> tasks;
   double oracle_auc = 0;   // from data.meta, NaN if absent
   uint64_t eval_samples = 0;
   uint64_t samples = 0;    // training samples over all epochs

@@ -109,12 +109,13 @@ absl::StatusOr<proto::ChunkReply> SchedulerClient::GetChunk(uint32_t phase, cons
 
 absl::StatusOr<proto::Phase> SchedulerClient::PhaseDone(uint32_t phase, const std::vector<uint64_t>& finished,
                                                         std::vector<float> scores, std::vector<float> labels,
-                                                        std::vector<uint64_t> users) {
+                                                        std::vector<uint64_t> users, uint32_t num_tasks) {
   net::Message m = NewMessage(proto::PHASE_DONE);
   proto::PhaseDone* p = m.header.mutable_phase_done();
   p->set_phase(phase);
   p->mutable_finished()->Add(finished.begin(), finished.end());
-  p->set_num_samples(scores.size());
+  p->set_num_samples(users.size());
+  p->set_num_tasks(num_tasks);
   if (!scores.empty()) {
     m.frames.push_back(net::Frame::FromVector(std::move(scores)));
     m.frames.push_back(net::Frame::FromVector(std::move(labels)));

@@ -51,11 +51,12 @@ class SchedulerClient {
   [[nodiscard]] absl::StatusOr<proto::ChunkReply> GetChunk(uint32_t phase, const std::vector<uint64_t>& finished);
 
   // Blocks until every worker has drained `phase`; returns the next phase.
-  // In an EVAL phase, `scores`, `labels` and `users` (one entry per sample,
-  // users 0 without data.user_column) are this worker's predictions.
+  // In an EVAL phase, `scores` and `labels` (num_tasks per sample, row-major)
+  // and `users` (one per sample, 0 without data.user_column) are this
+  // worker's predictions.
   [[nodiscard]] absl::StatusOr<proto::Phase> PhaseDone(uint32_t phase, const std::vector<uint64_t>& finished,
                                                        std::vector<float> scores, std::vector<float> labels,
-                                                       std::vector<uint64_t> users);
+                                                       std::vector<uint64_t> users, uint32_t num_tasks = 1);
 
   // BSP: blocks until every worker still in the phase reaches its barrier.
   [[nodiscard]] absl::Status StepBarrier();

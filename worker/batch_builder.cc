@@ -53,13 +53,17 @@ absl::StatusOr<std::unique_ptr<BatchBuilder>> BatchBuilder::Create(const proto::
   if (!st.ok()) return st;
   absl::StatusOr<LogParser> parser = LogParser::Create(config);
   if (!parser.ok()) return parser.status();
-  return absl::WrapUnique(
-      new BatchBuilder(*std::move(parser), shard_map, num_servers, config.tables_size()));
+  absl::StatusOr<models::InputPlan> plan = models::PlanInput(config);
+  if (!plan.ok()) return plan.status();
+  return absl::WrapUnique(new BatchBuilder(*std::move(parser), *std::move(plan), shard_map,
+                                           num_servers, config));
 }
 
-BatchBuilder::BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, int num_servers,
-                           int num_tables)
+BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
+                           const proto::ShardMap& shard_map, int num_servers,
+                           const proto::JobConfig& config)
     : parser_(std::move(parser)),
+      plan_(std::move(plan)),
       num_servers_(num_servers),
       num_shards_(shard_map.num_logical_shards()) {
   // Position of each shard in (server, shard) order, by counting shards per server.
@@ -83,17 +87,91 @@ BatchBuilder::BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, i
     col.table = sc.table;
     columns_.push_back(std::move(col));
   }
-  tables_.resize(num_tables);
+  // The attention blocks' views (see models/plan.h), after the columns.
+  for (const models::AttentionPlan& a : plan_.attention) {
+    for (int k : a.keys) {
+      ColumnState col;
+      col.column = columns_[k].column;
+      col.table = columns_[k].table;
+      columns_.push_back(std::move(col));
+    }
+    if (a.gap_table >= 0) {
+      ColumnState col;
+      col.column = -1;  // not a config column: the time gaps
+      col.table = a.gap_table;
+      columns_.push_back(std::move(col));
+    }
+  }
+  CHECK_EQ(static_cast<int>(columns_.size()), plan_.num_views);
+  uint32_t max_buckets = 0;
+  for (const models::AttentionPlan& a : plan_.attention) max_buckets = std::max(max_buckets, a.gap_buckets);
+  for (uint32_t b = 0; b < max_buckets; ++b) {
+    const std::string text = std::to_string(b);
+    gap_keys_.push_back(ps::Hash64(models::kGapSlot, text));
+  }
+  selected_.resize(plan_.attention.size());
+  tables_.resize(config.tables_size());
   Reset();
+}
+
+absl::Status BatchBuilder::Select(const ParsedLine& line) {
+  const uint32_t* key_begin = line.key_begin.data();
+  for (size_t b = 0; b < plan_.attention.size(); ++b) {
+    const models::AttentionPlan& a = plan_.attention[b];
+    std::vector<uint32_t>& sel = selected_[b];
+    sel.clear();
+    const int k0 = a.keys[0];
+    const uint32_t n = key_begin[k0 + 1] - key_begin[k0];
+    for (size_t j = 1; j < a.keys.size(); ++j) {
+      const uint32_t nj = key_begin[a.keys[j] + 1] - key_begin[a.keys[j]];
+      if (nj != n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "columns '", ColumnName(a.keys[0]), "' and '", ColumnName(a.keys[j]), "' have ", n,
+            " and ", nj, " values; attention block '", a.name, "' needs them aligned"));
+      }
+    }
+    if (a.gap_table >= 0) {
+      const uint32_t nt = line.time_begin[a.key_times + 1] - line.time_begin[a.key_times];
+      if (nt != n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "column '", ColumnName(a.keys[0]), "' has ", n, " values but its times column has ", nt,
+            "; attention block '", a.name, "' needs them aligned"));
+      }
+    }
+    if (a.search && a.search_kind == proto::SearchConfig::HARD) {
+      // The newest top_k items whose value matches the sample's.
+      const int q = a.query[a.match];
+      if (key_begin[q + 1] == key_begin[q]) continue;  // the sample has no value to match
+      const uint64_t want = line.keys[key_begin[q]];
+      const uint64_t* have = line.keys.data() + key_begin[a.keys[a.match]];
+      for (uint32_t p = n; p-- > 0 && sel.size() < a.top_k;) {
+        if (have[p] == want) sel.push_back(p);
+      }
+      std::reverse(sel.begin(), sel.end());
+      continue;
+    }
+    // Soft search scores every item (the model picks the top_k); DIN blocks
+    // see the newest last_n.
+    const uint32_t first = a.last_n != 0 && n > a.last_n ? n - a.last_n : 0;
+    for (uint32_t p = first; p < n; ++p) sel.push_back(p);
+  }
+  return absl::OkStatus();
+}
+
+std::string BatchBuilder::ColumnName(int sparse_index) const {
+  return parser_.column_name(parser_.sparse_columns()[sparse_index].column);
 }
 
 absl::Status BatchBuilder::AddLine(std::string_view line) {
   absl::Status st = parser_.Parse(line, &scratch_);
   if (!st.ok()) return st;
+  st = Select(scratch_);
+  if (!st.ok()) return st;
   const uint32_t* key_begin = scratch_.key_begin.data();
+  const size_t num_sparse = plan_.sparse_column.size();
   for (size_t j = 0; j < columns_.size(); ++j) {
-    const uint64_t n = key_begin[j + 1] - key_begin[j];
-    if (columns_[j].rows.size() + n > std::numeric_limits<uint32_t>::max()) {
+    const uint64_t n = j < num_sparse ? key_begin[j + 1] - key_begin[j] : 0;
+    if (columns_[j].rows.size() + n + kMaxViewRows > std::numeric_limits<uint32_t>::max()) {
       return absl::ResourceExhaustedError(
           absl::StrCat("batch column #", columns_[j].column + 1, " would exceed 2^32 keys"));
     }
@@ -101,16 +179,37 @@ absl::Status BatchBuilder::AddLine(std::string_view line) {
   // Nothing can fail from here on, so the batch changes only for a good line.
   labels_.insert(labels_.end(), scratch_.labels.begin(), scratch_.labels.end());
   dense_.insert(dense_.end(), scratch_.dense.begin(), scratch_.dense.end());
-  for (size_t j = 0; j < columns_.size(); ++j) {
-    ColumnState& col = columns_[j];
+  auto add = [this](ColumnState& col, uint64_t key) {
     TableState& table = tables_[col.table];
-    for (uint32_t k = key_begin[j]; k < key_begin[j + 1]; ++k) {
-      const uint64_t key = scratch_.keys[k];
-      auto [it, inserted] = table.index.try_emplace(key, static_cast<uint32_t>(table.keys.size()));
-      if (inserted) table.keys.push_back(key);
-      col.rows.push_back(it->second);
+    auto [it, inserted] = table.index.try_emplace(key, static_cast<uint32_t>(table.keys.size()));
+    if (inserted) table.keys.push_back(key);
+    col.rows.push_back(it->second);
+  };
+  for (size_t j = 0; j < num_sparse; ++j) {
+    ColumnState& col = columns_[j];
+    // A column read only through attention views contributes no rows of its
+    // own: its items are pulled only where a view selected them.
+    if (!plan_.attention_only[j]) {
+      for (uint32_t k = key_begin[j]; k < key_begin[j + 1]; ++k) add(col, scratch_.keys[k]);
     }
     col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
+  }
+  for (size_t b = 0; b < plan_.attention.size(); ++b) {
+    const models::AttentionPlan& a = plan_.attention[b];
+    const std::vector<uint32_t>& sel = selected_[b];
+    for (size_t j = 0; j < a.keys.size(); ++j) {
+      ColumnState& col = columns_[a.first_view + j];
+      const uint64_t* keys = scratch_.keys.data() + key_begin[a.keys[j]];
+      for (uint32_t p : sel) add(col, keys[p]);
+      col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
+    }
+    if (a.gap_table >= 0) {
+      ColumnState& col = columns_[a.first_view + a.keys.size()];
+      const int64_t now = scratch_.times[scratch_.time_begin[a.time]];
+      const int64_t* times = scratch_.times.data() + scratch_.time_begin[a.key_times];
+      for (uint32_t p : sel) add(col, gap_keys_[models::GapBucket(now - times[p], a.gap_unit, a.gap_buckets)]);
+      col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
+    }
   }
   ++size_;
   bytes_ += line.size() + 1;

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "models/batch.h"
+#include "models/plan.h"
 #include "proto/config.pb.h"
 #include "proto/wire.pb.h"
 #include "worker/log_parser.h"
@@ -69,6 +70,9 @@ class BatchBuilder {
   const LogParser& parser() const { return parser_; }
 
  private:
+  // Headroom left under 2^32 rows per column for one line's view rows.
+  static constexpr uint64_t kMaxViewRows = uint64_t{1} << 24;
+
   // Samples of one table: its distinct keys in first-seen order.
   struct TableState {
     absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> position in keys
@@ -76,16 +80,23 @@ class BatchBuilder {
     size_t last_size = 0;  // distinct keys of the previous batch, for reserve()
   };
 
-  // Pending CSR of one sparse column; rows index TableState::keys until Finish
-  // remaps them to the sorted order.
+  // Pending CSR of one sparse column or attention view; rows index
+  // TableState::keys until Finish remaps them to the sorted order.
   struct ColumnState {
-    int column = 0;
+    int column = 0;  // -1 for a time-gap view
     int table = 0;
     std::vector<uint32_t> offsets;
     std::vector<uint32_t> rows;
   };
 
-  BatchBuilder(LogParser parser, const proto::ShardMap& shard_map, int num_servers, int num_tables);
+  BatchBuilder(LogParser parser, models::InputPlan plan, const proto::ShardMap& shard_map,
+               int num_servers, const proto::JobConfig& config);
+
+  // Picks, per attention block, the positions of the line's sequence items
+  // the block sees (selected_[b]); InvalidArgument if the block's aligned
+  // columns have different lengths.
+  absl::Status Select(const ParsedLine& line);
+  std::string ColumnName(int sparse_index) const;
 
   // Sorts `state`'s keys into `*out` and fills `remap_` (first-seen position
   // -> sorted position).
@@ -93,7 +104,10 @@ class BatchBuilder {
   void Reset();
 
   LogParser parser_;
+  models::InputPlan plan_;
   ParsedLine scratch_;
+  std::vector<std::vector<uint32_t>> selected_;  // per attention block
+  std::vector<uint64_t> gap_keys_;               // key of each time-gap bucket
   int num_servers_;
   uint32_t num_shards_;
   // Shards in (server rank, shard) order: shard_pos_[shard] is the shard's

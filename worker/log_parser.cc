@@ -99,6 +99,18 @@ absl::StatusOr<LogParser> LogParser::Create(const proto::JobConfig& config) {
         parser.sparse_.push_back(SparseColumn{i, table});
         break;
       }
+      case ColumnConfig::TIME_SEQUENCE:
+        if (cc.separator().size() != 1 || cc.separator()[0] == '\t') {
+          return absl::InvalidArgumentError(
+              absl::StrCat("data.columns[", i, "] ('", cc.name(),
+                           "'): separator must be one character other than a tab"));
+        }
+        c.separator = cc.separator()[0];
+        ++parser.num_times_;
+        break;
+      case ColumnConfig::TIME:
+        ++parser.num_times_;
+        break;
       case ColumnConfig::IGNORE:
         break;
     }
@@ -214,6 +226,42 @@ void LogParser::AppendKeys(const Column& c, std::string_view value,
   }
 }
 
+absl::Status LogParser::AppendTimes(const Column& c, std::string_view value,
+                                    std::vector<int64_t>* times) const {
+  auto parse = [&](std::string_view piece) -> absl::Status {
+    int64_t v = 0;
+    const char* b = piece.data();
+    const char* e = b + piece.size();
+    std::from_chars_result r = std::from_chars(b, e, v);
+    if (piece.empty() || r.ec != std::errc() || r.ptr != e) {
+      return absl::InvalidArgumentError(absl::StrCat("column '", c.name, "' (#", c.number, "): ",
+                                                     Quote(piece), " is not an integer time"));
+    }
+    times->push_back(v);
+    return absl::OkStatus();
+  };
+  if (c.type == ColumnConfig::TIME) return parse(value);
+  // TIME_SEQUENCE: every piece is a time (no missing pieces: the times must
+  // stay aligned with the sequence they describe); keep the last max_len.
+  if (value.empty()) return absl::OkStatus();
+  const size_t first = times->size();
+  const char* p = value.data();
+  const char* end = p + value.size();
+  while (true) {
+    const char* s = static_cast<const char*>(std::memchr(p, c.separator, end - p));
+    const char* piece_end = s != nullptr ? s : end;
+    absl::Status st = parse(std::string_view(p, piece_end - p));
+    if (!st.ok()) return st;
+    if (s == nullptr) break;
+    p = s + 1;
+  }
+  const size_t n = times->size() - first;
+  if (c.max_len != 0 && n > c.max_len) {
+    times->erase(times->begin() + first, times->begin() + (first + n - c.max_len));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   if (line.empty()) return absl::InvalidArgumentError("empty line");
@@ -227,6 +275,9 @@ absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
   out->dense.resize(num_dense_);
   out->keys.clear();
   out->key_begin.resize(sparse_.size() + 1);
+  out->times.clear();
+  out->time_begin.resize(num_times_ + 1);
+  uint32_t* time_begin = out->time_begin.data();
   float* label = out->labels.data();
   float* dense = out->dense.data();
   uint32_t* key_begin = out->key_begin.data();
@@ -256,11 +307,19 @@ absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
         *key_begin++ = static_cast<uint32_t>(out->keys.size());
         AppendKeys(c, value, &out->keys);
         break;
+      case ColumnConfig::TIME:
+      case ColumnConfig::TIME_SEQUENCE: {
+        *time_begin++ = static_cast<uint32_t>(out->times.size());
+        absl::Status st = AppendTimes(c, value, &out->times);
+        if (!st.ok()) return st;
+        break;
+      }
       case ColumnConfig::IGNORE:
         break;
     }
   }
   *key_begin = static_cast<uint32_t>(out->keys.size());
+  *time_begin = static_cast<uint32_t>(out->times.size());
   return absl::OkStatus();
 }
 

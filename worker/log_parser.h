@@ -29,6 +29,11 @@ struct ParsedLine {
   // repeat.
   std::vector<uint64_t> keys;
   std::vector<uint32_t> key_begin;  // num_sparse() + 1 entries
+  // Values of the j-th time (TIME/TIME_SEQUENCE) column, in config order, are
+  // times[time_begin[j] .. time_begin[j + 1]): exactly one for TIME, the
+  // last max_len in order for TIME_SEQUENCE.
+  std::vector<int64_t> times;
+  std::vector<uint32_t> time_begin;  // num_times() + 1 entries
 };
 
 // Parses log lines according to the columns of a JobConfig.
@@ -63,6 +68,9 @@ class LogParser {
   int num_labels() const { return num_labels_; }
   int num_dense() const { return num_dense_; }
   int num_sparse() const { return static_cast<int>(sparse_.size()); }
+  int num_times() const { return num_times_; }
+  // Name of column i (index in DataConfig.columns).
+  const std::string& column_name(int i) const { return columns_[i].name; }
   // The sparse columns in config order; index j matches ParsedLine's j.
   const std::vector<SparseColumn>& sparse_columns() const { return sparse_; }
 
@@ -83,11 +91,14 @@ class LogParser {
   absl::Status ParseLabel(const Column& c, std::string_view value, float* out) const;
   absl::Status ParseDense(const Column& c, std::string_view value, float* out) const;
   void AppendKeys(const Column& c, std::string_view value, std::vector<uint64_t>* keys) const;
+  absl::Status AppendTimes(const Column& c, std::string_view value,
+                           std::vector<int64_t>* times) const;
 
   std::vector<Column> columns_;
   std::vector<SparseColumn> sparse_;
   int num_labels_ = 0;
   int num_dense_ = 0;
+  int num_times_ = 0;
 };
 
 }  // namespace ember::worker

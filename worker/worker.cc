@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
-#include "models/embedding_mlp.h"
+#include "models/model.h"
 #include "models/metrics.h"
 #include "worker/batch_builder.h"
 #include "worker/chunk_reader.h"
@@ -85,11 +85,13 @@ class Worker::Impl {
         window_auc_(config_.train().train_auc_window()) {}
 
   absl::Status Init() {
-    absl::StatusOr<std::unique_ptr<models::EmbeddingMlp>> model = models::EmbeddingMlp::Create(config_);
+    absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(config_);
     if (!model.ok()) return model.status();
     model_ = std::move(*model);
-    if (model_->num_params() != ps_->dense_size()) {
-      return absl::FailedPreconditionError(absl::StrCat("model has ", model_->num_params(),
+    num_tasks_ = static_cast<int>(model_->tasks().size());
+    task_loss_.resize(num_tasks_);
+    if (model_->dense_size() != ps_->dense_size()) {
+      return absl::FailedPreconditionError(absl::StrCat("model has ", model_->dense_size(),
                                                         " dense parameters, the servers hold ", ps_->dense_size()));
     }
     for (const proto::TableConfig& t : config_.tables()) dims_.push_back(t.dim());
@@ -113,7 +115,8 @@ class Worker::Impl {
       if (!st.ok()) return st;
       ReportMetrics();
       absl::StatusOr<proto::Phase> next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(eval.scores),
-                                                              std::move(eval.labels), std::move(eval.users));
+                                                              std::move(eval.labels), std::move(eval.users),
+                                                              static_cast<uint32_t>(num_tasks_));
       if (!next.ok()) return next.status();
       phase = *next;
     }
@@ -229,9 +232,10 @@ class Worker::Impl {
         emb_grad[t] = std::make_shared<std::vector<float>>(step->emb[t].size());
         emb_grad_ptr[t] = emb_grad[t]->data();
       }
-      predictions_.resize(b.size);
-      const double loss = model_->TrainStep(b, step->dense, EmbPointers(*step), absl::MakeSpan(*dense_grad), emb_grad_ptr,
-                                            absl::MakeSpan(predictions_));
+      predictions_.resize(static_cast<size_t>(b.size) * num_tasks_);
+      model_->TrainStep(b, step->dense, EmbPointers(*step), absl::MakeSpan(*dense_grad), emb_grad_ptr,
+                        absl::MakeSpan(predictions_), absl::MakeSpan(task_loss_));
+      const double loss = task_loss_[0];
       for (size_t t = 0; t < dims_.size(); ++t) {
         if (!step->keys[t]) continue;
         push.tickets.push_back(ps_->Push(t, step->keys[t], b.tables[t].server_begin, std::move(emb_grad[t])));
@@ -240,7 +244,9 @@ class Worker::Impl {
       samples_ += b.size;
       loss_sum_ += loss;
       bytes_ += b.bytes;
-      for (int i = 0; i < b.size; ++i) window_auc_.Add(predictions_[i], b.labels[static_cast<size_t>(i) * b.num_labels]);
+      for (int i = 0; i < b.size; ++i) {
+        window_auc_.Add(predictions_[static_cast<size_t>(i) * num_tasks_], b.labels[static_cast<size_t>(i) * b.num_labels]);
+      }
     }
     pending->push_back(std::move(push));
     const size_t limit = config_.train().consistency() == proto::TrainConfig::BSP ? 0
@@ -268,10 +274,12 @@ class Worker::Impl {
     if (b.size > 0) {
       absl::Status st = Await(*step);
       if (!st.ok()) return st;
-      predictions_.resize(b.size);
+      predictions_.resize(static_cast<size_t>(b.size) * num_tasks_);
       model_->Predict(b, step->dense, EmbPointers(*step), absl::MakeSpan(predictions_));
       out->scores.insert(out->scores.end(), predictions_.begin(), predictions_.end());
-      for (int i = 0; i < b.size; ++i) out->labels.push_back(b.labels[static_cast<size_t>(i) * b.num_labels]);
+      for (int i = 0; i < b.size; ++i) {
+        for (int t = 0; t < num_tasks_; ++t) out->labels.push_back(b.labels[static_cast<size_t>(i) * b.num_labels + t]);
+      }
       for (int i = 0; i < b.size; ++i) out->users.push_back(UserOf(b, i));
     }
     if (b.last_of_chunk) MarkFinished(b.chunk_id);
@@ -348,7 +356,9 @@ class Worker::Impl {
   const proto::JobConfig& config_;
   scheduler::SchedulerClient* control_;
   PsClient* ps_;
-  std::unique_ptr<models::EmbeddingMlp> model_;
+  std::unique_ptr<models::Model> model_;
+  int num_tasks_ = 1;
+  std::vector<double> task_loss_;
   std::vector<uint32_t> dims_;
   std::vector<float> predictions_;
   int user_sparse_ = -1;  // index of data.user_column in Batch::sparse, or -1
