@@ -1,0 +1,785 @@
+// Template definitions of the building blocks declared in models/nn.h.
+// Include models/nn.h, not this file.
+//
+// Implementation notes:
+// - Kernels walk row-major matrices row by row, so every Eigen expression
+//   runs over contiguous memory; per-unit accumulators live on the stack
+//   (UnitAccumulator), so no call allocates.
+// - Large products go through internal::TiledProduct (see layers.h).
+// - ActivationUnit sees a different number of rows R in every batch, so its
+//   Cache holds grow-only buffers (Scratch) rather than exact-size matrices:
+//   once the largest batch has been seen nothing is reallocated.
+#ifndef EMBER_MODELS_INTERNAL_NN_IMPL_H_
+#define EMBER_MODELS_INTERNAL_NN_IMPL_H_
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "Eigen/Core"
+#include "absl/types/span.h"
+#include "glog/logging.h"
+#include "models/layers.h"
+#include "models/nn.h"
+
+namespace ember::models {
+namespace internal {
+
+// Kernels with per-unit accumulators process the units in column tiles of at
+// most this width, so that the accumulators fit in fixed stack storage.
+inline constexpr Eigen::Index kUnitTile = 256;
+template <typename T>
+using UnitAccumulator = Eigen::Array<T, 1, Eigen::Dynamic, Eigen::RowMajor, 1, kUnitTile>;
+
+inline bool HasAlpha(Act act) { return act == Act::kPrelu || act == Act::kDice; }
+
+template <typename T>
+Eigen::Map<const RowVector<T>> ConstRowOf(absl::Span<const T> s, size_t offset, Eigen::Index n) {
+  DCHECK_LE(offset + static_cast<size_t>(n), s.size());
+  return Eigen::Map<const RowVector<T>>(s.data() + offset, n);
+}
+
+// A grow-only buffer handing out row-major views of any shape. It grows (with
+// 1/8 headroom, as batch sizes fluctuate) only when a view needs more room;
+// growing discards the contents and invalidates earlier views.
+template <typename T>
+class Scratch {
+ public:
+  Eigen::Map<RowMatrix<T>> View(Eigen::Index rows, Eigen::Index cols) {
+    const Eigen::Index n = rows * cols;
+    if (buffer_.size() < n) buffer_.resize(n + n / 8);
+    return Eigen::Map<RowMatrix<T>>(buffer_.data(), rows, cols);
+  }
+
+ private:
+  ColVector<T> buffer_;
+};
+
+// DiceForward over caller-provided scratch views (p and xhat: rows x units,
+// inv_std: units). In train mode the column statistics are computed straight
+// into batch_mean / batch_var and then used; a batch without rows copies the
+// given averages there instead. batch_mean / batch_var are unused in eval
+// mode. y may alias x.
+template <typename T>
+void DiceForwardKernel(Mode mode, absl::Span<const T> alpha, absl::Span<const T> mean,
+                       absl::Span<const T> var, T eps, ConstMatrixRef<T> x, MatrixRef<T> y,
+                       absl::Span<T> batch_mean, absl::Span<T> batch_var, MatrixRef<T> p,
+                       MatrixRef<T> xhat, Eigen::Ref<RowVector<T>> inv_std) {
+  const Eigen::Index rows = x.rows();
+  const Eigen::Index units = x.cols();
+  DCHECK_EQ(alpha.size(), static_cast<size_t>(units));
+  DCHECK_EQ(y.rows(), rows);
+  DCHECK_EQ(y.cols(), units);
+  DCHECK_EQ(p.rows(), rows);
+  DCHECK_EQ(xhat.rows(), rows);
+  DCHECK_EQ(inv_std.size(), units);
+  const T* mu = mean.data();
+  const T* sigma2 = var.data();
+  if (mode == Mode::kTrain) {
+    DCHECK_EQ(batch_mean.size(), static_cast<size_t>(units));
+    DCHECK_EQ(batch_var.size(), static_cast<size_t>(units));
+    Eigen::Map<RowVector<T>> m(batch_mean.data(), units);
+    Eigen::Map<RowVector<T>> v(batch_var.data(), units);
+    if (rows == 0) {
+      DCHECK_EQ(mean.size(), static_cast<size_t>(units));
+      DCHECK_EQ(var.size(), static_cast<size_t>(units));
+      m = ConstRowOf(mean, 0, units);
+      v = ConstRowOf(var, 0, units);
+    } else {
+      // Two passes: the variance of deviations, not E[x^2] - E[x]^2, which
+      // cancels catastrophically in float.
+      m.setZero();
+      for (Eigen::Index r = 0; r < rows; ++r) m += x.row(r);
+      m *= T(1) / static_cast<T>(rows);
+      v.setZero();
+      for (Eigen::Index r = 0; r < rows; ++r) v.array() += (x.row(r) - m).array().square();
+      v *= T(1) / static_cast<T>(rows);
+    }
+    mu = m.data();
+    sigma2 = v.data();
+  } else {
+    DCHECK_EQ(mean.size(), static_cast<size_t>(units));
+    DCHECK_EQ(var.size(), static_cast<size_t>(units));
+  }
+  inv_std = (Eigen::Map<const RowVector<T>>(sigma2, units).array() + eps).sqrt().inverse().matrix();
+  const auto m = Eigen::Map<const RowVector<T>>(mu, units).array();
+  const auto a = ConstRowOf(alpha, 0, units).array();
+  const auto s = inv_std.array();
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    auto xh = xhat.row(r).array();
+    auto pr = p.row(r).array();
+    xh = (x.row(r).array() - m) * s;
+    pr = ((-xh).exp() + T(1)).inverse();
+    y.row(r).array() = x.row(r).array() * (a + pr * (T(1) - a));
+  }
+}
+
+// DiceBackward (train mode) over the forward's scratch. With
+// g = dy x (1 - alpha) p (1 - p) = dL/dxhat, the batch-norm backward is
+// dx = inv_std (g - mean(g) - xhat mean(g xhat)), plus the direct term
+// dy (alpha + (1 - alpha) p). dx may alias dy: every row is read before it is
+// written.
+template <typename T>
+void DiceBackwardKernel(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef<T> dy,
+                        ConstMatrixRef<T> p, ConstMatrixRef<T> xhat,
+                        const Eigen::Ref<const RowVector<T>>& inv_std, MatrixRef<T> dx,
+                        absl::Span<T> dalpha) {
+  const Eigen::Index rows = x.rows();
+  const Eigen::Index units = x.cols();
+  DCHECK_EQ(alpha.size(), static_cast<size_t>(units));
+  DCHECK_EQ(dalpha.size(), static_cast<size_t>(units));
+  DCHECK_EQ(dy.rows(), rows);
+  DCHECK_EQ(dx.rows(), rows);
+  DCHECK_EQ(p.rows(), rows);
+  DCHECK_EQ(xhat.rows(), rows);
+  DCHECK_EQ(inv_std.size(), units);
+  Eigen::Map<RowVector<T>> dalpha_row(dalpha.data(), units);
+  if (rows == 0) {
+    dalpha_row.setZero();
+    return;
+  }
+  const T inv_rows = T(1) / static_cast<T>(rows);
+  UnitAccumulator<T> da, sum_g, sum_gx, g;
+  for (Eigen::Index c = 0; c < units; c += kUnitTile) {
+    const Eigen::Index w = std::min(kUnitTile, units - c);
+    const auto a = ConstRowOf(alpha, static_cast<size_t>(c), w).array();
+    const auto s = inv_std.segment(c, w).array();
+    da.setZero(w);
+    sum_g.setZero(w);
+    sum_gx.setZero(w);
+    g.resize(w);
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      const auto xr = x.row(r).segment(c, w).array();
+      const auto dyr = dy.row(r).segment(c, w).array();
+      const auto pr = p.row(r).segment(c, w).array();
+      da += dyr * xr * (T(1) - pr);
+      g = dyr * xr * (T(1) - a) * pr * (T(1) - pr);
+      sum_g += g;
+      sum_gx += g * xhat.row(r).segment(c, w).array();
+    }
+    sum_g *= inv_rows;   // now mean(g)
+    sum_gx *= inv_rows;  // now mean(g xhat)
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      const auto xr = x.row(r).segment(c, w).array();
+      const auto dyr = dy.row(r).segment(c, w).array();
+      const auto pr = p.row(r).segment(c, w).array();
+      g = dyr * xr * (T(1) - a) * pr * (T(1) - pr);
+      dx.row(r).segment(c, w).array() =
+          dyr * (a + (T(1) - a) * pr) + s * (g - sum_g - xhat.row(r).segment(c, w).array() * sum_gx);
+    }
+    dalpha_row.segment(c, w) = da.matrix();
+  }
+}
+
+// post = act(pre) for one activated layer whose alpha (PReLU, Dice) sits at
+// params[alpha_offset] and whose Dice state sits at state[state_offset] (mean,
+// then var; batch statistics to the same place in `stats` in train mode).
+// p, xhat and inv_std are the Dice scratch, unused for other activations.
+template <typename T>
+void ActivationForward(Act act, Mode mode, absl::Span<const T> params, size_t alpha_offset,
+                       absl::Span<const T> state, size_t state_offset, T eps,
+                       ConstMatrixRef<T> pre, MatrixRef<T> post, absl::Span<T> stats,
+                       MatrixRef<T> p, MatrixRef<T> xhat, Eigen::Ref<RowVector<T>> inv_std) {
+  const size_t w = static_cast<size_t>(pre.cols());
+  switch (act) {
+    case Act::kRelu:
+      ReluForward<T>(pre, post);
+      return;
+    case Act::kSigmoid:
+      SigmoidForward<T>(pre, post);
+      return;
+    case Act::kPrelu:
+      PreluForward<T>(params.subspan(alpha_offset, w), pre, post);
+      return;
+    case Act::kDice: {
+      DCHECK_GE(state.size(), state_offset + 2 * w);
+      absl::Span<T> batch_mean, batch_var;
+      if (mode == Mode::kTrain) {
+        DCHECK_GE(stats.size(), state_offset + 2 * w);
+        batch_mean = stats.subspan(state_offset, w);
+        batch_var = stats.subspan(state_offset + w, w);
+      }
+      DiceForwardKernel<T>(mode, params.subspan(alpha_offset, w), state.subspan(state_offset, w),
+                           state.subspan(state_offset + w, w), eps, pre, post, batch_mean,
+                           batch_var, p, xhat, inv_std);
+      return;
+    }
+  }
+}
+
+// In place: d holds dL/d(post) on entry and dL/d(pre) on exit. Writes the
+// activation's dalpha into grad at alpha_offset.
+template <typename T>
+void ActivationBackward(Act act, absl::Span<const T> params, size_t alpha_offset,
+                        ConstMatrixRef<T> pre, ConstMatrixRef<T> post, MatrixRef<T> d,
+                        ConstMatrixRef<T> p, ConstMatrixRef<T> xhat,
+                        const Eigen::Ref<const RowVector<T>>& inv_std, absl::Span<T> grad) {
+  const size_t w = static_cast<size_t>(d.cols());
+  switch (act) {
+    case Act::kRelu:
+      ReluBackward<T>(post, d, d);
+      return;
+    case Act::kSigmoid:
+      SigmoidBackward<T>(post, d, d);
+      return;
+    case Act::kPrelu:
+      PreluBackward<T>(params.subspan(alpha_offset, w), pre, d, d, grad.subspan(alpha_offset, w));
+      return;
+    case Act::kDice:
+      DiceBackwardKernel<T>(params.subspan(alpha_offset, w), pre, d, p, xhat, inv_std, d,
+                            grad.subspan(alpha_offset, w));
+      return;
+  }
+}
+
+// Builds the layers of Mlp(widths) from param_offset and the Dice state
+// offset of each layer (meaningful for activated Dice layers only). Returns
+// the totals through num_params / num_state.
+template <typename T>
+void BuildLayers(const std::vector<Eigen::Index>& widths, Act act, bool activate_last,
+                 size_t param_offset, size_t state_offset, std::vector<DenseLayer<T>>* layers,
+                 std::vector<size_t>* state_offsets, size_t* num_params, size_t* num_state) {
+  CHECK_GE(widths.size(), 2u) << "an MLP needs an input and an output width";
+  const size_t n = widths.size() - 1;
+  size_t p = param_offset;
+  size_t s = state_offset;
+  for (size_t l = 0; l < n; ++l) {
+    CHECK_GT(widths[l], 0);
+    CHECK_GT(widths[l + 1], 0);
+    layers->emplace_back(widths[l], widths[l + 1], p);
+    state_offsets->push_back(s);
+    p += layers->back().num_params();
+    if (l + 1 < n || activate_last) {
+      const size_t w = static_cast<size_t>(widths[l + 1]);
+      if (HasAlpha(act)) p += w;
+      if (act == Act::kDice) s += 2 * w;
+    }
+  }
+  *num_params = p - param_offset;
+  *num_state = s - state_offset;
+}
+
+}  // namespace internal
+
+// ---------------------------------------------------------------------------
+// PReLU
+
+template <typename T>
+void PreluForward(absl::Span<const T> alpha, ConstMatrixRef<T> x, MatrixRef<T> y) {
+  DCHECK_EQ(alpha.size(), static_cast<size_t>(x.cols()));
+  DCHECK_EQ(y.rows(), x.rows());
+  DCHECK_EQ(y.cols(), x.cols());
+  const auto a = internal::ConstRowOf(alpha, 0, x.cols()).array();
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const auto xr = x.row(r).array();
+    y.row(r).array() = xr.max(T(0)) + a * xr.min(T(0));
+  }
+}
+
+template <typename T>
+void PreluBackward(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef<T> dy,
+                   MatrixRef<T> dx, absl::Span<T> dalpha) {
+  const Eigen::Index units = x.cols();
+  DCHECK_EQ(alpha.size(), static_cast<size_t>(units));
+  DCHECK_EQ(dalpha.size(), static_cast<size_t>(units));
+  DCHECK_EQ(dy.rows(), x.rows());
+  DCHECK_EQ(dx.rows(), x.rows());
+  const auto a = internal::ConstRowOf(alpha, 0, units).array();
+  Eigen::Map<RowVector<T>> da(dalpha.data(), units);
+  da.setZero();
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const auto xr = x.row(r).array();
+    const auto dyr = dy.row(r).array();
+    da.array() += dyr * xr.min(T(0));
+    // Reads dy's row before writing dx's: dx may alias dy.
+    dx.row(r).array() = (xr > T(0)).select(dyr, a * dyr);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Dice
+
+template <typename T>
+void DiceForward(Mode mode, absl::Span<const T> alpha, absl::Span<const T> mean,
+                 absl::Span<const T> var, T eps, ConstMatrixRef<T> x, MatrixRef<T> y,
+                 absl::Span<T> batch_mean, absl::Span<T> batch_var, DiceCache<T>* cache) {
+  cache->p.resize(x.rows(), x.cols());
+  cache->xhat.resize(x.rows(), x.cols());
+  cache->inv_std.resize(x.cols());
+  internal::DiceForwardKernel<T>(mode, alpha, mean, var, eps, x, y, batch_mean, batch_var,
+                                 cache->p, cache->xhat, cache->inv_std);
+}
+
+template <typename T>
+void DiceBackward(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef<T> dy,
+                  const DiceCache<T>& cache, MatrixRef<T> dx, absl::Span<T> dalpha) {
+  internal::DiceBackwardKernel<T>(alpha, x, dy, cache.p, cache.xhat, cache.inv_std, dx, dalpha);
+}
+
+// ---------------------------------------------------------------------------
+// Softmax
+
+template <typename T>
+void SoftmaxForward(ConstMatrixRef<T> x, MatrixRef<T> y) {
+  DCHECK_EQ(y.rows(), x.rows());
+  DCHECK_EQ(y.cols(), x.cols());
+  if (x.cols() == 0) return;
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    // Shifting by the row max keeps exp <= 1: no overflow, and the largest
+    // term is exactly 1, so the sum is >= 1.
+    const T m = x.row(r).maxCoeff();
+    auto yr = y.row(r);
+    yr.array() = (x.row(r).array() - m).exp();
+    yr *= T(1) / yr.sum();
+  }
+}
+
+template <typename T>
+void SoftmaxBackward(ConstMatrixRef<T> y, ConstMatrixRef<T> dy, MatrixRef<T> dx) {
+  DCHECK_EQ(dy.rows(), y.rows());
+  DCHECK_EQ(dy.cols(), y.cols());
+  DCHECK_EQ(dx.rows(), y.rows());
+  DCHECK_EQ(dx.cols(), y.cols());
+  for (Eigen::Index r = 0; r < y.rows(); ++r) {
+    const T s = dy.row(r).dot(y.row(r));
+    dx.row(r).array() = y.row(r).array() * (dy.row(r).array() - s);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Mlp
+
+template <typename T>
+Mlp<T>::Mlp(std::vector<Eigen::Index> widths, Act act, bool activate_last, size_t param_offset,
+            size_t state_offset, T dice_eps)
+    : act_(act), activate_last_(activate_last), dice_eps_(dice_eps) {
+  internal::BuildLayers<T>(widths, act, activate_last, param_offset, state_offset, &layers_,
+                           &state_offsets_, &num_params_, &num_state_);
+}
+
+template <typename T>
+size_t Mlp<T>::num_params() const {
+  return num_params_;
+}
+
+template <typename T>
+size_t Mlp<T>::num_state() const {
+  return num_state_;
+}
+
+template <typename T>
+Eigen::Index Mlp<T>::in_dim() const {
+  return layers_.front().in_dim();
+}
+
+template <typename T>
+Eigen::Index Mlp<T>::out_dim() const {
+  return layers_.back().out_dim();
+}
+
+template <typename T>
+const RowMatrix<T>& Mlp<T>::Forward(Mode mode, absl::Span<const T> params,
+                                    absl::Span<const T> state, ConstMatrixRef<T> x, Cache* cache,
+                                    absl::Span<T> stats) const {
+  DCHECK_EQ(x.cols(), in_dim());
+  const size_t n = layers_.size();
+  const Eigen::Index rows = x.rows();
+  cache->pre.resize(n);
+  cache->post.resize(n);
+  cache->dice.resize(n);
+  for (size_t l = 0; l < n; ++l) {
+    const DenseLayer<T>& layer = layers_[l];
+    const Eigen::Index w = layer.out_dim();
+    RowMatrix<T>& pre = cache->pre[l];
+    RowMatrix<T>& post = cache->post[l];
+    // resize() keeps the buffer when the shape is unchanged.
+    pre.resize(rows, w);
+    post.resize(rows, w);
+    layer.Forward(params, l == 0 ? x : ConstMatrixRef<T>(cache->post[l - 1]), pre);
+    if (l + 1 < n || activate_last_) {
+      DiceCache<T>& dice = cache->dice[l];
+      if (act_ == Act::kDice) {
+        dice.p.resize(rows, w);
+        dice.xhat.resize(rows, w);
+        dice.inv_std.resize(w);
+      }
+      internal::ActivationForward<T>(act_, mode, params, layer.bias_offset() + w, state,
+                                     state_offsets_[l], dice_eps_, pre, post, stats, dice.p,
+                                     dice.xhat, dice.inv_std);
+    } else {
+      post = pre;
+    }
+  }
+  return cache->post.back();
+}
+
+template <typename T>
+void Mlp<T>::Backward(absl::Span<const T> params, ConstMatrixRef<T> x, ConstMatrixRef<T> dy,
+                      Cache* cache, absl::Span<T> grad, MatrixRef<T>* dx) const {
+  const size_t n = layers_.size();
+  const Eigen::Index rows = x.rows();
+  DCHECK_EQ(cache->post.size(), n) << "Backward without Forward";
+  DCHECK_EQ(dy.rows(), rows);
+  DCHECK_EQ(dy.cols(), out_dim());
+  Eigen::Index max_width = 0;
+  for (const DenseLayer<T>& layer : layers_) max_width = std::max(max_width, layer.out_dim());
+  for (RowMatrix<T>& d : cache->delta) d.resize(rows, max_width);
+  auto delta = [&](int c, Eigen::Index w) {
+    return Eigen::Map<RowMatrix<T>>(cache->delta[c].data(), rows, w);
+  };
+
+  // delta[cur] holds dL/d(output of layer l), then, after the activation's
+  // backward (in place), dL/d(pre-activation of layer l).
+  int cur = 0;
+  delta(cur, out_dim()) = dy;
+  for (size_t l = n; l-- > 0;) {
+    const DenseLayer<T>& layer = layers_[l];
+    const Eigen::Index w = layer.out_dim();
+    Eigen::Map<RowMatrix<T>> d = delta(cur, w);
+    if (l + 1 < n || activate_last_) {
+      const DiceCache<T>& dice = cache->dice[l];
+      internal::ActivationBackward<T>(act_, params, layer.bias_offset() + w, cache->pre[l],
+                                      cache->post[l], d, dice.p, dice.xhat, dice.inv_std, grad);
+    }
+    layer.ParamGradient(l == 0 ? x : ConstMatrixRef<T>(cache->post[l - 1]), d, grad);
+    if (l > 0) {
+      layer.InputGradient(params, d, delta(1 - cur, layer.in_dim()));
+      cur = 1 - cur;
+    } else if (dx != nullptr) {
+      layer.InputGradient(params, d, *dx);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// ActivationUnit
+
+template <typename T>
+struct ActivationUnit<T>::Cache {
+  // Forward, per call: the combined first-layer weights.
+  RowMatrix<T> w_qd;    // dq x h1: W_q + W_d
+  RowMatrix<T> w_item;  // (dk + dq) x h1: [W_k, less W_d on its first dq rows; W_p]
+  // Forward, per batch.
+  internal::Scratch<T> q_part;  // B x h1: q_i (W_q + W_d) + b
+  internal::Scratch<T> item;    // R x (dk + dq): [k_r, q_i * k_r[:dq]]
+  // Per layer, R x width: the pre-activation (the last layer's goes straight
+  // to the scores), the activated output, and the Dice scratch.
+  std::vector<internal::Scratch<T>> pre;
+  std::vector<internal::Scratch<T>> post;
+  std::vector<internal::Scratch<T>> p;
+  std::vector<internal::Scratch<T>> xhat;
+  std::vector<RowVector<T>> inv_std;
+  // Backward.
+  internal::Scratch<T> delta[2];  // R x widest layer
+  internal::Scratch<T> seg_sum;   // B x h1: per-sample sums of dL/dh1
+  internal::Scratch<T> ditem;     // R x (dk + dq): dL/d item
+  internal::Scratch<T> dq_part;   // B x dq
+  RowMatrix<T> dw_item;           // (dk + dq) x h1
+};
+
+template <typename T>
+ActivationUnit<T>::ActivationUnit(Eigen::Index dq, Eigen::Index dk,
+                                  std::vector<Eigen::Index> hidden, Act act, size_t param_offset,
+                                  size_t state_offset, T dice_eps)
+    : dq_(dq), dk_(dk), act_(act), dice_eps_(dice_eps) {
+  CHECK_GT(dq, 0);
+  CHECK_GE(dk, dq);
+  std::vector<Eigen::Index> widths;
+  widths.reserve(hidden.size() + 2);
+  widths.push_back(3 * dq + dk);
+  widths.insert(widths.end(), hidden.begin(), hidden.end());
+  widths.push_back(1);
+  internal::BuildLayers<T>(widths, act, /*activate_last=*/false, param_offset, state_offset,
+                           &layers_, &state_offsets_, &num_params_, &num_state_);
+}
+
+template <typename T>
+size_t ActivationUnit<T>::num_params() const {
+  return num_params_;
+}
+
+template <typename T>
+size_t ActivationUnit<T>::num_state() const {
+  return num_state_;
+}
+
+template <typename T>
+void ActivationUnit<T>::Forward(Mode mode, absl::Span<const T> params, absl::Span<const T> state,
+                                ConstMatrixRef<T> q, ConstMatrixRef<T> k,
+                                absl::Span<const uint32_t> segments, VectorRef<T> scores,
+                                Cache* cache, absl::Span<T> stats) const {
+  const Eigen::Index b = q.rows();
+  const Eigen::Index rows = k.rows();
+  const Eigen::Index dq = dq_, dk = dk_;
+  const Eigen::Index h = layers_[0].out_dim();
+  const size_t n = layers_.size();
+  DCHECK_EQ(q.cols(), dq);
+  DCHECK_EQ(k.cols(), dk);
+  DCHECK_EQ(segments.size(), static_cast<size_t>(b) + 1);
+  DCHECK_EQ(segments.front(), 0u);
+  DCHECK_EQ(segments.back(), static_cast<uint32_t>(rows));
+  DCHECK_EQ(scores.size(), rows);
+  DCHECK_GE(params.size(), layers_[0].offset() + num_params_);
+  cache->pre.resize(n);
+  cache->post.resize(n);
+  cache->p.resize(n);
+  cache->xhat.resize(n);
+  cache->inv_std.resize(n);
+
+  // Combined weights (small: (dk + 2 dq) x h1).
+  const Eigen::Map<const RowMatrix<T>> w0(params.data() + layers_[0].offset(), 3 * dq + dk, h);
+  const auto w_q = w0.topRows(dq);
+  const auto w_k = w0.middleRows(dq, dk);
+  const auto w_d = w0.middleRows(dq + dk, dq);
+  const auto w_p = w0.bottomRows(dq);
+  cache->w_qd.resize(dq, h);
+  cache->w_qd = w_q + w_d;
+  cache->w_item.resize(dk + dq, h);
+  cache->w_item.topRows(dk) = w_k;
+  cache->w_item.topRows(dq) -= w_d;
+  cache->w_item.bottomRows(dq) = w_p;
+
+  // The per-sample part, with the bias folded in.
+  Eigen::Map<RowMatrix<T>> q_part = cache->q_part.View(b, h);
+  internal::TiledProduct<T>(q, cache->w_qd, q_part);
+  q_part.rowwise() += internal::ConstRowOf(params, layers_[0].bias_offset(), h);
+
+  // The per-item input [k_r, q_i * k_r[:dq]], so that one GEMM over all rows
+  // does the rest of the first layer.
+  Eigen::Map<RowMatrix<T>> item = cache->item.View(rows, dk + dq);
+  for (Eigen::Index i = 0; i < b; ++i) {
+    const auto qi = q.row(i);
+    for (Eigen::Index r = segments[i]; r < static_cast<Eigen::Index>(segments[i + 1]); ++r) {
+      item.row(r).head(dk) = k.row(r);
+      item.row(r).tail(dq) = qi.cwiseProduct(k.row(r).head(dq));
+    }
+  }
+
+  for (size_t l = 0; l < n; ++l) {
+    const DenseLayer<T>& layer = layers_[l];
+    const Eigen::Index w = layer.out_dim();
+    // The last layer (1 unit, linear) writes the scores.
+    Eigen::Map<RowMatrix<T>> pre = l + 1 < n ? cache->pre[l].View(rows, w)
+                                             : Eigen::Map<RowMatrix<T>>(scores.data(), rows, 1);
+    if (l == 0) {
+      internal::TiledProduct<T>(item, cache->w_item, pre);
+      for (Eigen::Index i = 0; i < b; ++i) {
+        pre.middleRows(segments[i], segments[i + 1] - segments[i]).rowwise() += q_part.row(i);
+      }
+    } else {
+      layer.Forward(params, cache->post[l - 1].View(rows, layer.in_dim()), pre);
+    }
+    if (l + 1 == n) break;
+    const bool dice = act_ == Act::kDice;
+    if (dice) cache->inv_std[l].resize(w);
+    internal::ActivationForward<T>(act_, mode, params, layer.bias_offset() + w, state,
+                                   state_offsets_[l], dice_eps_, pre, cache->post[l].View(rows, w),
+                                   stats, cache->p[l].View(dice ? rows : 0, w),
+                                   cache->xhat[l].View(dice ? rows : 0, w), cache->inv_std[l]);
+  }
+}
+
+template <typename T>
+void ActivationUnit<T>::Backward(absl::Span<const T> params, ConstMatrixRef<T> q,
+                                 ConstMatrixRef<T> k, absl::Span<const uint32_t> segments,
+                                 ConstVectorRef<T> dscores, Cache* cache, absl::Span<T> grad,
+                                 MatrixRef<T> dq_out, MatrixRef<T> dk_out) const {
+  const Eigen::Index b = q.rows();
+  const Eigen::Index rows = k.rows();
+  const Eigen::Index dq = dq_, dk = dk_;
+  const Eigen::Index h = layers_[0].out_dim();
+  const size_t n = layers_.size();
+  DCHECK_EQ(cache->pre.size(), n) << "Backward without Forward";
+  DCHECK_EQ(segments.size(), static_cast<size_t>(b) + 1);
+  DCHECK_EQ(dscores.size(), rows);
+  DCHECK_EQ(dq_out.rows(), b);
+  DCHECK_EQ(dq_out.cols(), dq);
+  DCHECK_EQ(dk_out.rows(), rows);
+  DCHECK_EQ(dk_out.cols(), dk);
+  DCHECK_GE(grad.size(), layers_[0].offset() + num_params_);
+
+  // Walk the layers back to dL/dh1 (the first layer's pre-activation).
+  Eigen::Index max_width = 0;
+  for (const DenseLayer<T>& layer : layers_) max_width = std::max(max_width, layer.out_dim());
+  // Size both buffers up front: later views must not regrow them.
+  cache->delta[0].View(rows, max_width);
+  cache->delta[1].View(rows, max_width);
+  int cur = 0;
+  cache->delta[cur].View(rows, 1) = dscores;
+  for (size_t l = n; l-- > 0;) {
+    const DenseLayer<T>& layer = layers_[l];
+    const Eigen::Index w = layer.out_dim();
+    Eigen::Map<RowMatrix<T>> d = cache->delta[cur].View(rows, w);
+    if (l + 1 < n) {
+      const bool dice = act_ == Act::kDice;
+      internal::ActivationBackward<T>(
+          act_, params, layer.bias_offset() + w, cache->pre[l].View(rows, w),
+          cache->post[l].View(rows, w), d, cache->p[l].View(dice ? rows : 0, w),
+          cache->xhat[l].View(dice ? rows : 0, w), cache->inv_std[l], grad);
+    }
+    if (l == 0) break;
+    const Eigen::Map<RowMatrix<T>> in = cache->post[l - 1].View(rows, layer.in_dim());
+    layer.ParamGradient(in, d, grad);
+    layer.InputGradient(params, d, cache->delta[1 - cur].View(rows, layer.in_dim()));
+    cur = 1 - cur;
+  }
+  const Eigen::Map<const RowMatrix<T>> dh1(cache->delta[cur].View(rows, h).data(), rows, h);
+
+  // First layer, in the parts of the forward pass. seg_sum_i = sum of dh1
+  // over sample i's rows; db = sum of all rows (the segments cover them).
+  Eigen::Map<RowMatrix<T>> seg_sum = cache->seg_sum.View(b, h);
+  Eigen::Map<RowVector<T>> db(grad.data() + layers_[0].bias_offset(), h);
+  db.setZero();
+  for (Eigen::Index i = 0; i < b; ++i) {
+    auto si = seg_sum.row(i);
+    si.setZero();
+    for (Eigen::Index r = segments[i]; r < static_cast<Eigen::Index>(segments[i + 1]); ++r) {
+      si += dh1.row(r);
+    }
+    db += si;
+  }
+  // With G = dL/d(W_q + W_d) = q^T seg_sum and [K; P] = dL/d w_item:
+  // dW_q = G, dW_k = K, dW_d = G - K[:dq], dW_p = P.
+  Eigen::Map<RowMatrix<T>> dw0(grad.data() + layers_[0].offset(), 3 * dq + dk, h);
+  const Eigen::Map<const RowMatrix<T>> item(cache->item.View(rows, dk + dq).data(), rows,
+                                            dk + dq);
+  internal::TiledProduct<T>(q.transpose(), seg_sum, dw0.topRows(dq));
+  cache->dw_item.resize(dk + dq, h);
+  internal::TiledProduct<T>(item.transpose(), dh1, cache->dw_item);
+  dw0.middleRows(dq, dk) = cache->dw_item.topRows(dk);
+  dw0.middleRows(dq + dk, dq) = dw0.topRows(dq) - cache->dw_item.topRows(dq);
+  dw0.bottomRows(dq) = cache->dw_item.bottomRows(dq);
+
+  // Inputs: dq_i = seg_sum_i (W_q + W_d)^T + sum_r P-part_r * k_r[:dq];
+  // dk_r = K-part_r, plus P-part_r * q_i on its first dq columns.
+  Eigen::Map<RowMatrix<T>> ditem = cache->ditem.View(rows, dk + dq);
+  internal::TiledProduct<T>(dh1, cache->w_item.transpose(), ditem);
+  Eigen::Map<RowMatrix<T>> dq_part = cache->dq_part.View(b, dq);
+  internal::TiledProduct<T>(seg_sum, cache->w_qd.transpose(), dq_part);
+  for (Eigen::Index i = 0; i < b; ++i) {
+    auto dqi = dq_out.row(i);
+    dqi += dq_part.row(i);
+    const auto qi = q.row(i);
+    for (Eigen::Index r = segments[i]; r < static_cast<Eigen::Index>(segments[i + 1]); ++r) {
+      const auto dprod = ditem.row(r).tail(dq);
+      dqi += dprod.cwiseProduct(k.row(r).head(dq));
+      dk_out.row(r) += ditem.row(r).head(dk);
+      dk_out.row(r).head(dq) += dprod.cwiseProduct(qi);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Attention pooling
+
+template <typename T>
+void AttentionPoolForward(ConstVectorRef<T> scores, ConstMatrixRef<T> v,
+                          absl::Span<const uint32_t> segments, MatrixRef<T> out) {
+  DCHECK_EQ(segments.size(), static_cast<size_t>(out.rows()) + 1);
+  DCHECK_EQ(scores.size(), v.rows());
+  DCHECK_EQ(out.cols(), v.cols());
+  for (Eigen::Index i = 0; i < out.rows(); ++i) {
+    auto o = out.row(i);
+    o.setZero();
+    for (Eigen::Index r = segments[i]; r < static_cast<Eigen::Index>(segments[i + 1]); ++r) {
+      o += scores[r] * v.row(r);
+    }
+  }
+}
+
+template <typename T>
+void AttentionPoolBackward(ConstVectorRef<T> scores, ConstMatrixRef<T> v,
+                           absl::Span<const uint32_t> segments, ConstMatrixRef<T> dout,
+                           VectorRef<T> dscores, MatrixRef<T> dv) {
+  DCHECK_EQ(segments.size(), static_cast<size_t>(dout.rows()) + 1);
+  DCHECK_EQ(scores.size(), v.rows());
+  DCHECK_EQ(dscores.size(), v.rows());
+  DCHECK_EQ(dv.rows(), v.rows());
+  DCHECK_EQ(dv.cols(), v.cols());
+  DCHECK_EQ(dout.cols(), v.cols());
+  for (Eigen::Index i = 0; i < dout.rows(); ++i) {
+    const auto di = dout.row(i);
+    for (Eigen::Index r = segments[i]; r < static_cast<Eigen::Index>(segments[i + 1]); ++r) {
+      dscores[r] = di.dot(v.row(r));
+      dv.row(r) += scores[r] * di;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Mixture of experts
+
+template <typename T>
+void MixtureForward(ConstMatrixRef<T> gates, ConstMatrixRef<T> experts, MatrixRef<T> out) {
+  const Eigen::Index num_experts = gates.cols();
+  const Eigen::Index h = out.cols();
+  DCHECK_EQ(experts.cols(), num_experts * h);
+  DCHECK_EQ(experts.rows(), gates.rows());
+  DCHECK_EQ(out.rows(), gates.rows());
+  for (Eigen::Index i = 0; i < gates.rows(); ++i) {
+    auto o = out.row(i);
+    o.setZero();
+    for (Eigen::Index e = 0; e < num_experts; ++e) o += gates(i, e) * experts.row(i).segment(e * h, h);
+  }
+}
+
+template <typename T>
+void MixtureBackward(ConstMatrixRef<T> gates, ConstMatrixRef<T> experts, ConstMatrixRef<T> dout,
+                     MatrixRef<T> dgates, MatrixRef<T> dexperts) {
+  const Eigen::Index num_experts = gates.cols();
+  const Eigen::Index h = dout.cols();
+  DCHECK_EQ(experts.cols(), num_experts * h);
+  DCHECK_EQ(dexperts.cols(), num_experts * h);
+  DCHECK_EQ(dgates.cols(), num_experts);
+  DCHECK_EQ(dout.rows(), gates.rows());
+  for (Eigen::Index i = 0; i < gates.rows(); ++i) {
+    const auto di = dout.row(i);
+    for (Eigen::Index e = 0; e < num_experts; ++e) {
+      dgates(i, e) = di.dot(experts.row(i).segment(e * h, h));
+      dexperts.row(i).segment(e * h, h) += gates(i, e) * di;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Multi-task loss
+
+template <typename T>
+double MultiTaskBce(ConstMatrixRef<T> logits, ConstMatrixRef<T> labels,
+                    absl::Span<const T> weights, MatrixRef<T> dlogits,
+                    absl::Span<double> task_loss_sums) {
+  const Eigen::Index b = logits.rows();
+  const Eigen::Index tasks = logits.cols();
+  DCHECK_EQ(labels.rows(), b);
+  DCHECK_EQ(labels.cols(), tasks);
+  DCHECK_EQ(dlogits.rows(), b);
+  DCHECK_EQ(dlogits.cols(), tasks);
+  DCHECK_EQ(weights.size(), static_cast<size_t>(tasks));
+  DCHECK_EQ(task_loss_sums.size(), static_cast<size_t>(tasks));
+  std::fill(task_loss_sums.begin(), task_loss_sums.end(), 0.0);
+  if (b == 0) return 0;
+  const T inv_b = T(1) / static_cast<T>(b);
+  for (Eigen::Index i = 0; i < b; ++i) {
+    for (Eigen::Index t = 0; t < tasks; ++t) {
+      // Read before write: dlogits may alias logits.
+      const T z = logits(i, t);
+      const T y = labels(i, t);
+      // max(z, 0) - z y + log(1 + exp(-|z|)): exp never sees a large positive
+      // argument.
+      task_loss_sums[t] +=
+          static_cast<double>(std::max(z, T(0)) - z * y + std::log1p(std::exp(-std::abs(z))));
+      dlogits(i, t) = weights[t] * (T(1) / (T(1) + std::exp(-z)) - y) * inv_b;
+    }
+  }
+  double loss = 0;
+  for (Eigen::Index t = 0; t < tasks; ++t) {
+    loss += static_cast<double>(weights[t]) * task_loss_sums[t];
+  }
+  return loss / static_cast<double>(b);
+}
+
+}  // namespace ember::models
+
+#endif  // EMBER_MODELS_INTERNAL_NN_IMPL_H_
