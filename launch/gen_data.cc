@@ -47,6 +47,21 @@ constexpr double kUsualDeviceShare = 0.8;
 // nothing, small enough that many threads stay within a few MiB.
 constexpr size_t kFlushBytes = size_t{1} << 20;
 constexpr std::string_view kFormat = "ember-gen-data-1";
+// Mode long_interest: lines are ~20 KB at the default history of 1000, so
+// buffer more per write.
+constexpr size_t kLongInterestFlushBytes = size_t{4} << 20;
+// Sample times: uniform over the 90 days from 2024-01-01T00:00:00Z. A
+// history's oldest item is a uniform 60 to 720 days (in seconds) older.
+constexpr int64_t kTimeOrigin = 1704067200;
+constexpr int64_t kDay = 86400;
+constexpr int64_t kSampleWindow = 90 * kDay;
+constexpr int64_t kMinHistorySpan = 60 * kDay;
+constexpr int64_t kMaxHistorySpan = 720 * kDay;
+// Limits of mode long_interest's options.
+constexpr uint32_t kMaxInterests = 64;
+constexpr uint32_t kMaxLongHistory = 100000;
+
+bool IsLongInterest(const GenDataOptions& o) { return o.mode == kGenDataLongInterestMode; }
 
 // ---------------------------------------------------------------------------
 // Stateless per-entity randomness.
@@ -64,6 +79,7 @@ enum Domain : uint64_t {
   kDeviceEffect,
   kHourPhase,
   kStream,
+  kLongInterestStream,
 };
 
 uint64_t EntityHash(uint64_t seed, Domain domain, uint64_t id, uint64_t j = 0) {
@@ -167,6 +183,65 @@ class ClickModel {
   double device_logit_[kDevices.size()];
 };
 
+// Mode long_interest's click model (atop gen_data.h). Immutable; keeps a
+// reference to `o`, which must be valid options and outlive the model.
+class LongInterestModel {
+ public:
+  explicit LongInterestModel(const GenDataOptions& o)
+      : o_(o),
+        items_in_category_((o.num_items + o.num_categories - 1) / o.num_categories, o.item_zipf) {}
+
+  uint32_t Category(uint64_t item) const { return static_cast<uint32_t>(item % o_.num_categories); }
+
+  // An item of `category` by Zipf popularity within it (ids c, c + C, ...).
+  uint64_t DrawItem(uint32_t category, Random& rng) const {
+    for (;;) {  // rank 1 always exists (category < num_categories <= num_items)
+      const uint64_t item = (items_in_category_.Sample(rng) - 1) * o_.num_categories + category;
+      if (item < o_.num_items) return item;
+    }
+  }
+
+  // n_old: how many of the history's old part (all but the newest
+  // recent_window items) have category `category`.
+  uint32_t OldMatches(uint32_t category, const uint32_t* hist_cats, size_t history) const {
+    const size_t old = history > o_.recent_window ? history - o_.recent_window : 0;
+    uint32_t n = 0;
+    for (size_t j = 0; j < old; ++j) n += hist_cats[j] == category;
+    return n;
+  }
+
+  // The logit without the old-part term: all a model blind to it can use.
+  double BaseLogit(uint64_t item, uint32_t category) const {
+    double logit = o_.base_logit;
+    logit += o_.item_effect * NormalFromHash(EntityHash(o_.seed, kItemEffect, item));
+    logit += o_.category_effect * NormalFromHash(EntityHash(o_.seed, kCategoryEffect, category));
+    return logit;
+  }
+
+  double Logit(double base_logit, uint32_t old_matches) const {
+    const double cap = o_.interest_cap;
+    return base_logit + o_.interest_strength * std::min<double>(old_matches, cap) / cap;
+  }
+
+  // E[p | everything but the old part]: a deep hit with probability
+  // deep_share, then n_old uniform in [deep_min_items, deep_max_items];
+  // otherwise n_old = 0.
+  float RecentOnlyProbability(double base_logit) const {
+    const uint32_t lo = o_.deep_min_items, hi = o_.deep_max_items, cap = o_.interest_cap;
+    double deep = 0;
+    for (uint32_t n = lo; n <= hi && n < cap; ++n) deep += Sigmoid(Logit(base_logit, n));
+    if (hi >= cap) deep += (hi - std::max(lo, cap) + 1) * Sigmoid(Logit(base_logit, cap));
+    deep /= hi - lo + 1;
+    return static_cast<float>(o_.deep_share * deep + (1 - o_.deep_share) * Sigmoid(base_logit));
+  }
+
+  static double Sigmoid(double logit) { return 1.0 / (1.0 + std::exp(-logit)); }
+
+ private:
+  const GenDataOptions& o_;
+  ZipfSampler items_in_category_;  // ranks within one category
+};
+
 // Dense values are rounded to what the file shows before p is computed, so
 // that ClickProbability recomputes p bit for bit from the text.
 double RoundToPrinted(double x) {
@@ -198,8 +273,11 @@ class ConcurrentBitmap {
 };
 
 struct DistinctIds {
+  // Mode long_interest's user ids are row numbers.
   explicit DistinctIds(const GenDataOptions& o)
-      : users(o.num_users), items(o.num_items), categories(o.num_categories) {}
+      : users(IsLongInterest(o) ? o.train_rows + o.test_rows : o.num_users),
+        items(o.num_items),
+        categories(o.num_categories) {}
   ConcurrentBitmap users;
   ConcurrentBitmap items;
   ConcurrentBitmap categories;
@@ -278,6 +356,9 @@ class OutputFile {
   gzFile gz_ = nullptr;
 };
 
+// Writes v's decimal digits at p; returns the end.
+char* PutUint(uint64_t v, char* p) { return std::to_chars(p, p + 24, v).ptr; }
+
 void AppendUint(uint64_t v, std::string* out) {
   char buf[24];
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), v);
@@ -303,6 +384,7 @@ struct Part {
   bool test = false;
   uint32_t index = 0;
   uint64_t rows = 0;
+  uint64_t first_row = 0;  // over both splits, train first
   std::string path;
 };
 
@@ -313,31 +395,62 @@ struct PartResult {
   uint64_t history_items = 0;
   double sum_p = 0;
   uint64_t bytes = 0;
-  std::vector<float> p;       // test parts only: the oracle's scores
-  std::vector<float> labels;  // and labels
+  std::vector<float> p;         // test parts only: the oracle's scores
+  std::vector<float> labels;    // and labels
+  std::vector<float> p_recent;  // and, in mode long_interest, E[p | recent view]
 };
 
-// Generates and writes one part. Its content depends only on (options, split,
-// index): the random stream is seeded from them, never shared.
-void GeneratePart(const GenDataOptions& o, const ClickModel& model, const Part& part,
-                  DistinctIds* distinct, const std::atomic<bool>& cancelled, PartResult* result) {
+// Opens the part's file, appends its rows to a buffer with row(&buffer), one
+// call per row, and writes the buffer whenever it holds flush_bytes. Sets
+// result's status, bytes and rows.
+template <typename RowFn>
+void WritePart(const GenDataOptions& o, const Part& part, size_t flush_bytes,
+               const std::atomic<bool>& cancelled, PartResult* result, RowFn&& row) {
   auto file = OutputFile::Open(part.path, o.gzip, o.gzip_level);
   if (!file.ok()) {
     result->status = file.status();
     return;
   }
+  std::string buf;
+  buf.reserve(flush_bytes + 4096);
+  for (uint64_t r = 0; r < part.rows; ++r) {
+    row(&buf);
+    if (buf.size() >= flush_bytes) {
+      if (cancelled.load(std::memory_order_relaxed)) {
+        result->status = absl::CancelledError("another part failed");
+        return;
+      }
+      result->status = (*file)->Write(buf);
+      if (!result->status.ok()) return;
+      buf.clear();
+    }
+  }
+  result->status = (*file)->Write(buf);
+  if (!result->status.ok()) return;
+  auto bytes = (*file)->Close();
+  if (!bytes.ok()) {
+    result->status = bytes.status();
+    return;
+  }
+  result->bytes = *bytes;
+  result->rows = part.rows;
+}
+
+// Generates and writes one part. Its content depends only on (options, split,
+// index): the random stream is seeded from them, never shared.
+void GeneratePart(const GenDataOptions& o, const ClickModel& model, const Part& part,
+                  DistinctIds* distinct, const std::atomic<bool>& cancelled, PartResult* result) {
   Random rng(EntityHash(o.seed, kStream, part.test ? 2 : 1, part.index));
   if (part.test) {
     result->p.reserve(part.rows);
     result->labels.reserve(part.rows);
   }
-  std::string buf;
-  buf.reserve(kFlushBytes + 4096);
   std::vector<uint64_t> hist_items(o.max_history);
   std::vector<uint32_t> hist_cats(o.max_history);
   const uint32_t history_span = o.max_history - o.min_history + 1;
 
-  for (uint64_t r = 0; r < part.rows; ++r) {
+  WritePart(o, part, kFlushBytes, cancelled, result, [&](std::string* out) {
+    std::string& buf = *out;
     const uint64_t user = model.DrawUser(rng);
     const uint64_t group = model.Group(user);
     const size_t history = o.min_history + rng.Below(history_span);
@@ -402,26 +515,151 @@ void GeneratePart(const GenDataOptions& o, const ClickModel& model, const Part& 
     buf.push_back('\t');
     AppendFixed4(dense1, &buf);
     buf.push_back('\n');
+  });
+}
 
-    if (buf.size() >= kFlushBytes) {
-      if (cancelled.load(std::memory_order_relaxed)) {
-        result->status = absl::CancelledError("another part failed");
-        return;
-      }
-      result->status = (*file)->Write(buf);
-      if (!result->status.ok()) return;
-      buf.clear();
+// The same for mode long_interest (atop gen_data.h).
+void GenerateLongInterestPart(const GenDataOptions& o, const LongInterestModel& model,
+                              const Part& part, DistinctIds* distinct,
+                              const std::atomic<bool>& cancelled, PartResult* result) {
+  Random rng(EntityHash(o.seed, kLongInterestStream, part.test ? 2 : 1, part.index));
+  if (part.test) {
+    result->p.reserve(part.rows);
+    result->labels.reserve(part.rows);
+    result->p_recent.reserve(part.rows);
+  }
+  const size_t history = o.long_history;
+  const size_t old = history - o.recent_window;  // validated >= 2 * deep items
+  const uint32_t num_categories = o.num_categories;
+  std::vector<uint64_t> hist_items(history);
+  std::vector<uint32_t> hist_cats(history);
+  std::vector<int64_t> hist_times(history);
+  std::vector<double> spacings(history);
+  std::vector<uint8_t> is_deep(old, 0);
+  std::vector<size_t> deep_positions;
+  uint32_t recent[kMaxInterests], deep[kMaxInterests];
+  // The longest line: ids up to 2^40 (13 digits), categories below 2^24 (8),
+  // times below 10^11 (11), each with a separator.
+  const size_t max_line = 128 + history * (14 + 9 + 12);
+  std::unique_ptr<char[]> line(new char[max_line]);
+  auto taken = [&](uint32_t c, uint32_t recent_n, uint32_t deep_n) {
+    return std::find(recent, recent + recent_n, c) != recent + recent_n ||
+           std::find(deep, deep + deep_n, c) != deep + deep_n;
+  };
+  uint64_t user = part.first_row;
+
+  WritePart(o, part, kLongInterestFlushBytes, cancelled, result, [&](std::string* out) {
+    // Interests: R, then D outside R, each deep category with its count.
+    for (uint32_t i = 0; i < o.recent_interests; ++i) {
+      uint32_t c;
+      do c = static_cast<uint32_t>(rng.Below(num_categories));
+      while (taken(c, i, 0));
+      recent[i] = c;
     }
-  }
-  result->status = (*file)->Write(buf);
-  if (!result->status.ok()) return;
-  auto bytes = (*file)->Close();
-  if (!bytes.ok()) {
-    result->status = bytes.status();
-    return;
-  }
-  result->bytes = *bytes;
-  result->rows = part.rows;
+    for (uint32_t i = 0; i < o.deep_interests; ++i) {
+      uint32_t c;
+      do c = static_cast<uint32_t>(rng.Below(num_categories));
+      while (taken(c, o.recent_interests, i));
+      deep[i] = c;
+    }
+    // The candidate: a deep interest, or a category outside R and D.
+    uint32_t category;
+    if (rng.Uniform() < o.deep_share) {
+      category = deep[rng.Below(o.deep_interests)];
+    } else {
+      do category = static_cast<uint32_t>(rng.Below(num_categories));
+      while (taken(category, o.recent_interests, o.deep_interests));
+    }
+    const uint64_t item = model.DrawItem(category, rng);
+
+    // Times: the k-th newest item (k = 1..history) is k + floor(S_k / S_n *
+    // (span - history)) seconds old, S_k the sum of k Exp(1) spacings: sorted
+    // uniform ages, strictly increasing, the oldest exactly span old.
+    const int64_t timestamp = kTimeOrigin + static_cast<int64_t>(rng.Below(kSampleWindow));
+    const int64_t span =
+        kMinHistorySpan + static_cast<int64_t>(rng.Below(kMaxHistorySpan - kMinHistorySpan + 1));
+    double sum = 0;
+    for (size_t k = 0; k < history; ++k) spacings[k] = sum += -std::log(1 - rng.Uniform());
+    const double scale = static_cast<double>(span - static_cast<int64_t>(history)) / sum;
+    for (size_t k = 0; k < history; ++k) {
+      const int64_t age = static_cast<int64_t>(k + 1) +
+                          (k + 1 == history ? span - static_cast<int64_t>(history)
+                                            : static_cast<int64_t>(spacings[k] * scale));
+      hist_times[history - 1 - k] = timestamp - age;
+    }
+
+    // Categories: the old part from R with the deep items at random
+    // positions, the newest recent_window from R; then items.
+    for (size_t j = 0; j < old; ++j) hist_cats[j] = recent[rng.Below(o.recent_interests)];
+    for (uint32_t i = 0; i < o.deep_interests; ++i) {
+      const uint32_t n = o.deep_min_items +
+                         static_cast<uint32_t>(rng.Below(o.deep_max_items - o.deep_min_items + 1));
+      for (uint32_t k = 0; k < n; ++k) {
+        size_t pos;
+        do pos = rng.Below(old);
+        while (is_deep[pos]);
+        is_deep[pos] = 1;
+        deep_positions.push_back(pos);
+        hist_cats[pos] = deep[i];
+      }
+    }
+    for (size_t pos : deep_positions) is_deep[pos] = 0;
+    deep_positions.clear();
+    for (size_t j = old; j < history; ++j) hist_cats[j] = recent[rng.Below(o.recent_interests)];
+    for (size_t j = 0; j < history; ++j) hist_items[j] = model.DrawItem(hist_cats[j], rng);
+
+    const double base_logit = model.BaseLogit(item, category);
+    const float p = ClickModel::Probability(
+        model.Logit(base_logit, model.OldMatches(category, hist_cats.data(), history)));
+    const bool label = rng.Uniform() < p;
+
+    result->positives += label;
+    result->sum_p += p;
+    result->history_items += history;
+    if (part.test) {
+      result->p.push_back(p);
+      result->labels.push_back(label ? 1.0f : 0.0f);
+      result->p_recent.push_back(model.RecentOnlyProbability(base_logit));
+    }
+    if (distinct != nullptr) {
+      distinct->users.Set(user);
+      distinct->items.Set(item);
+      distinct->categories.Set(category);
+      for (size_t j = 0; j < history; ++j) {
+        distinct->items.Set(hist_items[j]);
+        distinct->categories.Set(hist_cats[j]);
+      }
+    }
+
+    char* w = line.get();
+    *w++ = label ? '1' : '0';
+    *w++ = '\t';
+    w = PutUint(user, w);
+    *w++ = '\t';
+    w = PutUint(item, w);
+    *w++ = '\t';
+    w = PutUint(category, w);
+    *w++ = '\t';
+    w = PutUint(static_cast<uint64_t>(timestamp), w);
+    *w++ = '\t';
+    for (size_t j = 0; j < history; ++j) {
+      w = PutUint(hist_items[j], w);
+      *w++ = ',';
+    }
+    w[-1] = '\t';  // history >= 2 (validated), so there was a ','
+    for (size_t j = 0; j < history; ++j) {
+      w = PutUint(hist_cats[j], w);
+      *w++ = ',';
+    }
+    w[-1] = '\t';
+    for (size_t j = 0; j < history; ++j) {
+      w = PutUint(static_cast<uint64_t>(hist_times[j]), w);
+      *w++ = ',';
+    }
+    w[-1] = '\n';
+    out->append(line.get(), w);
+    ++user;
+  });
 }
 
 bool IsOwnDataFile(const std::string& name) {
@@ -500,6 +738,7 @@ absl::Status PrepareOutput(const GenDataOptions& o) {
 std::vector<Part> PlanParts(const GenDataOptions& o) {
   std::vector<Part> parts;
   const char* ext = o.gzip ? ".tsv.gz" : ".tsv";
+  uint64_t first_row = 0;
   auto add = [&](bool test, uint64_t rows, uint32_t files) {
     if (rows == 0) return;
     for (uint32_t i = 0; i < files; ++i) {
@@ -507,6 +746,8 @@ std::vector<Part> PlanParts(const GenDataOptions& o) {
       p.test = test;
       p.index = i;
       p.rows = rows / files + (i < rows % files ? 1 : 0);
+      p.first_row = first_row;
+      first_row += p.rows;
       char name[32];
       std::snprintf(name, sizeof(name), "part-%05u%s", i, ext);
       p.path = (fs::path(o.out_dir) / (test ? "test" : "train") / name).string();
@@ -525,7 +766,11 @@ absl::Status WriteMeta(const GenDataOptions& o, const GenDataSummary& s) {
   };
   line("format", std::string(kFormat));
   std::vector<absl::string_view> columns;
-  for (std::string_view c : kGenDataColumns) columns.push_back(Av(c));
+  if (IsLongInterest(o)) {
+    for (std::string_view c : kGenDataLongInterestColumns) columns.push_back(Av(c));
+  } else {
+    for (std::string_view c : kGenDataColumns) columns.push_back(Av(c));
+  }
   line("columns", absl::StrJoin(columns, ","));
   line("train_rows", absl::StrCat(s.train_rows));
   line("test_rows", absl::StrCat(s.test_rows));
@@ -535,6 +780,10 @@ absl::Status WriteMeta(const GenDataOptions& o, const GenDataSummary& s) {
   line("mean_click_probability", FormatDouble(s.mean_click_probability));
   line("oracle_auc", FormatDouble(s.oracle_auc));
   line("oracle_logloss", FormatDouble(s.oracle_logloss));
+  if (IsLongInterest(o)) {
+    line("recent_only_oracle_auc", FormatDouble(s.recent_only_oracle_auc));
+    line("recent_only_oracle_logloss", FormatDouble(s.recent_only_oracle_logloss));
+  }
   line("mean_history", FormatDouble(s.mean_history));
   line("distinct_users", absl::StrCat(s.distinct_users));
   line("distinct_items", absl::StrCat(s.distinct_items));
@@ -568,15 +817,25 @@ absl::Status WriteMeta(const GenDataOptions& o, const GenDataSummary& s) {
 using Member = std::variant<std::string GenDataOptions::*, uint64_t GenDataOptions::*,
                             uint32_t GenDataOptions::*, int GenDataOptions::*,
                             double GenDataOptions::*, bool GenDataOptions::*>;
+// Which modes an option applies to: GenDataOptionValues (so meta.txt) lists
+// only those of the options' mode, and the default mode's list is the one it
+// had before mode long_interest existed.
+enum Applies : uint8_t { kDefaultOnly = 1, kLongOnly = 2, kBoth = 3 };
 struct Field {
   std::string_view name;
   Member member;
+  Applies applies = kBoth;
 };
+
+Applies ModeBit(const GenDataOptions& o) {
+  return o.mode == kGenDataDefaultMode ? kDefaultOnly : kLongOnly;
+}
 
 // Declaration order of GenDataOptions.
 const std::vector<Field>& Fields() {
   using O = GenDataOptions;
   static const std::vector<Field>* fields = new std::vector<Field>{
+      {"mode", &O::mode, kLongOnly},
       {"out_dir", &O::out_dir},
       {"seed", &O::seed},
       {"train_rows", &O::train_rows},
@@ -588,29 +847,36 @@ const std::vector<Field>& Fields() {
       {"gzip_level", &O::gzip_level},
       {"overwrite", &O::overwrite},
       {"count_distinct", &O::count_distinct},
-      {"num_users", &O::num_users},
-      {"num_user_groups", &O::num_user_groups},
+      {"num_users", &O::num_users, kDefaultOnly},
+      {"num_user_groups", &O::num_user_groups, kDefaultOnly},
       {"num_items", &O::num_items},
       {"num_categories", &O::num_categories},
-      {"num_topics", &O::num_topics},
-      {"user_zipf", &O::user_zipf},
+      {"num_topics", &O::num_topics, kDefaultOnly},
+      {"user_zipf", &O::user_zipf, kDefaultOnly},
       {"item_zipf", &O::item_zipf},
-      {"topics_per_user", &O::topics_per_user},
-      {"min_history", &O::min_history},
-      {"max_history", &O::max_history},
-      {"history_focus", &O::history_focus},
-      {"candidate_focus", &O::candidate_focus},
+      {"topics_per_user", &O::topics_per_user, kDefaultOnly},
+      {"min_history", &O::min_history, kDefaultOnly},
+      {"max_history", &O::max_history, kDefaultOnly},
+      {"history_focus", &O::history_focus, kDefaultOnly},
+      {"candidate_focus", &O::candidate_focus, kDefaultOnly},
       {"base_logit", &O::base_logit},
-      {"user_effect", &O::user_effect},
-      {"group_effect", &O::group_effect},
+      {"user_effect", &O::user_effect, kDefaultOnly},
+      {"group_effect", &O::group_effect, kDefaultOnly},
       {"item_effect", &O::item_effect},
       {"category_effect", &O::category_effect},
-      {"hour_effect", &O::hour_effect},
-      {"device_effect", &O::device_effect},
-      {"dense_weight", &O::dense_weight},
+      {"hour_effect", &O::hour_effect, kDefaultOnly},
+      {"device_effect", &O::device_effect, kDefaultOnly},
+      {"dense_weight", &O::dense_weight, kDefaultOnly},
       {"interest_strength", &O::interest_strength},
-      {"category_match_strength", &O::category_match_strength},
+      {"category_match_strength", &O::category_match_strength, kDefaultOnly},
       {"interest_cap", &O::interest_cap},
+      {"long_history", &O::long_history, kLongOnly},
+      {"recent_window", &O::recent_window, kLongOnly},
+      {"recent_interests", &O::recent_interests, kLongOnly},
+      {"deep_interests", &O::deep_interests, kLongOnly},
+      {"deep_min_items", &O::deep_min_items, kLongOnly},
+      {"deep_max_items", &O::deep_max_items, kLongOnly},
+      {"deep_share", &O::deep_share, kLongOnly},
   };
   return *fields;
 }
@@ -704,7 +970,12 @@ uint64_t ZipfSampler::Sample(Random& rng) const {
 // Options.
 
 absl::Status ValidateGenDataOptions(const GenDataOptions& o) {
+  if (o.mode != kGenDataDefaultMode && o.mode != kGenDataLongInterestMode) {
+    return Bad("mode", absl::StrCat("must be ", Av(kGenDataDefaultMode), " or ",
+                                    Av(kGenDataLongInterestMode), ", got '", o.mode, "'"));
+  }
   if (o.out_dir.empty()) return Bad("out_dir", "must name the output directory");
+  const bool li = IsLongInterest(o);  // skips the checks of options it ignores
   absl::Status st;
   auto check = [&st](absl::Status s) {
     if (st.ok()) st = std::move(s);
@@ -719,43 +990,124 @@ absl::Status ValidateGenDataOptions(const GenDataOptions& o) {
   }
   check(InRange<uint32_t>("threads", o.threads, 0, 1024));
   check(InRange<int>("gzip_level", o.gzip_level, 1, 9));
-  check(InRange<uint64_t>("num_users", o.num_users, 1, kMaxEntities));
-  check(InRange<uint32_t>("num_user_groups", o.num_user_groups, 1,
-                          std::numeric_limits<uint32_t>::max()));
+  if (!li) {
+    check(InRange<uint64_t>("num_users", o.num_users, 1, kMaxEntities));
+    check(InRange<uint32_t>("num_user_groups", o.num_user_groups, 1,
+                            std::numeric_limits<uint32_t>::max()));
+  }
   check(InRange<uint64_t>("num_items", o.num_items, 1, kMaxEntities));
   check(InRange<uint64_t>("num_categories", o.num_categories, 1,
                           std::min<uint64_t>(uint64_t{1} << 24, o.num_items),
                           o.num_items < (uint64_t{1} << 24) ? "num_items" : ""));
-  check(InRange<uint32_t>("num_topics", o.num_topics, 1, std::max<uint32_t>(o.num_categories, 1),
-                          "num_categories"));
-  check(InRange<double>("user_zipf", o.user_zipf, 0, 10));
+  if (!li) {
+    check(InRange<uint32_t>("num_topics", o.num_topics, 1, std::max<uint32_t>(o.num_categories, 1),
+                            "num_categories"));
+    check(InRange<double>("user_zipf", o.user_zipf, 0, 10));
+  }
   check(InRange<double>("item_zipf", o.item_zipf, 0, 10));
-  check(InRange<uint32_t>("topics_per_user", o.topics_per_user, 1, 64));
-  check(InRange<uint32_t>("max_history", o.max_history, 0, 100000));
-  check(InRange<uint32_t>("min_history", o.min_history, 0, o.max_history, "max_history"));
-  check(InRange<double>("history_focus", o.history_focus, 0, 1));
-  check(InRange<double>("candidate_focus", o.candidate_focus, 0, 1));
+  if (!li) {
+    check(InRange<uint32_t>("topics_per_user", o.topics_per_user, 1, 64));
+    check(InRange<uint32_t>("max_history", o.max_history, 0, 100000));
+    check(InRange<uint32_t>("min_history", o.min_history, 0, o.max_history, "max_history"));
+    check(InRange<double>("history_focus", o.history_focus, 0, 1));
+    check(InRange<double>("candidate_focus", o.candidate_focus, 0, 1));
+  }
   check(InRange<double>("base_logit", o.base_logit, -30, 30));
-  check(InRange<double>("user_effect", o.user_effect, 0, 10));
-  check(InRange<double>("group_effect", o.group_effect, 0, 10));
+  if (!li) {
+    check(InRange<double>("user_effect", o.user_effect, 0, 10));
+    check(InRange<double>("group_effect", o.group_effect, 0, 10));
+  }
   check(InRange<double>("item_effect", o.item_effect, 0, 10));
   check(InRange<double>("category_effect", o.category_effect, 0, 10));
-  check(InRange<double>("hour_effect", o.hour_effect, 0, 10));
-  check(InRange<double>("device_effect", o.device_effect, 0, 10));
-  check(InRange<double>("dense_weight", o.dense_weight, -10, 10));
+  if (!li) {
+    check(InRange<double>("hour_effect", o.hour_effect, 0, 10));
+    check(InRange<double>("device_effect", o.device_effect, 0, 10));
+    check(InRange<double>("dense_weight", o.dense_weight, -10, 10));
+  }
   check(InRange<double>("interest_strength", o.interest_strength, -20, 20));
-  check(InRange<double>("category_match_strength", o.category_match_strength, -20, 20));
+  if (!li) {
+    check(InRange<double>("category_match_strength", o.category_match_strength, -20, 20));
+  }
   check(InRange<uint32_t>("interest_cap", o.interest_cap, 1, 100000));
-  if (st.ok() && o.count_distinct &&
-      o.num_users + o.num_items + o.num_categories > kMaxDistinctBits) {
+  if (li) {
+    check(InRange<uint32_t>("recent_interests", o.recent_interests, 1, kMaxInterests));
+    if (st.ok()) {  // needs valid num_categories and recent_interests
+      // At least one category must stay for the candidates that miss.
+      const uint32_t room = o.num_categories > o.recent_interests
+                                ? static_cast<uint32_t>(o.num_categories - o.recent_interests - 1)
+                                : 0;
+      const bool by_categories = room < kMaxInterests;
+      check(InRange<uint32_t>("deep_interests", o.deep_interests, 1,
+                              by_categories ? room : kMaxInterests,
+                              by_categories ? "num_categories - recent_interests - 1" : ""));
+    }
+    check(InRange<uint32_t>("deep_max_items", o.deep_max_items, 1, kMaxLongHistory));
+    check(InRange<uint32_t>("deep_min_items", o.deep_min_items, 1, o.deep_max_items,
+                            "deep_max_items"));
+    check(InRange<double>("deep_share", o.deep_share, 0, 1));
+    check(InRange<uint32_t>("recent_window", o.recent_window, 1, kMaxLongHistory - 1));
+    if (st.ok()) {
+      // Deep items fill at most half the old part, so their random
+      // positions are found in a few tries.
+      const uint64_t least = o.recent_window + uint64_t{2} * o.deep_interests * o.deep_max_items;
+      if (least > kMaxLongHistory) {
+        return Bad("long_history",
+                   absl::StrCat("recent_window + 2 * deep_interests * deep_max_items = ", least,
+                                " exceed the maximum history of ", kMaxLongHistory));
+      }
+      check(InRange<uint64_t>("long_history", o.long_history, least, kMaxLongHistory,
+                              "recent_window + 2 * deep_interests * deep_max_items"));
+    }
+  }
+  if (!st.ok() || !o.count_distinct) return st;
+  if (li) {
+    // Validated ranges: no overflow.
+    if (o.train_rows + o.test_rows + o.num_items + o.num_categories > kMaxDistinctBits) {
+      return Bad("count_distinct",
+                 "train_rows + test_rows + num_items + num_categories exceed 2^35 bitmap bits; "
+                 "set it to false");
+    }
+  } else if (o.num_users + o.num_items + o.num_categories > kMaxDistinctBits) {
     return Bad("count_distinct",
                "num_users + num_items + num_categories exceed 2^35 bitmap bits; set it to false");
   }
   return st;
 }
 
+GenDataOptions LongInterestDefaults() {
+  GenDataOptions o;
+  o.mode = std::string(kGenDataLongInterestMode);
+  o.train_rows = 200000;
+  o.test_rows = 20000;
+  o.num_items = 20000;
+  o.num_categories = 200;
+  o.interest_strength = 2.5;
+  return o;
+}
+
 absl::Status SetGenDataOption(std::string_view name, std::string_view value,
                               GenDataOptions* options) {
+  if (name == "mode") {
+    if (value != kGenDataDefaultMode && value != kGenDataLongInterestMode) {
+      return Bad(name, absl::StrCat("cannot parse '", Av(value), "': must be ",
+                                    Av(kGenDataDefaultMode), " or ", Av(kGenDataLongInterestMode)));
+    }
+    // Options still at the old mode's default take the new mode's.
+    const GenDataOptions from =
+        IsLongInterest(*options) ? LongInterestDefaults() : GenDataOptions();
+    const GenDataOptions to =
+        value == kGenDataLongInterestMode ? LongInterestDefaults() : GenDataOptions();
+    for (const Field& f : Fields()) {
+      if (f.name == "mode" || f.name == "out_dir") continue;
+      std::visit(
+          [&](auto member) {
+            if (options->*member == from.*member) options->*member = to.*member;
+          },
+          f.member);
+    }
+    options->mode = std::string(value);
+    return absl::OkStatus();
+  }
   for (const Field& f : Fields()) {
     if (f.name != name) continue;
     const std::string v(value);
@@ -788,7 +1140,9 @@ absl::Status SetGenDataOption(std::string_view name, std::string_view value,
 
 std::vector<std::pair<std::string, std::string>> GenDataOptionValues(const GenDataOptions& o) {
   std::vector<std::pair<std::string, std::string>> out;
+  const Applies mode = ModeBit(o);
   for (const Field& f : Fields()) {
+    if ((f.applies & mode) == 0) continue;
     std::string text = std::visit(
         [&](auto member) -> std::string {
           using T = std::remove_cvref_t<decltype(o.*member)>;
@@ -818,7 +1172,9 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   st = PrepareOutput(options);
   if (!st.ok()) return st;
 
+  const bool li = IsLongInterest(options);
   const ClickModel model(options);
+  const LongInterestModel li_model(options);
   const std::vector<Part> parts = PlanParts(options);
   std::unique_ptr<DistinctIds> distinct;
   if (options.count_distinct) distinct = std::make_unique<DistinctIds>(options);
@@ -828,7 +1184,12 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   std::atomic<bool> cancelled{false};
   auto work = [&] {
     for (size_t i; (i = next.fetch_add(1)) < parts.size();) {
-      GeneratePart(options, model, parts[i], distinct.get(), cancelled, &results[i]);
+      if (li) {
+        GenerateLongInterestPart(options, li_model, parts[i], distinct.get(), cancelled,
+                                 &results[i]);
+      } else {
+        GeneratePart(options, model, parts[i], distinct.get(), cancelled, &results[i]);
+      }
       if (!results[i].status.ok()) cancelled = true;
     }
   };
@@ -846,9 +1207,10 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   }
 
   GenDataSummary s;
-  std::vector<float> test_p, test_labels;
+  std::vector<float> test_p, test_labels, test_p_recent;
   test_p.reserve(options.test_rows);
   test_labels.reserve(options.test_rows);
+  if (li) test_p_recent.reserve(options.test_rows);
   double sum_p = 0;
   uint64_t history_items = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
@@ -861,6 +1223,7 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
     s.files.push_back(parts[i].path);
     test_p.insert(test_p.end(), r.p.begin(), r.p.end());
     test_labels.insert(test_labels.end(), r.labels.begin(), r.labels.end());
+    test_p_recent.insert(test_p_recent.end(), r.p_recent.begin(), r.p_recent.end());
   }
   results.clear();
   const double rows = static_cast<double>(s.train_rows + s.test_rows);
@@ -869,6 +1232,11 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   s.mean_history = static_cast<double>(history_items) / rows;
   s.oracle_auc = models::ExactAuc(test_p, test_labels);
   s.oracle_logloss = models::LogLoss(test_p, test_labels);
+  s.recent_only_oracle_auc = s.recent_only_oracle_logloss = std::nan("");
+  if (li) {
+    s.recent_only_oracle_auc = models::ExactAuc(test_p_recent, test_labels);
+    s.recent_only_oracle_logloss = models::LogLoss(test_p_recent, test_labels);
+  }
   if (distinct != nullptr) {
     s.distinct_users = distinct->users.Count();
     s.distinct_items = distinct->items.Count();
@@ -881,9 +1249,65 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   return absl::OkStatus();
 }
 
+namespace {
+
+// ClickProbability for mode long_interest; `o` is valid.
+absl::StatusOr<float> LongInterestClickProbability(const GenDataOptions& o, std::string_view line) {
+  const std::vector<absl::string_view> f = absl::StrSplit(Av(line), '\t');
+  const auto& columns = kGenDataLongInterestColumns;
+  if (f.size() != columns.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", columns.size(), " tab-separated columns, got ", f.size()));
+  }
+  auto bad = [&](size_t column, std::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("column ", Av(columns[column]), ": ", Av(why)));
+  };
+  const LongInterestModel model(o);
+  uint64_t user, item, category;
+  int64_t timestamp;
+  if (!absl::SimpleAtoi(f[1], &user)) return bad(1, absl::StrCat("'", f[1], "' is not an id"));
+  if (!absl::SimpleAtoi(f[2], &item) || item >= o.num_items) {
+    return bad(2, absl::StrCat("'", f[2], "' is not an id below ", o.num_items));
+  }
+  if (!absl::SimpleAtoi(f[3], &category) || category != model.Category(item)) {
+    return bad(3, "is not item_id % num_categories");
+  }
+  if (!absl::SimpleAtoi(f[4], &timestamp)) {
+    return bad(4, absl::StrCat("'", f[4], "' is not a time"));
+  }
+  const std::vector<absl::string_view> items = absl::StrSplit(f[5], ',');
+  const std::vector<absl::string_view> cats = absl::StrSplit(f[6], ',');
+  const size_t times = 1 + std::count(f[7].begin(), f[7].end(), ',');
+  for (size_t column : {5, 6, 7}) {
+    const size_t n = column == 5 ? items.size() : column == 6 ? cats.size() : times;
+    if (n != o.long_history) {
+      return bad(column, absl::StrCat("has ", n, " values, not long_history = ", o.long_history));
+    }
+  }
+  std::vector<uint32_t> hist_cats(cats.size());
+  for (size_t j = 0; j < cats.size(); ++j) {
+    uint64_t hist_item;
+    if (!absl::SimpleAtoi(items[j], &hist_item) || hist_item >= o.num_items) {
+      return bad(5, absl::StrCat("'", items[j], "' is not an id below ", o.num_items));
+    }
+    hist_cats[j] = model.Category(hist_item);
+    uint32_t c;
+    if (!absl::SimpleAtoi(cats[j], &c) || c != hist_cats[j]) {
+      return bad(6, absl::StrCat("'", cats[j], "' is not the category of item ", items[j]));
+    }
+  }
+  const uint32_t matches =
+      model.OldMatches(static_cast<uint32_t>(category), hist_cats.data(), hist_cats.size());
+  return ClickModel::Probability(
+      model.Logit(model.BaseLogit(item, static_cast<uint32_t>(category)), matches));
+}
+
+}  // namespace
+
 absl::StatusOr<float> ClickProbability(const GenDataOptions& o, std::string_view line) {
   absl::Status st = ValidateGenDataOptions(o);
   if (!st.ok()) return st;
+  if (IsLongInterest(o)) return LongInterestClickProbability(o, line);
   const std::vector<absl::string_view> f = absl::StrSplit(Av(line), '\t');
   if (f.size() != kGenDataColumns.size()) {
     return absl::InvalidArgumentError(absl::StrCat("expected ", kGenDataColumns.size(),

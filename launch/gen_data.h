@@ -42,6 +42,49 @@
 // the embedding width); n_cat is left at 0 by default because only attention
 // over the sequence recovers it, which makes it the knob that shows what DIN
 // buys.
+//
+// Mode long_interest (mode=long_interest) is a log for long-sequence models
+// such as SIM: clicks depend on behaviour far older than the newest 50 items,
+// which DIN over a short history cannot see. One line per sample, in
+// kGenDataLongInterestColumns order:
+//   label      0 or 1
+//   user_id    the row's number over both splits (train rows first): every
+//              sample has a user of its own, so no user_id embedding can
+//              learn a user's interests
+//   item_id    decimal id in [0, num_items)
+//   item_cat   item_id % num_categories
+//   timestamp  Unix seconds of the sample, in 2024's first 90 days
+//   hist_items exactly long_history item ids joined by ',', oldest first
+//   hist_cats  their categories, aligned
+//   hist_times their Unix seconds, aligned: strictly increasing, all before
+//              timestamp, the oldest a uniform 60 to 720 days before it
+//              (sorted uniform ages: gaps of hours to about two years)
+// Per sample, recent_interests distinct categories R are drawn, then
+// deep_interests distinct categories D outside R, each with a count n_d
+// uniform in [deep_min_items, deep_max_items]. The newest recent_window
+// history items come from R only. The older ones (the "old part") hold n_d
+// items of each deep category d at random positions, the rest from R. With
+// probability deep_share the candidate's category is a uniform member of D,
+// else a uniform category outside R and D, so it never occurs in the newest
+// recent_window items, and neither its category nor those items tell whether
+// it hit D: given them, the chance is exactly deep_share. Items within a
+// category follow Zipf(item_zipf) popularity, as in the default mode. Then
+//   logit = base_logit + item_effect * z(item) + category_effect * z(item_cat)
+//         + interest_strength * min(n_old, interest_cap) / interest_cap
+// where n_old counts the old-part items of the candidate's category (n_d for
+// a deep hit, 0 otherwise). Besides oracle_auc, meta.txt then records
+// recent_only_oracle_auc (and _logloss): the test AUC of
+//   E[p | everything but the old part]
+//     = deep_share * mean over n in [deep_min_items, deep_max_items] of
+//         sigmoid(L + interest_strength * min(n, cap) / cap)
+//     + (1 - deep_share) * sigmoid(L),  L the logit without the last term,
+// computed exactly: the best any model blind to the old part (DIN over the
+// newest 50 items, with recent_window >= 50) can score. The gap between the
+// two AUCs is what a long-sequence model can win. The defaults
+// (LongInterestDefaults: 200,000 + 20,000 rows, 20,000 items, 200
+// categories, history 1000, interest_strength 2.5) give oracle_auc 0.809,
+// recent_only_oracle_auc 0.615 and a positive rate of 0.300, in 19 KB lines
+// (4.2 GB in all; plain files are faster to write than gzip here).
 #ifndef EMBER_LAUNCH_GEN_DATA_H_
 #define EMBER_LAUNCH_GEN_DATA_H_
 
@@ -61,6 +104,14 @@ namespace ember::launch {
 inline constexpr std::array<std::string_view, 11> kGenDataColumns = {
     "label",     "user_id", "user_group", "item_id", "item_cat", "hist_items",
     "hist_cats", "hour",    "device",     "dense_0", "dense_1"};
+// The same for mode long_interest.
+inline constexpr std::array<std::string_view, 8> kGenDataLongInterestColumns = {
+    "label",     "user_id",    "item_id",   "item_cat",
+    "timestamp", "hist_items", "hist_cats", "hist_times"};
+
+// The values of GenDataOptions::mode.
+inline constexpr std::string_view kGenDataDefaultMode = "default";
+inline constexpr std::string_view kGenDataLongInterestMode = "long_interest";
 
 // What to generate. Defaults make the local demo data set (examples/local.conf):
 // 1.1M rows, oracle test AUC 0.800, positive rate 0.35. A single-process
@@ -69,6 +120,14 @@ inline constexpr std::array<std::string_view, 11> kGenDataColumns = {
 // embedding + MLP gets within 0.02 of the oracle in two epochs. Each field can
 // also be set by name with SetGenDataOption; the names are the field names.
 struct GenDataOptions {
+  // Which log: "default" (the layout and click model above) or
+  // "long_interest" (see the end of the comment atop this file). Setting it
+  // by name (SetGenDataOption) also switches every other option that still
+  // holds the old mode's default to the new mode's (LongInterestDefaults()),
+  // so set it first: options set before it keep their values unless they
+  // equal the old mode's default. Default "default".
+  std::string mode = std::string(kGenDataDefaultMode);
+
   // ---- Output ----
   // Directory to write into: out_dir/train/part-NNNNN.tsv[.gz],
   // out_dir/test/part-NNNNN.tsv[.gz] and out_dir/meta.txt. Created if missing.
@@ -163,7 +222,40 @@ struct GenDataOptions {
   double category_match_strength = 0.0;
   // History matches that saturate the interest terms. 1..100000. Default 4.
   uint32_t interest_cap = 4;
+
+  // ---- Mode long_interest only ----
+  // In that mode user ids are row numbers, and num_users, num_user_groups,
+  // num_topics, user_zipf, topics_per_user, min_history, max_history,
+  // history_focus, candidate_focus, user_effect, group_effect, hour_effect,
+  // device_effect, dense_weight and category_match_strength are unused (and
+  // not checked). interest_strength and interest_cap weigh the old-part
+  // matches.
+  // History length of every sample. recent_window + 2 * deep_interests *
+  // deep_max_items .. 100000. Default 1000.
+  uint32_t long_history = 1000;
+  // The newest history items, drawn from the recent interests only; keep it
+  // at least the short-term model's window (DIN's last_n). 1..100000.
+  // Default 100.
+  uint32_t recent_window = 100;
+  // Categories of the recent interests. 1..64. Default 4.
+  uint32_t recent_interests = 4;
+  // Deep-interest categories, only in the old part. 1..64 and
+  // recent_interests + deep_interests < num_categories. Default 3.
+  uint32_t deep_interests = 3;
+  // Old-part items of each deep category: uniform in [deep_min_items,
+  // deep_max_items]. 1 <= deep_min_items <= deep_max_items <= 100000.
+  // Defaults 1 and 16.
+  uint32_t deep_min_items = 1;
+  uint32_t deep_max_items = 16;
+  // Probability that the candidate's category is a deep interest. [0, 1].
+  // Default 0.5.
+  double deep_share = 0.5;
 };
+
+// The defaults of mode long_interest: GenDataOptions{} with mode =
+// "long_interest", train_rows = 200,000, test_rows = 20,000, num_items =
+// 20,000, num_categories = 200 and interest_strength = 2.5.
+GenDataOptions LongInterestDefaults();
 
 // What GenerateData wrote and measured.
 struct GenDataSummary {
@@ -180,6 +272,10 @@ struct GenDataSummary {
   // AUC, when the test labels are all equal).
   double oracle_auc = 0;
   double oracle_logloss = 0;
+  // Mode long_interest: the same for the best scores without the old part of
+  // the history (recent_only_oracle_auc atop this file). NaN otherwise.
+  double recent_only_oracle_auc = 0;
+  double recent_only_oracle_logloss = 0;
   // Mean history length over both splits.
   double mean_history = 0;
   // Distinct ids seen over both splits (items: candidates and history); 0
@@ -203,7 +299,9 @@ struct GenDataSummary {
 // out_dir/meta.txt (key=value lines: format, columns, train_rows, test_rows,
 // positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields
 // but seconds and files, and every option, seed included), so a meta.txt
-// marks a complete data set.
+// marks a complete data set. The recent_only_* figures and the options that
+// only mode long_interest uses (mode included) are written in that mode only,
+// the options it ignores only in the default mode.
 // The output is a function of the options only, not of `threads`. Blocks
 // until done; uses up to `threads` threads. Memory: the test split's (p,
 // label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1 MiB per
@@ -220,13 +318,14 @@ struct GenDataSummary {
 [[nodiscard]] absl::Status SetGenDataOption(std::string_view name, std::string_view value,
                                             GenDataOptions* options);
 
-// Every option as (field name, value text) in declaration order, as written
-// to meta.txt; SetGenDataOption accepts each pair back unchanged.
+// Every option that applies to options.mode as (field name, value text) in
+// declaration order (mode first, when not "default"), as written to
+// meta.txt; SetGenDataOption accepts each pair back unchanged.
 std::vector<std::pair<std::string, std::string>> GenDataOptionValues(const GenDataOptions& options);
 
 // The true click probability of one generated line (without its newline)
-// under `options` (only the population and click-model fields matter; use the
-// options the file was generated with). Recomputes exactly the float the
+// under `options` (only the mode, population and click-model fields matter;
+// use the options the file was generated with). Recomputes exactly the float the
 // generator drew the label from. InvalidArgument when the line does not have
 // the generated layout, its ids are out of range, or its derived columns
 // (user_group, item_cat) disagree with `options`. Validates the options and
