@@ -307,12 +307,20 @@ class ModelCore {
     s.segments.assign(1, 0);
     s.item.clear();
     if (a.search && a.search_kind == proto::SearchConfig::SOFT) {
-      const auto items = Table(batch, emb, v0.table);
-      const Eigen::Index d0 = a.dims[0];
+      // Score = <q, k> over the query's columns (item and category): the
+      // category term makes same-category items rank high once its
+      // embeddings have grown apart.
       for (Eigen::Index i = 0; i < b; ++i) {
         s.ranked.clear();
         for (uint32_t r = v0.offsets[i]; r < v0.offsets[i + 1]; ++r) {
-          s.ranked.emplace_back(-items.row(v0.rows[r]).dot(s.q.row(i).head(d0)), r);
+          T dot = 0;
+          Eigen::Index qoff = 0;
+          for (size_t j = 0; j < a.keys.size(); ++j) {
+            const SparseColumnBatch& view = batch.sparse[a.first_view + j];
+            dot += Table(batch, emb, view.table).row(view.rows[r]).dot(s.q.row(i).segment(qoff, a.dims[j]));
+            qoff += a.dims[j];
+          }
+          s.ranked.emplace_back(-dot, r);
         }
         if (s.ranked.size() > a.top_k) {
           std::nth_element(s.ranked.begin(), s.ranked.begin() + a.top_k, s.ranked.end());
