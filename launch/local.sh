@@ -14,6 +14,7 @@ build_dir="$EMBER_ROOT/build"
 log_dir=""
 install=1
 gen_flags=()
+cmake_flags=()
 
 usage() {
   cat <<USAGE
@@ -30,6 +31,7 @@ Usage: launch/local.sh [options]
   --log-dir DIR    where process logs go (default: a fresh directory under out/)
   --no-install     do not apt-get missing packages
   --gen FLAG       extra flag for 'ember gen-data' (repeatable), e.g. --gen --train_rows=5000000
+  --cmake FLAG     extra cmake flag for the build (repeatable), e.g. --cmake -DEMBER_MARCH=native
 USAGE
 }
 
@@ -46,6 +48,7 @@ while [ $# -gt 0 ]; do
     --log-dir) log_dir="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
     --gen) gen_flags+=("$2"); shift 2 ;;
+    --cmake) cmake_flags+=("$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -58,7 +61,7 @@ done
 
 [ "$install" -eq 1 ] && ember_install_deps
 echo "building (Release) in $build_dir ..."
-ember_build "$build_dir" -DEMBER_BUILD_TESTS=OFF -DEMBER_BUILD_BENCHMARKS=OFF >/dev/null
+ember_build "$build_dir" -DEMBER_BUILD_TESTS=OFF -DEMBER_BUILD_BENCHMARKS=OFF "${cmake_flags[@]}" >/dev/null
 ember="$build_dir/launch/ember"
 
 if [ ! -f "$data_dir/meta.txt" ]; then

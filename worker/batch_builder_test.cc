@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -314,6 +315,80 @@ TEST(BatchBuilderThroughputTest, Measure) {
       "BatchBuilder: %.0f lines/s per thread (parse + dedup + sort, batches of 512, "
       "32 keys/line)\n",
       lines.size() / best);
+}
+
+// Attention views: SIM's hard search keeps the newest top_k items of the
+// candidate's category, with their time-gap keys; a DIN block keeps the
+// newest last_n; the history columns themselves pull nothing.
+const char kSimConfig[] = R"(
+tables { name: "item" }
+tables { name: "cat" }
+tables { name: "gap" }
+data {
+  train: "x"
+  columns { name: "y" type: LABEL }
+  columns { name: "item" type: SPARSE table: "item" slot: 2 }
+  columns { name: "cat" type: SPARSE table: "cat" slot: 3 }
+  columns { name: "t" type: TIME }
+  columns { name: "hist_items" type: SEQUENCE table: "item" slot: 2 }
+  columns { name: "hist_cats" type: SEQUENCE table: "cat" slot: 3 }
+  columns { name: "hist_t" type: TIME_SEQUENCE }
+}
+model {
+  kind: SIM
+  attention { name: "long" query: "item" query: "cat" keys: "hist_items" keys: "hist_cats"
+              search { kind: HARD top_k: 2 match_query: "cat" match_key: "hist_cats"
+                       time: "t" key_times: "hist_t" gap_table: "gap" gap_unit: 10 } }
+  attention { name: "short" query: "item" query: "cat" keys: "hist_items" keys: "hist_cats" last_n: 1 }
+}
+)";
+
+TEST(BatchBuilderTest, AttentionViewsSelectWhatIsPulled) {
+  absl::StatusOr<proto::JobConfig> config = proto::ParseJobConfig(kSimConfig, "test");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(proto::ValidateJobConfig(*config).ok()) << proto::ValidateJobConfig(*config);
+  auto builder = BatchBuilder::Create(*config, ShardMap(8, 1), 1);
+  ASSERT_TRUE(builder.ok()) << builder.status();
+  // Items 1..5 with categories a b a a b at times 10..50; sample time 100.
+  // Category a: items 1, 3, 4 -> the newest two are 3 and 4 (gaps 70, 60).
+  ASSERT_TRUE((*builder)->AddLine("1\t9\ta\t100\t1,2,3,4,5\ta,b,a,a,b\t10,20,30,40,50").ok());
+  // Category c matches nothing; the short view still sees the newest item.
+  ASSERT_TRUE((*builder)->AddLine("0\t8\tc\t100\t6,7\ta,b\t10,20").ok());
+  // Misaligned lines are bad lines naming the columns.
+  absl::Status st = (*builder)->AddLine("0\t8\tc\t100\t6,7\ta\t10,20");
+  EXPECT_NE(st.message().find("'hist_items' and 'hist_cats' have 2 and 1 values"), std::string::npos) << st;
+  st = (*builder)->AddLine("0\t8\tc\t100\t6,7\ta,b\t10");
+  EXPECT_NE(st.message().find("times column has 1"), std::string::npos) << st;
+  st = (*builder)->AddLine("0\t8\tc\tnoon\t6,7\ta,b\t10,20");
+  EXPECT_NE(st.message().find("not an integer time"), std::string::npos) << st;
+  models::Batch b = (*builder)->Finish();
+  ASSERT_EQ(b.size, 2);
+  // 4 config sparse columns, then long: items, cats, gaps; short: items, cats.
+  ASSERT_EQ(b.sparse.size(), 9u);
+  auto keys_of = [&](int view, int sample) {
+    std::vector<uint64_t> out;
+    const models::SparseColumnBatch& v = b.sparse[view];
+    for (uint32_t r = v.offsets[sample]; r < v.offsets[sample + 1]; ++r) out.push_back(b.tables[v.table].keys[v.rows[r]]);
+    return out;
+  };
+  auto item = [](const char* v) { return ps::Hash64(2, v); };
+  auto cat = [](const char* v) { return ps::Hash64(3, v); };
+  auto gap = [](const char* v) { return ps::Hash64(models::kGapSlot, v); };
+  EXPECT_TRUE(b.sparse[2].rows.empty());  // hist_items: attention only
+  EXPECT_TRUE(b.sparse[3].rows.empty());
+  EXPECT_EQ(keys_of(4, 0), (std::vector<uint64_t>{item("3"), item("4")}));
+  EXPECT_EQ(keys_of(5, 0), (std::vector<uint64_t>{cat("a"), cat("a")}));
+  // Gaps 70 and 60 with unit 10: floor(log2(8)) = 3, floor(log2(7)) = 2.
+  EXPECT_EQ(keys_of(6, 0), (std::vector<uint64_t>{gap("3"), gap("2")}));
+  EXPECT_TRUE(keys_of(4, 1).empty());
+  EXPECT_EQ(keys_of(7, 0), (std::vector<uint64_t>{item("5")}));
+  EXPECT_EQ(keys_of(7, 1), (std::vector<uint64_t>{item("7")}));
+  EXPECT_EQ(keys_of(8, 1), (std::vector<uint64_t>{cat("b")}));
+  // Items 1 and 2 were never selected, so they are not pulled.
+  const auto& items = b.tables[0].keys;
+  EXPECT_EQ(std::count(items.begin(), items.end(), item("1")), 0);
+  EXPECT_EQ(std::count(items.begin(), items.end(), item("2")), 0);
+  EXPECT_EQ(items.size(), 6u);  // 9, 8, 3, 4, 5, 7
 }
 
 }  // namespace
