@@ -8,8 +8,10 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "models/metrics.h"
 #include "proto/config.h"
@@ -101,6 +103,24 @@ class GenDataTest : public ::testing::Test {
     return o;
   }
 
+  // Mode long_interest, small: 60 recent items of 4 categories, 140 old ones
+  // with 3 deep categories of 1..16 items each, 50 categories.
+  GenDataOptions SmallLong(const std::string& sub) const {
+    GenDataOptions o = LongInterestDefaults();
+    o.out_dir = (root_ / sub).string();
+    o.seed = 7;
+    o.train_rows = 600;
+    o.test_rows = 1000;
+    o.train_files = 2;
+    o.test_files = 2;
+    o.threads = 2;
+    o.num_items = 2000;
+    o.num_categories = 50;
+    o.long_history = 200;
+    o.recent_window = 60;
+    return o;
+  }
+
   fs::path root_;
 };
 
@@ -156,6 +176,11 @@ TEST_F(GenDataTest, WritesLayoutColumnsAndMeta) {
             "dense_1");
   EXPECT_EQ(std::stod(meta.at("oracle_auc")), s.oracle_auc);
   EXPECT_EQ(std::stod(meta.at("positive_rate")), s.positive_rate);
+  // Mode long_interest's keys stay out of the default mode's meta.txt.
+  EXPECT_FALSE(meta.count("mode"));
+  EXPECT_FALSE(meta.count("long_history"));
+  EXPECT_FALSE(meta.count("recent_only_oracle_auc"));
+  EXPECT_TRUE(std::isnan(s.recent_only_oracle_auc));
   for (const auto& [name, value] : GenDataOptionValues(o)) {
     ASSERT_TRUE(meta.count(name)) << name;
     EXPECT_EQ(meta.at(name), value) << name;
@@ -347,6 +372,312 @@ TEST_F(GenDataTest, NoTestSplit) {
   EXPECT_TRUE(std::isnan(s.oracle_auc));
   EXPECT_FALSE(fs::exists(root_ / "out/test"));
   EXPECT_EQ(ReadMeta(root_ / "out/meta.txt").at("oracle_auc"), "nan");
+}
+
+// ---------------------------------------------------------------------------
+// Mode long_interest.
+
+// One parsed line of mode long_interest.
+struct LongLine {
+  std::string label;
+  uint64_t user = 0, item = 0, category = 0;
+  int64_t timestamp = 0;
+  std::vector<uint64_t> items, cats;
+  std::vector<int64_t> times;
+};
+
+LongLine ParseLong(const std::string& line) {
+  LongLine l;
+  const std::vector<std::string> f = Split(line, '\t');
+  EXPECT_EQ(f.size(), kGenDataLongInterestColumns.size()) << line.substr(0, 200);
+  if (f.size() != kGenDataLongInterestColumns.size()) return l;
+  l.label = f[0];
+  l.user = std::stoull(f[1]);
+  l.item = std::stoull(f[2]);
+  l.category = std::stoull(f[3]);
+  l.timestamp = std::stoll(f[4]);
+  for (const std::string& v : Split(f[5], ',')) l.items.push_back(std::stoull(v));
+  for (const std::string& v : Split(f[6], ',')) l.cats.push_back(std::stoull(v));
+  for (const std::string& v : Split(f[7], ',')) l.times.push_back(std::stoll(v));
+  return l;
+}
+
+// The lines of every part of a split, in file order.
+std::vector<std::string> SplitLines(const fs::path& dir, int files) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < files; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "part-%05d.tsv", i);
+    for (std::string& line : Lines(ReadFile(dir / name))) lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
+TEST_F(GenDataTest, LongInterestLayoutTimesAndDeepInterests) {
+  const GenDataOptions o = SmallLong("out");
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  std::vector<std::string> lines = SplitLines(root_ / "out/train", 2);
+  ASSERT_EQ(lines.size(), 600u);
+  for (std::string& line : SplitLines(root_ / "out/test", 2)) lines.push_back(std::move(line));
+  ASSERT_EQ(lines.size(), 1600u);
+
+  const size_t old = o.long_history - o.recent_window;
+  uint64_t hits = 0, low_category_rows = 0, low_category_hits = 0;
+  for (size_t r = 0; r < lines.size(); ++r) {
+    SCOPED_TRACE(testing::Message() << "row " << r);
+    const LongLine l = ParseLong(lines[r]);
+    ASSERT_TRUE(l.label == "0" || l.label == "1");
+    EXPECT_EQ(l.user, r);  // a user of its own: the row number, train first
+    EXPECT_LT(l.item, o.num_items);
+    EXPECT_EQ(l.category, l.item % o.num_categories);
+    // Aligned sequences of exactly long_history values.
+    ASSERT_EQ(l.items.size(), o.long_history);
+    ASSERT_EQ(l.cats.size(), o.long_history);
+    ASSERT_EQ(l.times.size(), o.long_history);
+    for (size_t j = 0; j < l.items.size(); ++j) {
+      ASSERT_LT(l.items[j], o.num_items);
+      ASSERT_EQ(l.cats[j], l.items[j] % o.num_categories);
+    }
+    // Times: strictly increasing, all before the sample's, over months.
+    EXPECT_GE(l.timestamp, 1704067200);
+    EXPECT_LT(l.timestamp, 1704067200 + 90 * 86400);
+    for (size_t j = 1; j < l.times.size(); ++j) ASSERT_LT(l.times[j - 1], l.times[j]);
+    EXPECT_LT(l.times.back(), l.timestamp);
+    EXPECT_GE(l.timestamp - l.times.front(), 60 * 86400);
+    EXPECT_LE(l.timestamp - l.times.front(), 720 * 86400);
+
+    // The recent window's categories; the candidate's is never among them,
+    // so in particular not among the last 50 items.
+    const std::set<uint64_t> recent(l.cats.begin() + old, l.cats.end());
+    EXPECT_LE(recent.size(), o.recent_interests);
+    EXPECT_FALSE(recent.count(l.category));
+    // The old part: the recent categories plus deep ones that never occur
+    // in the recent window, deep_min_items..deep_max_items of each.
+    std::map<uint64_t, uint32_t> deep;
+    for (size_t j = 0; j < old; ++j) {
+      if (!recent.count(l.cats[j])) ++deep[l.cats[j]];
+    }
+    EXPECT_EQ(deep.size(), o.deep_interests);
+    for (const auto& [category, n] : deep) {
+      EXPECT_GE(n, o.deep_min_items);
+      EXPECT_LE(n, o.deep_max_items);
+      for (size_t j = l.cats.size() - 50; j < l.cats.size(); ++j) ASSERT_NE(l.cats[j], category);
+    }
+    // A candidate hits a deep interest or occurs nowhere in the history.
+    const bool hit = deep.count(l.category) > 0;
+    if (!hit) {
+      EXPECT_EQ(std::count(l.cats.begin(), l.cats.end(), l.category), 0);
+    }
+    hits += hit;
+    if (l.category < o.num_categories / 2) {
+      ++low_category_rows;
+      low_category_hits += hit;
+    }
+  }
+  // deep_share = 0.5 of the candidates hit, whatever their category.
+  EXPECT_NEAR(static_cast<double>(hits) / lines.size(), o.deep_share, 0.06);
+  EXPECT_NEAR(static_cast<double>(low_category_hits) / low_category_rows, o.deep_share, 0.08);
+
+  const auto meta = ReadMeta(root_ / "out/meta.txt");
+  EXPECT_EQ(meta.at("columns"),
+            "label,user_id,item_id,item_cat,timestamp,hist_items,hist_cats,hist_times");
+  EXPECT_EQ(meta.at("mode"), "long_interest");
+  EXPECT_EQ(meta.at("long_history"), "200");
+  EXPECT_EQ(meta.at("mean_history"), "200");
+  EXPECT_EQ(meta.at("distinct_users"), "1600");
+  EXPECT_FALSE(meta.count("num_users"));  // options the mode ignores
+  EXPECT_FALSE(meta.count("max_history"));
+  EXPECT_EQ(std::stod(meta.at("recent_only_oracle_auc")), s.recent_only_oracle_auc);
+  EXPECT_EQ(std::stod(meta.at("recent_only_oracle_logloss")), s.recent_only_oracle_logloss);
+  for (const auto& [name, value] : GenDataOptionValues(o)) {
+    ASSERT_TRUE(meta.count(name)) << name;
+    EXPECT_EQ(meta.at(name), value) << name;
+  }
+}
+
+TEST_F(GenDataTest, LongInterestSameSeedSameBytesAndGzip) {
+  GenDataOptions a = SmallLong("a"), b = SmallLong("b"), c = SmallLong("c"), z = SmallLong("z");
+  a.threads = 1;
+  b.threads = 3;
+  c.seed = 8;
+  z.gzip = true;
+  for (const GenDataOptions* o : {&a, &b, &c, &z}) ASSERT_TRUE(GenerateData(*o, nullptr).ok());
+  auto sa = Snapshot(root_ / "a"), sb = Snapshot(root_ / "b"), sc = Snapshot(root_ / "c");
+  ASSERT_EQ(sa.size(), 5u);  // 4 parts + meta
+  for (const auto& [name, bytes] : sa) {
+    if (name == "meta.txt") continue;
+    EXPECT_TRUE(bytes == sb[name]) << name;
+    EXPECT_FALSE(bytes == sc[name]) << name;
+    EXPECT_EQ(ReadGzip(root_ / "z" / (name + ".gz")), bytes) << name;
+  }
+  const auto ma = ReadMeta(root_ / "a/meta.txt"), mb = ReadMeta(root_ / "b/meta.txt");
+  EXPECT_EQ(ma.at("oracle_auc"), mb.at("oracle_auc"));
+  EXPECT_EQ(ma.at("recent_only_oracle_auc"), mb.at("recent_only_oracle_auc"));
+}
+
+TEST_F(GenDataTest, LongInterestOracleRecomputesFromTheTestFiles) {
+  const GenDataOptions o = SmallLong("out");
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  std::vector<float> p, labels;
+  const std::vector<std::string> lines = SplitLines(root_ / "out/test", 2);
+  for (const std::string& line : lines) {
+    absl::StatusOr<float> prob = ClickProbability(o, line);
+    ASSERT_TRUE(prob.ok()) << prob.status();
+    p.push_back(*prob);
+    labels.push_back(line[0] == '1' ? 1.0f : 0.0f);
+  }
+  ASSERT_EQ(p.size(), 1000u);
+  EXPECT_EQ(models::ExactAuc(p, labels), s.oracle_auc);
+  EXPECT_EQ(models::LogLoss(p, labels), s.oracle_logloss);
+  EXPECT_NEAR(s.positive_rate, s.mean_click_probability, 0.04);
+  EXPECT_EQ(s.mean_history, 200.0);
+
+  // recent_only_oracle_auc from the lines: the line's p with n old-part
+  // items of the candidate's category, n = 0 and deep_min..deep_max_items,
+  // mixed as a scorer blind to the old part must.
+  std::vector<float> p_recent;
+  for (const std::string& line : lines) {
+    const LongLine l = ParseLong(line);
+    const size_t old = o.long_history - o.recent_window;
+    auto p_with = [&](uint32_t n) {
+      std::string items, cats;
+      for (size_t j = 0; j < l.items.size(); ++j) {
+        // Old part: n candidate items, else the newest item (a recent one).
+        const uint64_t item = j >= old ? l.items[j] : j < n ? l.item : l.items.back();
+        absl::StrAppend(&items, j ? "," : "", item);
+        absl::StrAppend(&cats, j ? "," : "", item % o.num_categories);
+      }
+      const std::vector<std::string> f = Split(line, '\t');
+      absl::StatusOr<float> q =
+          ClickProbability(o, absl::StrCat(f[0], "\t", f[1], "\t", f[2], "\t", f[3], "\t", f[4],
+                                           "\t", items, "\t", cats, "\t", f[7]));
+      EXPECT_TRUE(q.ok()) << q.status();
+      return q.ok() ? static_cast<double>(*q) : 0.0;
+    };
+    double deep = 0;
+    for (uint32_t n = o.deep_min_items; n <= o.deep_max_items; ++n) deep += p_with(n);
+    deep /= o.deep_max_items - o.deep_min_items + 1;
+    p_recent.push_back(static_cast<float>(o.deep_share * deep + (1 - o.deep_share) * p_with(0)));
+  }
+  EXPECT_NEAR(models::ExactAuc(p_recent, labels), s.recent_only_oracle_auc, 1e-4);
+  EXPECT_NEAR(models::LogLoss(p_recent, labels), s.recent_only_oracle_logloss, 1e-5);
+  EXPECT_GT(s.oracle_auc - s.recent_only_oracle_auc, 0.05);
+
+  // A line of the other mode, or of another history length, is refused.
+  GenDataOptions other = o;
+  other.long_history = 199;
+  EXPECT_FALSE(ClickProbability(other, lines[0]).ok());
+  EXPECT_FALSE(ClickProbability(Small("x"), lines[0]).ok());
+  std::string broken = lines[0];
+  broken.back() = '\t';
+  EXPECT_FALSE(ClickProbability(o, broken).ok());
+}
+
+TEST_F(GenDataTest, LongInterestDefaultModelIsInTheAdvertisedRange) {
+  // The default click model; shorter histories only to keep the test small
+  // (they change nothing in the model: the deep counts do not depend on it).
+  GenDataOptions o = LongInterestDefaults();
+  o.out_dir = (root_ / "out").string();
+  o.train_rows = 1000;
+  o.test_rows = 12000;
+  o.long_history = 200;
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_GT(s.oracle_auc, 0.77);
+  EXPECT_LT(s.oracle_auc, 0.85);
+  EXPECT_GT(s.positive_rate, 0.25);
+  EXPECT_LT(s.positive_rate, 0.35);
+  // What the old part is worth: the best recent-only scorer is far behind.
+  EXPECT_GT(s.recent_only_oracle_auc, 0.55);
+  EXPECT_GE(s.oracle_auc - s.recent_only_oracle_auc, 0.1);
+  EXPECT_GT(s.recent_only_oracle_logloss, s.oracle_logloss);
+  EXPECT_EQ(s.distinct_users, 13000u);
+  EXPECT_EQ(s.distinct_categories, o.num_categories);
+}
+
+TEST_F(GenDataTest, LongInterestRefusesBadOptionsNamingThem) {
+  struct Case {
+    std::string option;
+    std::function<void(GenDataOptions*)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"mode", [](GenDataOptions* o) { o->mode = "longinterest"; }},
+      {"long_history", [](GenDataOptions* o) { o->long_history = 155; }},  // < 60 + 2*3*16
+      {"long_history", [](GenDataOptions* o) { o->long_history = 100001; }},
+      {"long_history", [](GenDataOptions* o) { o->deep_max_items = 50000; }},
+      {"recent_window", [](GenDataOptions* o) { o->recent_window = 0; }},
+      {"recent_interests", [](GenDataOptions* o) { o->recent_interests = 65; }},
+      {"deep_interests", [](GenDataOptions* o) { o->deep_interests = 0; }},
+      {"deep_interests", [](GenDataOptions* o) { o->deep_interests = 46; }},  // 50 - 4 - 1 = 45
+      {"deep_min_items", [](GenDataOptions* o) { o->deep_min_items = 17; }},
+      {"deep_max_items", [](GenDataOptions* o) { o->deep_max_items = 0; }},
+      {"deep_share", [](GenDataOptions* o) { o->deep_share = -0.1; }},
+      {"interest_cap", [](GenDataOptions* o) { o->interest_cap = 0; }},
+      {"num_categories", [](GenDataOptions* o) { o->num_categories = 2001; }},
+      {"count_distinct", [](GenDataOptions* o) { o->num_items = uint64_t{1} << 40; }},
+  };
+  for (const Case& c : cases) {
+    GenDataOptions o = SmallLong("bad");
+    c.spoil(&o);
+    const absl::Status v = ValidateGenDataOptions(o);
+    EXPECT_EQ(v.code(), absl::StatusCode::kInvalidArgument) << c.option;
+    EXPECT_NE(v.message().find("option " + c.option + ":"), std::string::npos)
+        << c.option << " -> " << v;
+    EXPECT_EQ(GenerateData(o, nullptr).message(), v.message());
+    EXPECT_FALSE(fs::exists(o.out_dir)) << c.option;
+  }
+  // Options the mode ignores are not checked.
+  GenDataOptions o = SmallLong("good");
+  o.num_topics = 1000;
+  o.max_history = 200000;
+  EXPECT_TRUE(ValidateGenDataOptions(o).ok());
+  // The largest history.
+  o.long_history = 100000;
+  EXPECT_TRUE(ValidateGenDataOptions(o).ok());
+}
+
+TEST_F(GenDataTest, ModeByNameSwitchesTheDefaults) {
+  GenDataOptions o;
+  ASSERT_TRUE(SetGenDataOption("mode", "long_interest", &o).ok());
+  EXPECT_EQ(GenDataOptionValues(o), GenDataOptionValues(LongInterestDefaults()));
+  EXPECT_EQ(o.train_rows, 200000u);
+  EXPECT_EQ(o.num_categories, 200u);
+
+  // Options set before keep their values; so do those set after.
+  GenDataOptions p;
+  ASSERT_TRUE(SetGenDataOption("train_rows", "5000", &p).ok());
+  ASSERT_TRUE(SetGenDataOption("mode", "long_interest", &p).ok());
+  ASSERT_TRUE(SetGenDataOption("num_items", "30000", &p).ok());
+  EXPECT_EQ(p.train_rows, 5000u);
+  EXPECT_EQ(p.test_rows, 20000u);
+  EXPECT_EQ(p.num_items, 30000u);
+  // And back.
+  ASSERT_TRUE(SetGenDataOption("mode", "default", &p).ok());
+  EXPECT_EQ(p.train_rows, 5000u);
+  EXPECT_EQ(p.test_rows, GenDataOptions().test_rows);
+  EXPECT_EQ(p.num_items, 30000u);
+  EXPECT_EQ(p.num_categories, GenDataOptions().num_categories);
+
+  absl::Status st = SetGenDataOption("mode", "sim", &p);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("option mode:"), std::string::npos) << st;
+  EXPECT_EQ(p.mode, "default");
+
+  // Round trip by name, mode first, even for a value equal to the default
+  // mode's default.
+  GenDataOptions q = SmallLong("x");
+  q.train_rows = GenDataOptions().train_rows;
+  q.deep_share = 0.25;
+  const auto values = GenDataOptionValues(q);
+  ASSERT_EQ(values[0].first, "mode");
+  GenDataOptions back;
+  for (const auto& [name, value] : values) {
+    ASSERT_TRUE(SetGenDataOption(name, value, &back).ok()) << name << "=" << value;
+  }
+  EXPECT_EQ(GenDataOptionValues(back), values);
+  EXPECT_EQ(back.train_rows, q.train_rows);
 }
 
 // examples/local.conf is the job config for this data: it must load, name
