@@ -225,8 +225,7 @@ TEST_F(NnTest, SoftmaxValuesAndGradient) {
     for (int j = 0; j < n; ++j) EXPECT_NEAR(y[i * n + j], std::exp(x[i * n + j]) / z, 1e-15);
   }
   std::vector<double> dx(b * n);
-  SoftmaxBackward<double>(ConstMat(y.data(), b, n), ConstMat(r.data(), b, n),
-                          Mat(dx.data(), b, n));
+  SoftmaxBackward<double>(ConstMat(y.data(), b, n), ConstMat(r.data(), b, n), Mat(dx.data(), b, n));
   EXPECT_TRUE(GradientsMatch(dx, NumericGradient(objective, absl::MakeSpan(x))));
   EXPECT_GT(MaxAbs(dx), 0.01);
 
@@ -288,9 +287,8 @@ TEST_P(MlpGradientTest, MatchesFiniteDifferences) {
   const std::vector<double> r = Random(rows * out);
   Mlp<double>::Cache cache;
   auto objective = [&] {
-    const RowMatrix<double>& y = mlp.Forward(Mode::kTrain, params, state,
-                                             ConstMat(x.data(), rows, in), &cache,
-                                             absl::MakeSpan(stats));
+    const RowMatrix<double>& y = mlp.Forward(
+        Mode::kTrain, params, state, ConstMat(x.data(), rows, in), &cache, absl::MakeSpan(stats));
     return Dot(r, y.data());
   };
   const size_t activated = activate_last ? 3 : 2;
@@ -324,14 +322,16 @@ TEST_P(MlpGradientTest, MatchesFiniteDifferences) {
   EXPECT_EQ(Slice(grad, param_offset, mlp.num_params()), g);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Acts, MlpGradientTest,
-    ::testing::Combine(::testing::Values(Act::kRelu, Act::kSigmoid, Act::kPrelu, Act::kDice),
-                       ::testing::Bool()),
-    [](const auto& info) {
-      return ActName(std::get<0>(info.param)) +
-             (std::get<1>(info.param) ? "ActivateLast" : "LinearLast");
-    });
+std::string MlpCaseName(const ::testing::TestParamInfo<std::tuple<Act, bool>>& info) {
+  return ActName(std::get<0>(info.param)) +
+         (std::get<1>(info.param) ? "ActivateLast" : "LinearLast");
+}
+
+INSTANTIATE_TEST_SUITE_P(Acts, MlpGradientTest,
+                         ::testing::Combine(::testing::Values(Act::kRelu, Act::kSigmoid,
+                                                              Act::kPrelu, Act::kDice),
+                                            ::testing::Bool()),
+                         MlpCaseName);
 
 // Pins the parameter layout: per layer W (row-major in x out), b, alpha.
 TEST_F(NnTest, MlpParameterLayout) {
@@ -402,9 +402,8 @@ TEST_F(NnTest, MlpDiceStatisticsLayout) {
   const size_t total = state_offset + mlp.num_state() + 4;
   std::vector<double> state = Random(total, 0.5, 1.5), stats(total, kSentinel);
   Mlp<double>::Cache cache;
-  const RowMatrix<double> train = mlp.Forward(Mode::kTrain, params, state,
-                                              ConstMat(x.data(), rows, 4), &cache,
-                                              absl::MakeSpan(stats));
+  const RowMatrix<double> train = mlp.Forward(
+      Mode::kTrain, params, state, ConstMat(x.data(), rows, 4), &cache, absl::MakeSpan(stats));
   size_t at = state_offset;
   for (int l = 0; l < 3; ++l) {
     const RowMatrix<double>& pre = cache.pre[l];
@@ -543,7 +542,8 @@ TEST_P(ActivationUnitTest, EqualsMlpOnConcatenatedInput) {
   const int b = c.b(), rows = c.rows();
   const std::vector<double> params = Random(total), q = Random(b * dq), k = Random(rows * dk);
   const std::vector<double> state = Random(state_total, 0.5, 1.5), r = Random(rows);
-  std::vector<double> scores(rows), stats(state_total, kSentinel), mlp_stats(state_total, kSentinel);
+  std::vector<double> scores(rows), stats(state_total, kSentinel);
+  std::vector<double> mlp_stats(state_total, kSentinel);
 
   ActivationUnit<double>::Cache cache;
   unit.Forward(Mode::kTrain, params, state, ConstMat(q.data(), b, dq), ConstMat(k.data(), rows, dk),
@@ -594,14 +594,16 @@ TEST_P(ActivationUnitTest, EqualsMlpOnConcatenatedInput) {
   for (int i = 0; i < rows; ++i) EXPECT_NEAR(eval_scores[i], eval_y(i, 0), 1e-13) << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Acts, ActivationUnitTest,
-    ::testing::Combine(::testing::Values(Act::kRelu, Act::kSigmoid, Act::kPrelu, Act::kDice),
-                       ::testing::Values(0, 2)),
-    [](const auto& info) {
-      return ActName(std::get<0>(info.param)) +
-             (std::get<1>(info.param) == 0 ? "KeyEqualsQuery" : "KeyWiderThanQuery");
-    });
+std::string UnitCaseName(const ::testing::TestParamInfo<std::tuple<Act, int>>& info) {
+  return ActName(std::get<0>(info.param)) +
+         (std::get<1>(info.param) == 0 ? "KeyEqualsQuery" : "KeyWiderThanQuery");
+}
+
+INSTANTIATE_TEST_SUITE_P(Acts, ActivationUnitTest,
+                         ::testing::Combine(::testing::Values(Act::kRelu, Act::kSigmoid,
+                                                              Act::kPrelu, Act::kDice),
+                                            ::testing::Values(0, 2)),
+                         UnitCaseName);
 
 // A batch whose samples have no items at all.
 TEST_F(NnTest, ActivationUnitWithoutItems) {
@@ -615,8 +617,8 @@ TEST_F(NnTest, ActivationUnitWithoutItems) {
   RowMatrix<double> k(0, dk), dk_v(0, dk);
   ColVector<double> scores(0), dscores(0);
   ActivationUnit<double>::Cache cache;
-  unit.Forward(Mode::kTrain, params, state, ConstMat(q.data(), 2, dq), k, segments, scores,
-               &cache, absl::MakeSpan(stats));
+  unit.Forward(Mode::kTrain, params, state, ConstMat(q.data(), 2, dq), k, segments, scores, &cache,
+               absl::MakeSpan(stats));
   EXPECT_EQ(stats, state) << "no rows: the statistics are the averages (push 0)";
   unit.Backward(params, ConstMat(q.data(), 2, dq), k, segments, dscores, &cache,
                 absl::MakeSpan(grad), Mat(dq_v.data(), 2, dq), dk_v);
@@ -691,9 +693,9 @@ TEST_F(NnTest, ActivationUnitFloatAgreesWithDouble) {
     std::vector<float> dqf(batch * dq, 0.f), dkf(rows * dk, 0.f);
     using FMat = Eigen::Map<RowMatrix<float>>;
     using CFMat = Eigen::Map<const RowMatrix<float>>;
-    uf.Forward(Mode::kTrain, pf, sf_state, CFMat(qf.data(), batch, dq),
-               CFMat(kf.data(), rows, dk), segments, Eigen::Map<ColVector<float>>(sf.data(), rows),
-               &cf, absl::MakeSpan(statsf));
+    uf.Forward(Mode::kTrain, pf, sf_state, CFMat(qf.data(), batch, dq), CFMat(kf.data(), rows, dk),
+               segments, Eigen::Map<ColVector<float>>(sf.data(), rows), &cf,
+               absl::MakeSpan(statsf));
     uf.Backward(pf, CFMat(qf.data(), batch, dq), CFMat(kf.data(), rows, dk), segments,
                 Eigen::Map<const ColVector<float>>(rf.data(), rows), &cf, absl::MakeSpan(gradf),
                 FMat(dqf.data(), batch, dq), FMat(dkf.data(), rows, dk));
@@ -797,7 +799,7 @@ TEST_F(NnTest, MultiTaskBceValueAndGradient) {
                                 Mat(scratch.data(), b, t), absl::MakeSpan(s));
   };
   const double value = MultiTaskBce<double>(ConstMat(z.data(), b, t), ConstMat(y.data(), b, t),
-                                             weights, Mat(dz.data(), b, t), absl::MakeSpan(sums));
+                                            weights, Mat(dz.data(), b, t), absl::MakeSpan(sums));
   double expect = 0;
   for (int task = 0; task < t; ++task) {
     double sum = 0;

@@ -111,6 +111,7 @@ class ModelCore {
     num_params_ = p;
     num_state_ = s;
     blocks_.resize(units_.size());
+    task_weight_.assign(layout_.task_weight.begin(), layout_.task_weight.end());
   }
   ModelCore(const ModelCore&) = delete;
   ModelCore& operator=(const ModelCore&) = delete;
@@ -196,8 +197,7 @@ class ModelCore {
       for (int t = 0; t < tasks; ++t) labels_(i, t) = static_cast<T>(batch.labels[i * batch.num_labels + t]);
     }
     dlogits_.resize(b, tasks);
-    std::vector<T> w(layout_.task_weight.begin(), layout_.task_weight.end());
-    MultiTaskBce<T>(logits_, labels_, w, dlogits_, task_loss);
+    MultiTaskBce<T>(logits_, labels_, task_weight_, dlogits_, task_loss);
 
     // The head: dX.
     dx_.resize(b, layout_.input_dim);
@@ -235,8 +235,10 @@ class ModelCore {
   };
   // An attention block's per-batch values.
   struct BlockScratch {
-    RowMatrix<T> q, k, dq, dk;
-    ColVector<T> scores, dscores;
+    RowMatrix<T> q, dq;  // batch rows
+    // Attended rows, a different count every batch: grow-only buffers.
+    Scratch<T> k, dk, scores, dscores;
+    Eigen::Index rows = 0;
     std::vector<uint32_t> segments;  // of the attended items
     std::vector<uint32_t> item;      // attended row -> row of the block's views
     typename ActivationUnit<T>::Cache cache;
@@ -338,37 +340,41 @@ class ModelCore {
       for (size_t r = 0; r < s.item.size(); ++r) s.item[r] = static_cast<uint32_t>(r);
     }
     const Eigen::Index rows = static_cast<Eigen::Index>(s.item.size());
-    s.k.resize(rows, a.key_dim());
+    s.rows = rows;
+    Eigen::Map<RowMatrix<T>> keys = s.k.View(rows, a.key_dim());
     off = 0;
     for (int v = 0; v < a.num_views(); ++v) {
       const SparseColumnBatch& view = batch.sparse[a.first_view + v];
       const Eigen::Index d = v < static_cast<int>(a.dims.size()) ? a.dims[v] : a.gap_dim;
       const auto table = Table(batch, emb, view.table);
-      for (Eigen::Index r = 0; r < rows; ++r) s.k.row(r).segment(off, d) = table.row(view.rows[s.item[r]]);
+      for (Eigen::Index r = 0; r < rows; ++r) keys.row(r).segment(off, d) = table.row(view.rows[s.item[r]]);
       off += d;
     }
-    s.scores.resize(rows);
-    units_[k].Forward(mode, params, state, s.q, s.k, s.segments, s.scores, &s.cache, stats);
-    AttentionPoolForward<T>(s.scores, s.k, s.segments, x_.middleCols(layout_.block_offset[k], a.key_dim()));
+    Eigen::Map<ColVector<T>> scores(s.scores.View(rows, 1).data(), rows);
+    units_[k].Forward(mode, params, state, s.q, keys, s.segments, scores, &s.cache, stats);
+    AttentionPoolForward<T>(scores, keys, s.segments, x_.middleCols(layout_.block_offset[k], a.key_dim()));
   }
 
   void BlockBackward(size_t k, const Batch& batch, absl::Span<const T> params,
                      absl::Span<T* const> emb_grad, absl::Span<T> grad) {
     const AttentionPlan& a = layout_.plan.attention[k];
     BlockScratch& s = blocks_[k];
-    const Eigen::Index rows = s.k.rows();
-    s.dk.setZero(rows, a.key_dim());
+    const Eigen::Index rows = s.rows;
+    const Eigen::Map<RowMatrix<T>> keys = s.k.View(rows, a.key_dim());
+    Eigen::Map<RowMatrix<T>> dk = s.dk.View(rows, a.key_dim());
+    dk.setZero();
     s.dq.setZero(batch.size, a.query_dim);
-    s.dscores.resize(rows);
-    AttentionPoolBackward<T>(s.scores, s.k, s.segments,
-                             dx_.middleCols(layout_.block_offset[k], a.key_dim()), s.dscores, s.dk);
-    units_[k].Backward(params, s.q, s.k, s.segments, s.dscores, &s.cache, grad, s.dq, s.dk);
+    const Eigen::Map<ColVector<T>> scores(s.scores.View(rows, 1).data(), rows);
+    Eigen::Map<ColVector<T>> dscores(s.dscores.View(rows, 1).data(), rows);
+    AttentionPoolBackward<T>(scores, keys, s.segments, dx_.middleCols(layout_.block_offset[k], a.key_dim()),
+                             dscores, dk);
+    units_[k].Backward(params, s.q, keys, s.segments, dscores, &s.cache, grad, s.dq, dk);
     Eigen::Index off = 0;
     for (int v = 0; v < a.num_views(); ++v) {
       const SparseColumnBatch& view = batch.sparse[a.first_view + v];
       const Eigen::Index d = v < static_cast<int>(a.dims.size()) ? a.dims[v] : a.gap_dim;
       auto table = TableMap(batch, emb_grad, view.table);
-      for (Eigen::Index r = 0; r < rows; ++r) table.row(view.rows[s.item[r]]) += s.dk.row(r).segment(off, d);
+      for (Eigen::Index r = 0; r < rows; ++r) table.row(view.rows[s.item[r]]) += dk.row(r).segment(off, d);
       off += d;
     }
     off = 0;
@@ -470,6 +476,7 @@ class ModelCore {
   RowMatrix<T> dlogit_col_, dexpert_slice_;
   std::vector<RowMatrix<T>> gates_out_, mix_;
   std::vector<T> scratch_stats_;
+  std::vector<T> task_weight_;  // layout_.task_weight in T, for MultiTaskBce
 };
 
 }  // namespace ember::models::internal
