@@ -99,6 +99,11 @@ absl::StatusOr<InputPlan> PlanInput(const proto::JobConfig& config) {
         return Invalid(fk, absl::StrCat("column '", a.keys(j), "' must use the table and slot of '",
                                         a.query(j), "', so that equal values share a row"));
       }
+      if (cols[kc].missing_size() > 0) {
+        return Invalid(absl::StrCat("data.columns[", kc, "].missing"),
+                       "not allowed on an attention key column: every piece is an item, so that the "
+                       "block's columns stay aligned");
+      }
       p.query.push_back(sparse_of[qc]);
       p.keys.push_back(sparse_of[kc]);
       const uint32_t dim = config.tables(plan.sparse_table[sparse_of[qc]]).dim();

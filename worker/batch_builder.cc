@@ -4,6 +4,7 @@
 #include "worker/batch_builder.h"
 
 #include <algorithm>
+#include <charconv>
 #include <limits>
 #include <utility>
 
@@ -103,6 +104,11 @@ BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
     }
   }
   CHECK_EQ(static_cast<int>(columns_.size()), plan_.num_views);
+  // Attention reads its aligned columns piece by piece (see Select).
+  for (const models::AttentionPlan& a : plan_.attention) {
+    for (int k : a.keys) parser_.SetPositional(plan_.sparse_column[k]);
+    if (a.gap_table >= 0) parser_.SetPositional(plan_.time_column[a.key_times]);
+  }
   uint32_t max_buckets = 0;
   for (const models::AttentionPlan& a : plan_.attention) max_buckets = std::max(max_buckets, a.gap_buckets);
   for (uint32_t b = 0; b < max_buckets; ++b) {
@@ -114,52 +120,136 @@ BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
   Reset();
 }
 
+namespace {
+
+// The pieces of a positional field from the newest (last) back. Every piece
+// is an item, empty ones included, so aligned columns stay aligned.
+class ReversePieces {
+ public:
+  ReversePieces(std::string_view field, char sep)
+      : begin_(field.data()), end_(field.data() + field.size()), sep_(sep), done_(field.empty()) {}
+  bool Next(std::string_view* piece) {
+    if (done_) return false;
+    const char* s = end_;
+    while (s != begin_ && s[-1] != sep_) --s;
+    *piece = std::string_view(s, end_ - s);
+    if (s == begin_) {
+      done_ = true;
+    } else {
+      end_ = s - 1;
+    }
+    return true;
+  }
+
+ private:
+  const char* begin_;
+  const char* end_;
+  char sep_;
+  bool done_;
+};
+
+uint32_t CountPieces(std::string_view field, char sep) {
+  if (field.empty()) return 0;
+  uint32_t n = 1;
+  for (char c : field) n += c == sep;
+  return n;
+}
+
+// Calls fn(piece) for the pieces at `back` (positions counted from the
+// newest, 0 = newest; ascending), walking the field once.
+template <typename Fn>
+void ForPiecesAt(std::string_view field, char sep, const std::vector<uint32_t>& back, Fn fn) {
+  ReversePieces pieces(field, sep);
+  std::string_view piece;
+  uint32_t pos = 0;
+  for (uint32_t want : back) {
+    while (pos <= want && pieces.Next(&piece)) ++pos;
+    fn(piece);
+  }
+}
+
+}  // namespace
+
 absl::Status BatchBuilder::Select(const ParsedLine& line) {
   const uint32_t* key_begin = line.key_begin.data();
   for (size_t b = 0; b < plan_.attention.size(); ++b) {
     const models::AttentionPlan& a = plan_.attention[b];
-    std::vector<uint32_t>& sel = selected_[b];
-    sel.clear();
-    const int k0 = a.keys[0];
-    const uint32_t n = key_begin[k0 + 1] - key_begin[k0];
+    const int col0 = plan_.sparse_column[a.keys[0]];
+    const uint32_t n = CountPieces(line.raw[col0], parser_.separator(col0));
     for (size_t j = 1; j < a.keys.size(); ++j) {
-      const uint32_t nj = key_begin[a.keys[j] + 1] - key_begin[a.keys[j]];
+      const int col = plan_.sparse_column[a.keys[j]];
+      const uint32_t nj = CountPieces(line.raw[col], parser_.separator(col));
       if (nj != n) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "columns '", ColumnName(a.keys[0]), "' and '", ColumnName(a.keys[j]), "' have ", n,
-            " and ", nj, " values; attention block '", a.name, "' needs them aligned"));
+        return absl::InvalidArgumentError(absl::StrCat("columns '", parser_.column_name(col0), "' and '",
+                                                       parser_.column_name(col), "' have ", n, " and ", nj,
+                                                       " values; attention block '", a.name,
+                                                       "' needs them aligned"));
       }
     }
-    if (a.gap_table >= 0) {
-      const uint32_t nt = line.time_begin[a.key_times + 1] - line.time_begin[a.key_times];
+    const int times_col = a.gap_table >= 0 ? plan_.time_column[a.key_times] : -1;
+    if (times_col >= 0) {
+      const uint32_t nt = CountPieces(line.raw[times_col], parser_.separator(times_col));
       if (nt != n) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "column '", ColumnName(a.keys[0]), "' has ", n, " values but its times column has ", nt,
-            "; attention block '", a.name, "' needs them aligned"));
+        return absl::InvalidArgumentError(absl::StrCat("column '", parser_.column_name(col0), "' has ", n,
+                                                       " values but its times column '",
+                                                       parser_.column_name(times_col), "' has ", nt,
+                                                       "; attention block '", a.name, "' needs them aligned"));
       }
     }
+    // The newest max_len items are the sequence (as for any SEQUENCE).
+    const uint32_t window = parser_.max_len(col0) != 0 ? std::min(n, parser_.max_len(col0)) : n;
+    std::vector<uint32_t>& back = back_;
+    back.clear();
     if (a.search && a.search_kind == proto::SearchConfig::HARD) {
-      // The newest top_k items whose value matches the sample's.
+      // The newest top_k items whose value equals the sample's.
       const int q = a.query[a.match];
-      if (key_begin[q + 1] == key_begin[q]) continue;  // the sample has no value to match
-      const uint64_t want = line.keys[key_begin[q]];
-      const uint64_t* have = line.keys.data() + key_begin[a.keys[a.match]];
-      for (uint32_t p = n; p-- > 0 && sel.size() < a.top_k;) {
-        if (have[p] == want) sel.push_back(p);
+      if (key_begin[q + 1] != key_begin[q]) {
+        const std::string_view want = line.raw[plan_.sparse_column[q]];
+        const int match_col = plan_.sparse_column[a.keys[a.match]];
+        ReversePieces pieces(line.raw[match_col], parser_.separator(match_col));
+        std::string_view piece;
+        for (uint32_t pos = 0; pos < window && back.size() < a.top_k && pieces.Next(&piece); ++pos) {
+          if (piece == want) back.push_back(pos);
+        }
       }
-      std::reverse(sel.begin(), sel.end());
-      continue;
+    } else {
+      // Soft search scores every item (the model picks the top_k); DIN
+      // blocks see the newest last_n.
+      const uint32_t count = a.last_n != 0 ? std::min(window, a.last_n) : window;
+      for (uint32_t pos = 0; pos < count; ++pos) back.push_back(pos);
     }
-    // Soft search scores every item (the model picks the top_k); DIN blocks
-    // see the newest last_n.
-    const uint32_t first = a.last_n != 0 && n > a.last_n ? n - a.last_n : 0;
-    for (uint32_t p = first; p < n; ++p) sel.push_back(p);
+    std::vector<std::vector<uint64_t>>& keys = selected_[b];
+    keys.resize(a.num_views());
+    for (size_t j = 0; j < a.keys.size(); ++j) {
+      const int col = plan_.sparse_column[a.keys[j]];
+      const uint32_t slot = parser_.slot(col);
+      keys[j].clear();
+      ForPiecesAt(line.raw[col], parser_.separator(col), back,
+                  [&](std::string_view piece) { keys[j].push_back(ps::Hash64(slot, piece)); });
+      std::reverse(keys[j].begin(), keys[j].end());  // time order
+    }
+    if (times_col >= 0) {
+      std::vector<uint64_t>& gaps = keys[a.keys.size()];
+      gaps.clear();
+      const int64_t now = line.times[line.time_begin[a.time]];
+      absl::Status st;
+      ForPiecesAt(line.raw[times_col], parser_.separator(times_col), back, [&](std::string_view piece) {
+        int64_t t = 0;
+        const std::from_chars_result r = std::from_chars(piece.data(), piece.data() + piece.size(), t);
+        if (piece.empty() || r.ec != std::errc() || r.ptr != piece.data() + piece.size()) {
+          if (st.ok()) {
+            st = absl::InvalidArgumentError(absl::StrCat("column '", parser_.column_name(times_col), "': '",
+                                                         std::string(piece.substr(0, 40)), "' is not an integer time"));
+          }
+          return;
+        }
+        gaps.push_back(gap_keys_[models::GapBucket(now - t, a.gap_unit, a.gap_buckets)]);
+      });
+      if (!st.ok()) return st;
+      std::reverse(gaps.begin(), gaps.end());
+    }
   }
   return absl::OkStatus();
-}
-
-std::string BatchBuilder::ColumnName(int sparse_index) const {
-  return parser_.column_name(parser_.sparse_columns()[sparse_index].column);
 }
 
 absl::Status BatchBuilder::AddLine(std::string_view line) {
@@ -196,18 +286,9 @@ absl::Status BatchBuilder::AddLine(std::string_view line) {
   }
   for (size_t b = 0; b < plan_.attention.size(); ++b) {
     const models::AttentionPlan& a = plan_.attention[b];
-    const std::vector<uint32_t>& sel = selected_[b];
-    for (size_t j = 0; j < a.keys.size(); ++j) {
-      ColumnState& col = columns_[a.first_view + j];
-      const uint64_t* keys = scratch_.keys.data() + key_begin[a.keys[j]];
-      for (uint32_t p : sel) add(col, keys[p]);
-      col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
-    }
-    if (a.gap_table >= 0) {
-      ColumnState& col = columns_[a.first_view + a.keys.size()];
-      const int64_t now = scratch_.times[scratch_.time_begin[a.time]];
-      const int64_t* times = scratch_.times.data() + scratch_.time_begin[a.key_times];
-      for (uint32_t p : sel) add(col, gap_keys_[models::GapBucket(now - times[p], a.gap_unit, a.gap_buckets)]);
+    for (int v = 0; v < a.num_views(); ++v) {
+      ColumnState& col = columns_[a.first_view + v];
+      for (uint64_t key : selected_[b][v]) add(col, key);
       col.offsets.push_back(static_cast<uint32_t>(col.rows.size()));
     }
   }

@@ -92,11 +92,11 @@ class BatchBuilder {
   BatchBuilder(LogParser parser, models::InputPlan plan, const proto::ShardMap& shard_map,
                int num_servers, const proto::JobConfig& config);
 
-  // Picks, per attention block, the positions of the line's sequence items
-  // the block sees (selected_[b]); InvalidArgument if the block's aligned
-  // columns have different lengths.
+  // Picks, per attention block, the sequence items the block sees and
+  // hashes only those: selected_[b][v] are the keys of view v in time order.
+  // InvalidArgument if the block's aligned columns have different lengths or
+  // a needed time is not an integer.
   absl::Status Select(const ParsedLine& line);
-  std::string ColumnName(int sparse_index) const;
 
   // Sorts `state`'s keys into `*out` and fills `remap_` (first-seen position
   // -> sorted position).
@@ -106,7 +106,8 @@ class BatchBuilder {
   LogParser parser_;
   models::InputPlan plan_;
   ParsedLine scratch_;
-  std::vector<std::vector<uint32_t>> selected_;  // per attention block
+  std::vector<std::vector<std::vector<uint64_t>>> selected_;  // per block, per view
+  std::vector<uint32_t> back_;  // Select's positions, counted from the newest
   std::vector<uint64_t> gap_keys_;               // key of each time-gap bucket
   int num_servers_;
   uint32_t num_shards_;

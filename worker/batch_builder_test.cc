@@ -358,9 +358,12 @@ TEST(BatchBuilderTest, AttentionViewsSelectWhatIsPulled) {
   absl::Status st = (*builder)->AddLine("0\t8\tc\t100\t6,7\ta\t10,20");
   EXPECT_NE(st.message().find("'hist_items' and 'hist_cats' have 2 and 1 values"), std::string::npos) << st;
   st = (*builder)->AddLine("0\t8\tc\t100\t6,7\ta,b\t10");
-  EXPECT_NE(st.message().find("times column has 1"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("times column 'hist_t' has 1"), std::string::npos) << st;
   st = (*builder)->AddLine("0\t8\tc\tnoon\t6,7\ta,b\t10,20");
   EXPECT_NE(st.message().find("not an integer time"), std::string::npos) << st;
+  // A history time is read where an item is selected: item 6 (category a).
+  st = (*builder)->AddLine("0\t8\ta\t100\t6,7\ta,b\tx,20");
+  EXPECT_NE(st.message().find("column 'hist_t': 'x' is not an integer time"), std::string::npos) << st;
   models::Batch b = (*builder)->Finish();
   ASSERT_EQ(b.size, 2);
   // 4 config sparse columns, then long: items, cats, gaps; short: items, cats.

@@ -277,6 +277,8 @@ absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
   out->key_begin.resize(sparse_.size() + 1);
   out->times.clear();
   out->time_begin.resize(num_times_ + 1);
+  out->raw.resize(columns_.size());
+  std::string_view* raw = out->raw.data();
   uint32_t* time_begin = out->time_begin.data();
   float* label = out->labels.data();
   float* dense = out->dense.data();
@@ -290,6 +292,7 @@ absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
     const char* field_end = tab != nullptr ? tab : end;
     const std::string_view value(p, field_end - p);
     p = tab != nullptr ? tab + 1 : end;
+    *raw++ = value;
     switch (c.type) {
       case ColumnConfig::LABEL: {
         absl::Status st = ParseLabel(c, value, label++);
@@ -305,11 +308,12 @@ absl::Status LogParser::Parse(std::string_view line, ParsedLine* out) const {
       case ColumnConfig::MULTI_SPARSE:
       case ColumnConfig::SEQUENCE:
         *key_begin++ = static_cast<uint32_t>(out->keys.size());
-        AppendKeys(c, value, &out->keys);
+        if (!c.positional) AppendKeys(c, value, &out->keys);
         break;
       case ColumnConfig::TIME:
       case ColumnConfig::TIME_SEQUENCE: {
         *time_begin++ = static_cast<uint32_t>(out->times.size());
+        if (c.positional) break;
         absl::Status st = AppendTimes(c, value, &out->times);
         if (!st.ok()) return st;
         break;

@@ -34,6 +34,10 @@ struct ParsedLine {
   // last max_len in order for TIME_SEQUENCE.
   std::vector<int64_t> times;
   std::vector<uint32_t> time_begin;  // num_times() + 1 entries
+  // The raw text of every column, by DataConfig.columns index (views into
+  // the line passed to Parse; valid while it is). Positional columns (see
+  // SetPositional) are only available this way.
+  std::vector<std::string_view> raw;
 };
 
 // Parses log lines according to the columns of a JobConfig.
@@ -69,6 +73,15 @@ class LogParser {
   int num_dense() const { return num_dense_; }
   int num_sparse() const { return static_cast<int>(sparse_.size()); }
   int num_times() const { return num_times_; }
+  // Marks SEQUENCE / TIME_SEQUENCE column i (DataConfig.columns index) as
+  // positional: Parse leaves its keys or times empty and only records its
+  // raw text, which the batch builder reads piece by piece where an
+  // attention block needs it. Used for the aligned columns of attention
+  // blocks, so that a long history costs a scan, not a hash per item.
+  void SetPositional(int i) { columns_[i].positional = true; }
+  char separator(int i) const { return columns_[i].separator; }
+  uint32_t slot(int i) const { return columns_[i].slot; }
+  uint32_t max_len(int i) const { return columns_[i].max_len; }
   // Name of column i (index in DataConfig.columns).
   const std::string& column_name(int i) const { return columns_[i].name; }
   // The sparse columns in config order; index j matches ParsedLine's j.
@@ -83,6 +96,7 @@ class LogParser {
     char separator = ',';
     uint32_t max_len = 0;  // 0 = no cap
     std::vector<std::string> missing;
+    bool positional = false;
   };
 
   LogParser() = default;
