@@ -15,6 +15,7 @@ log_dir=""
 install=1
 gen_flags=()
 cmake_flags=()
+binary=""
 
 usage() {
   cat <<USAGE
@@ -32,6 +33,7 @@ Usage: launch/local.sh [options]
   --no-install     do not apt-get missing packages
   --gen FLAG       extra flag for 'ember gen-data' (repeatable), e.g. --gen --train_rows=5000000
   --cmake FLAG     extra cmake flag for the build (repeatable), e.g. --cmake -DEMBER_MARCH=native
+  --binary PATH    use this ember binary: no install, no build
 USAGE
 }
 
@@ -49,6 +51,7 @@ while [ $# -gt 0 ]; do
     --no-install) install=0; shift ;;
     --gen) gen_flags+=("$2"); shift 2 ;;
     --cmake) cmake_flags+=("$2"); shift 2 ;;
+    --binary) binary="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -59,10 +62,15 @@ done
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
 [ -f "$config" ] || { echo "error: --config: no such file: $config" >&2; exit 2; }
 
-[ "$install" -eq 1 ] && ember_install_deps
-echo "building (Release) in $build_dir ..."
-ember_build "$build_dir" -DEMBER_BUILD_TESTS=OFF -DEMBER_BUILD_BENCHMARKS=OFF "${cmake_flags[@]}" >/dev/null
-ember="$build_dir/launch/ember"
+if [ -n "$binary" ]; then
+  [ -x "$binary" ] || { echo "error: --binary: not an executable: $binary" >&2; exit 2; }
+  ember="$binary"
+else
+  [ "$install" -eq 1 ] && ember_install_deps
+  echo "building (Release) in $build_dir ..."
+  ember_build "$build_dir" -DEMBER_BUILD_TESTS=OFF -DEMBER_BUILD_BENCHMARKS=OFF "${cmake_flags[@]}" >/dev/null
+  ember="$build_dir/launch/ember"
+fi
 
 if [ ! -f "$data_dir/meta.txt" ]; then
   echo "generating data in $data_dir ..."
