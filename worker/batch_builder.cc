@@ -209,7 +209,8 @@ absl::Status BatchBuilder::Select(const ParsedLine& line) {
         ReversePieces pieces(line.raw[match_col], parser_.separator(match_col));
         std::string_view piece;
         for (uint32_t pos = 0; pos < window && back.size() < a.top_k && pieces.Next(&piece); ++pos) {
-          if (piece == want) back.push_back(pos);
+          // Most pieces differ in length or first byte: skip memcmp for them.
+          if (piece.size() == want.size() && piece[0] == want[0] && piece == want) back.push_back(pos);
         }
       }
     } else {
