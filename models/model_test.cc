@@ -300,7 +300,8 @@ TEST(ModelTest, CheckBatchRejectsMisalignedViews) {
   EXPECT_NE((*model)->CheckBatch(bad).message().find("not aligned"), std::string::npos);
   bad = batch;
   bad.sparse[0].rows.assign(bad.sparse[0].rows.size(), 99);
-  if (!bad.sparse[0].rows.empty()) EXPECT_FALSE((*model)->CheckBatch(bad).ok());
+  ASSERT_FALSE(bad.sparse[0].rows.empty());  // the user column has values in this batch
+  EXPECT_NE((*model)->CheckBatch(bad).message().find(">= 4 keys"), std::string::npos) << (*model)->CheckBatch(bad);
 }
 
 TEST(GapBucketTest, LogTwoOfUnits) {
