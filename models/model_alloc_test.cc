@@ -279,14 +279,6 @@ TEST_P(AllocationTest, ShorterLastBatchDoesNotAllocate) {
     Train(*b);  // sizes the scratch buffers
     Predict(*b);
   }
-  // Remove this skip once the batch-sized buffers below are grow-only; the
-  // check after it then applies as is.
-  GTEST_SKIP() << "Known allocation on every change of batch size: Mlp<T>::Forward "
-                  "(models/internal/nn_impl.h, Cache::pre/post and DiceCache p/xhat resize(rows, w)) "
-                  "and Mlp<T>::Backward (Cache::delta resize(rows, max_width)) resize exact-size "
-                  "RowMatrix buffers, which Eigen reallocates whenever rows changes; ModelCore's "
-                  "batch-sized RowMatrix members (x_, dx_, logits_, labels_, ...) do the same.";
-
   const long before = g_mallocs.load();
   double loss = 0;
   for (int i = 0; i < 3; ++i) {

@@ -31,11 +31,37 @@
 
 #include "Eigen/Core"
 #include "absl/types/span.h"
+#include "glog/logging.h"
 #include "models/layers.h"
 
 namespace ember::models {
 
 enum class Act { kRelu, kSigmoid, kPrelu, kDice };
+
+namespace internal {
+
+// A grow-only buffer handing out row-major views of any shape. It grows (with
+// 1/8 headroom, as batch sizes fluctuate) only when a view needs more room;
+// growing discards the contents and invalidates earlier views.
+template <typename T>
+class Scratch {
+ public:
+  Eigen::Map<RowMatrix<T>> View(Eigen::Index rows, Eigen::Index cols) {
+    const Eigen::Index n = rows * cols;
+    if (buffer_.size() < n) buffer_.resize(n + n / 8);
+    return Eigen::Map<RowMatrix<T>>(buffer_.data(), rows, cols);
+  }
+  // A view of what a non-const View of this shape or larger left there.
+  Eigen::Map<const RowMatrix<T>> View(Eigen::Index rows, Eigen::Index cols) const {
+    DCHECK_GE(buffer_.size(), rows * cols);
+    return Eigen::Map<const RowMatrix<T>>(buffer_.data(), rows, cols);
+  }
+
+ private:
+  ColVector<T> buffer_;
+};
+
+}  // namespace internal
 enum class Mode { kTrain, kEval };
 
 // ---------------------------------------------------------------------------
@@ -87,11 +113,20 @@ void SoftmaxBackward(ConstMatrixRef<T> y, ConstMatrixRef<T> dy, MatrixRef<T> dx)
 template <typename T>
 class Mlp {
  public:
+  // Grow-only buffers: a batch of another size (a chunk's shorter last
+  // batch) reuses them, so a stream of batches allocates only when a batch is
+  // larger than any before it.
   struct Cache {
-    std::vector<RowMatrix<T>> pre;   // per layer: pre-activation output
-    std::vector<RowMatrix<T>> post;  // per layer: post-activation output (last layer: the output)
-    std::vector<DiceCache<T>> dice;
-    RowMatrix<T> delta[2];
+    Eigen::Index rows = 0;  // rows of the last Forward
+    std::vector<internal::Scratch<T>> pre;   // per layer: pre-activation output
+    std::vector<internal::Scratch<T>> post;  // per layer: post-activation output (last: the output)
+    std::vector<internal::Scratch<T>> p, xhat;  // per Dice layer (see DiceCache)
+    std::vector<RowVector<T>> inv_std;
+    internal::Scratch<T> delta[2];
+    // Layer l's pre-activation output of the last Forward (rows x width).
+    Eigen::Map<const RowMatrix<T>> Pre(size_t l, Eigen::Index width) const {
+      return pre[l].View(rows, width);
+    }
   };
 
   Mlp(std::vector<Eigen::Index> widths, Act act, bool activate_last, size_t param_offset,
@@ -102,11 +137,12 @@ class Mlp {
   Eigen::Index in_dim() const;
   Eigen::Index out_dim() const;
 
-  // Runs x (rows x in) through the layers. Returns a reference to the output
+  // Runs x (rows x in) through the layers. Returns a view of the output
   // (rows x out), valid until the next call with the same cache. Train mode
   // writes the Dice batch statistics into this block's slice of `stats`.
-  const RowMatrix<T>& Forward(Mode mode, absl::Span<const T> params, absl::Span<const T> state,
-                              ConstMatrixRef<T> x, Cache* cache, absl::Span<T> stats) const;
+  Eigen::Map<const RowMatrix<T>> Forward(Mode mode, absl::Span<const T> params, absl::Span<const T> state,
+                                         ConstMatrixRef<T> x, Cache* cache,
+                                         absl::Span<T> stats) const;
   // Backward of the last TRAIN forward with this cache: writes this block's
   // slice of grad; if dx is non-null, overwrites it with d/dx (rows x in).
   void Backward(absl::Span<const T> params, ConstMatrixRef<T> x, ConstMatrixRef<T> dy,

@@ -226,6 +226,11 @@ TEST_F(NnTest, SoftmaxValuesAndGradient) {
   }
   std::vector<double> dx(b * n);
   SoftmaxBackward<double>(ConstMat(y.data(), b, n), ConstMat(r.data(), b, n), Mat(dx.data(), b, n));
+  // dx may alias dy (models run the gates' backward in place).
+  std::vector<double> inplace_dx = r;
+  SoftmaxBackward<double>(ConstMat(y.data(), b, n), ConstMat(inplace_dx.data(), b, n),
+                          Mat(inplace_dx.data(), b, n));
+  EXPECT_EQ(inplace_dx, dx);
   EXPECT_TRUE(GradientsMatch(dx, NumericGradient(objective, absl::MakeSpan(x))));
   EXPECT_GT(MaxAbs(dx), 0.01);
 
@@ -263,9 +268,12 @@ template <typename Draw, typename Pre>
   return ::testing::AssertionFailure() << "no draw kept the pre-activations away from 0";
 }
 
-double MinAbsPre(const Mlp<double>::Cache& cache, size_t activated_layers) {
+double MinAbsPre(const Mlp<double>::Cache& cache, const std::vector<Eigen::Index>& widths,
+                 size_t activated_layers) {
   double m = std::numeric_limits<double>::infinity();
-  for (size_t l = 0; l < activated_layers; ++l) m = std::min(m, cache.pre[l].cwiseAbs().minCoeff());
+  for (size_t l = 0; l < activated_layers; ++l) {
+    m = std::min(m, cache.Pre(l, widths[l + 1]).cwiseAbs().minCoeff());
+  }
   return m;
 }
 
@@ -299,7 +307,7 @@ TEST_P(MlpGradientTest, MatchesFiniteDifferences) {
       },
       [&] {
         objective();
-        return MinAbsPre(cache, activated);
+        return MinAbsPre(cache, widths, activated);
       }));
 
   std::vector<double> grad(total, kSentinel), dx(rows * in);
@@ -406,7 +414,7 @@ TEST_F(NnTest, MlpDiceStatisticsLayout) {
       Mode::kTrain, params, state, ConstMat(x.data(), rows, 4), &cache, absl::MakeSpan(stats));
   size_t at = state_offset;
   for (int l = 0; l < 3; ++l) {
-    const RowMatrix<double>& pre = cache.pre[l];
+    const RowMatrix<double> pre = cache.Pre(l, std::vector<Eigen::Index>{4, 5, 3, 2}[l + 1]);
     const RowVector<double> mean = pre.colwise().mean();
     const RowVector<double> var = (pre.rowwise() - mean).array().square().colwise().mean();
     for (Eigen::Index j = 0; j < pre.cols(); ++j) {
@@ -501,7 +509,7 @@ TEST_P(ActivationUnitTest, MatchesFiniteDifferences) {
       [&] {
         const RowMatrix<double> x = Concatenate(c, q, k);
         mlp.Forward(Mode::kTrain, params, state, x, &mlp_cache, absl::MakeSpan(stats));
-        return MinAbsPre(mlp_cache, 2);
+        return MinAbsPre(mlp_cache, {c.in(), 4, 3, 1}, 2);
       }));
 
   // dq and dk start non-zero: Backward adds.

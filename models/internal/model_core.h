@@ -192,22 +192,22 @@ class ModelCore {
     WritePredictions(predictions);
 
     const int tasks = layout_.num_tasks();
-    labels_.resize(b, tasks);
+    Fit(labels_, b, tasks);
     for (Eigen::Index i = 0; i < b; ++i) {
       for (int t = 0; t < tasks; ++t) labels_(i, t) = static_cast<T>(batch.labels[i * batch.num_labels + t]);
     }
-    dlogits_.resize(b, tasks);
-    MultiTaskBce<T>(logits_, labels_, task_weight_, dlogits_, task_loss);
+    Fit(dlogits_, b, tasks);
+    MultiTaskBce<T>(R(logits_), R(labels_), task_weight_, R(dlogits_), task_loss);
 
     // The head: dX.
-    dx_.resize(b, layout_.input_dim);
+    Fit(dx_, b, layout_.input_dim);
     HeadBackward(params, grad);
 
     // Pooled columns scatter into their rows; dense-column gradients drop.
     for (const CoreLayout::Pooled& f : layout_.pooled) {
       const SparseColumnBatch& s = batch.sparse[f.sparse];
       if (s.rows.empty()) continue;
-      PoolBackward<T>(f.pooling, s.offsets, s.rows, dx_.middleCols(f.offset, f.dim),
+      PoolBackward<T>(f.pooling, s.offsets, s.rows, R(dx_).middleCols(f.offset, f.dim),
                       TableMap(batch, emb_grad, f.table));
     }
     for (size_t k = 0; k < units_.size(); ++k) BlockBackward(k, batch, params, emb_grad, grad);
@@ -275,11 +275,12 @@ class ModelCore {
   void Forward(Mode mode, const Batch& batch, absl::Span<const T> params, absl::Span<const T> state,
                absl::Span<const T* const> emb, absl::Span<T> stats) {
     const Eigen::Index b = batch.size;
-    x_.resize(b, layout_.input_dim);
+    b_ = b;
+    Fit(x_, b, layout_.input_dim);
     for (const CoreLayout::Pooled& f : layout_.pooled) {
       const SparseColumnBatch& s = batch.sparse[f.sparse];
       PoolForward<T>(f.pooling, s.offsets, s.rows, Table(batch, emb, f.table),
-                     x_.middleCols(f.offset, f.dim));
+                     R(x_).middleCols(f.offset, f.dim));
     }
     for (size_t k = 0; k < units_.size(); ++k) BlockForward(mode, k, batch, params, state, emb, stats);
     for (int j = 0; j < layout_.num_dense; ++j) {
@@ -296,12 +297,12 @@ class ModelCore {
     BlockScratch& s = blocks_[k];
     const Eigen::Index b = batch.size;
     // The query: the candidate's embeddings, side by side.
-    s.q.resize(b, a.query_dim);
+    Fit(s.q, b, a.query_dim);
     Eigen::Index off = 0;
     for (size_t j = 0; j < a.query.size(); ++j) {
       const SparseColumnBatch& col = batch.sparse[a.query[j]];
       PoolForward<T>(PoolingMode::kSum, col.offsets, col.rows, Table(batch, emb, col.table),
-                     s.q.middleCols(off, a.dims[j]));
+                     R(s.q).middleCols(off, a.dims[j]));
       off += a.dims[j];
     }
     // The attended items: all the views' rows, or the soft search's top_k.
@@ -351,8 +352,8 @@ class ModelCore {
       off += d;
     }
     Eigen::Map<ColVector<T>> scores(s.scores.View(rows, 1).data(), rows);
-    units_[k].Forward(mode, params, state, s.q, keys, s.segments, scores, &s.cache, stats);
-    AttentionPoolForward<T>(scores, keys, s.segments, x_.middleCols(layout_.block_offset[k], a.key_dim()));
+    units_[k].Forward(mode, params, state, R(s.q), keys, s.segments, scores, &s.cache, stats);
+    AttentionPoolForward<T>(scores, keys, s.segments, R(x_).middleCols(layout_.block_offset[k], a.key_dim()));
   }
 
   void BlockBackward(size_t k, const Batch& batch, absl::Span<const T> params,
@@ -363,12 +364,13 @@ class ModelCore {
     const Eigen::Map<RowMatrix<T>> keys = s.k.View(rows, a.key_dim());
     Eigen::Map<RowMatrix<T>> dk = s.dk.View(rows, a.key_dim());
     dk.setZero();
-    s.dq.setZero(batch.size, a.query_dim);
+    Fit(s.dq, batch.size, a.query_dim);
+    R(s.dq).setZero();
     const Eigen::Map<ColVector<T>> scores(s.scores.View(rows, 1).data(), rows);
     Eigen::Map<ColVector<T>> dscores(s.dscores.View(rows, 1).data(), rows);
-    AttentionPoolBackward<T>(scores, keys, s.segments, dx_.middleCols(layout_.block_offset[k], a.key_dim()),
+    AttentionPoolBackward<T>(scores, keys, s.segments, R(dx_).middleCols(layout_.block_offset[k], a.key_dim()),
                              dscores, dk);
-    units_[k].Backward(params, s.q, keys, s.segments, dscores, &s.cache, grad, s.dq, dk);
+    units_[k].Backward(params, R(s.q), keys, s.segments, dscores, &s.cache, grad, R(s.dq), dk);
     Eigen::Index off = 0;
     for (int v = 0; v < a.num_views(); ++v) {
       const SparseColumnBatch& view = batch.sparse[a.first_view + v];
@@ -381,7 +383,7 @@ class ModelCore {
     for (size_t j = 0; j < a.query.size(); ++j) {
       const SparseColumnBatch& col = batch.sparse[a.query[j]];
       if (!col.rows.empty()) {
-        PoolBackward<T>(PoolingMode::kSum, col.offsets, col.rows, s.dq.middleCols(off, a.dims[j]),
+        PoolBackward<T>(PoolingMode::kSum, col.offsets, col.rows, R(s.dq).middleCols(off, a.dims[j]),
                         TableMap(batch, emb_grad, col.table));
       }
       off += a.dims[j];
@@ -390,72 +392,75 @@ class ModelCore {
 
   // x_ -> logits_ (b x tasks).
   void HeadForward(Mode mode, absl::Span<const T> params, absl::Span<const T> state, absl::Span<T> stats) {
-    const Eigen::Index b = x_.rows();
-    logits_.resize(b, layout_.num_tasks());
+    const Eigen::Index b = b_;
+    Fit(logits_, b, layout_.num_tasks());
     if (experts_.empty()) {
-      logits_ = mlps_[0]->Forward(mode, params, state, x_, mlp_caches_[0].get(), stats);
+      R(logits_) = mlps_[0]->Forward(mode, params, state, R(x_), mlp_caches_[0].get(), stats);
       return;
     }
     const Eigen::Index e = static_cast<Eigen::Index>(experts_.size());
     const Eigen::Index h = expert_width_;
-    expert_out_.resize(b, e * h);
+    Fit(expert_out_, b, e * h);
     for (Eigen::Index i = 0; i < e; ++i) {
-      expert_out_.middleCols(i * h, h) = mlps_[i]->Forward(mode, params, state, x_, mlp_caches_[i].get(), stats);
+      R(expert_out_).middleCols(i * h, h) = mlps_[i]->Forward(mode, params, state, R(x_), mlp_caches_[i].get(), stats);
     }
     const int tasks = layout_.num_tasks();
     gates_out_.resize(tasks);
     mix_.resize(tasks);
     for (int t = 0; t < tasks; ++t) {
-      gates_out_[t].resize(b, e);
-      gates_[t].Forward(params, x_, gates_out_[t]);
-      SoftmaxForward<T>(gates_out_[t], gates_out_[t]);
-      mix_[t].resize(b, h);
-      MixtureForward<T>(gates_out_[t], expert_out_, mix_[t]);
+      Fit(gates_out_[t], b, e);
+      gates_[t].Forward(params, R(x_), R(gates_out_[t]));
+      SoftmaxForward<T>(R(gates_out_[t]), R(gates_out_[t]));
+      Fit(mix_[t], b, h);
+      MixtureForward<T>(R(gates_out_[t]), R(expert_out_), R(mix_[t]));
       const size_t m = e + t;
-      logits_.col(t) = mlps_[m]->Forward(mode, params, state, mix_[t], mlp_caches_[m].get(), stats).col(0);
+      R(logits_).col(t) = mlps_[m]->Forward(mode, params, state, R(mix_[t]), mlp_caches_[m].get(), stats).col(0);
     }
   }
 
   // dlogits_ -> dx_, writing the head's parameter gradients.
   void HeadBackward(absl::Span<const T> params, absl::Span<T> grad) {
-    const Eigen::Index b = x_.rows();
+    const Eigen::Index b = b_;
     if (experts_.empty()) {
-      MatrixRef<T> dx(dx_);
-      mlps_[0]->Backward(params, x_, dlogits_, mlp_caches_[0].get(), grad, &dx);
+      MatrixRef<T> dx(R(dx_));
+      mlps_[0]->Backward(params, R(x_), R(dlogits_), mlp_caches_[0].get(), grad, &dx);
       return;
     }
     const Eigen::Index e = static_cast<Eigen::Index>(experts_.size());
     const Eigen::Index h = expert_width_;
-    dexpert_.setZero(b, e * h);
-    dx_.setZero();
+    Fit(dexpert_, b, e * h);
+    R(dexpert_).setZero();
+    R(dx_).setZero();
     const int tasks = layout_.num_tasks();
     for (int t = 0; t < tasks; ++t) {
       const size_t m = e + t;
-      dmix_.resize(b, h);
-      MatrixRef<T> dmix(dmix_);
-      dlogit_col_ = dlogits_.col(t);
-      mlps_[m]->Backward(params, mix_[t], dlogit_col_, mlp_caches_[m].get(), grad, &dmix);
-      dgate_.resize(b, e);
-      MixtureBackward<T>(gates_out_[t], expert_out_, dmix_, dgate_, dexpert_);
-      SoftmaxBackward<T>(gates_out_[t], dgate_, dgate_);
-      gates_[t].ParamGradient(x_, dgate_, grad);
-      tmp_dx_.resize(b, layout_.input_dim);
-      gates_[t].InputGradient(params, dgate_, tmp_dx_);
-      dx_ += tmp_dx_;
+      Fit(dmix_, b, h);
+      MatrixRef<T> dmix(R(dmix_));
+      Fit(dlogit_col_, b, 1);
+      R(dlogit_col_) = R(dlogits_).col(t);
+      mlps_[m]->Backward(params, R(mix_[t]), R(dlogit_col_), mlp_caches_[m].get(), grad, &dmix);
+      Fit(dgate_, b, e);
+      MixtureBackward<T>(R(gates_out_[t]), R(expert_out_), R(dmix_), R(dgate_), R(dexpert_));
+      SoftmaxBackward<T>(R(gates_out_[t]), R(dgate_), R(dgate_));
+      gates_[t].ParamGradient(R(x_), R(dgate_), grad);
+      Fit(tmp_dx_, b, layout_.input_dim);
+      gates_[t].InputGradient(params, R(dgate_), R(tmp_dx_));
+      R(dx_) += R(tmp_dx_);
     }
     for (Eigen::Index i = 0; i < e; ++i) {
-      tmp_dx_.resize(b, layout_.input_dim);
-      MatrixRef<T> tdx(tmp_dx_);
-      dexpert_slice_ = dexpert_.middleCols(i * h, h);
-      mlps_[i]->Backward(params, x_, dexpert_slice_, mlp_caches_[i].get(), grad, &tdx);
-      dx_ += tmp_dx_;
+      Fit(tmp_dx_, b, layout_.input_dim);
+      MatrixRef<T> tdx(R(tmp_dx_));
+      Fit(dexpert_slice_, b, h);
+      R(dexpert_slice_) = R(dexpert_).middleCols(i * h, h);
+      mlps_[i]->Backward(params, R(x_), R(dexpert_slice_), mlp_caches_[i].get(), grad, &tdx);
+      R(dx_) += R(tmp_dx_);
     }
   }
 
-  void WritePredictions(absl::Span<T> predictions) const {
-    DCHECK_GE(predictions.size(), static_cast<size_t>(logits_.size()));
-    Eigen::Map<RowMatrix<T>> out(predictions.data(), logits_.rows(), logits_.cols());
-    SigmoidForward<T>(logits_, out);
+  void WritePredictions(absl::Span<T> predictions) {
+    DCHECK_GE(predictions.size(), static_cast<size_t>(b_ * logits_.cols()));
+    Eigen::Map<RowMatrix<T>> out(predictions.data(), b_, logits_.cols());
+    SigmoidForward<T>(R(logits_), out);
   }
 
   const CoreLayout layout_;
@@ -470,7 +475,17 @@ class ModelCore {
   Eigen::Index expert_width_ = 0;
   size_t num_params_ = 0, num_state_ = 0;
 
+  // Grows `m` to at least `rows` rows of `cols` columns, never shrinking, so
+  // a shorter batch (a chunk's last) reuses the buffer; use R(m) for the
+  // current batch's rows.
+  static void Fit(RowMatrix<T>& m, Eigen::Index rows, Eigen::Index cols) {
+    if (m.rows() < rows || m.cols() != cols) m.resize(std::max(rows, m.cols() == cols ? m.rows() : 0), cols);
+  }
+  // The current batch's rows of a Fit buffer (contiguous: row-major).
+  auto R(RowMatrix<T>& m) const { return m.topRows(b_); }
+
   // Scratch, reused batch to batch.
+  Eigen::Index b_ = 0;  // rows of the batch in flight
   std::vector<BlockScratch> blocks_;
   RowMatrix<T> x_, dx_, tmp_dx_, logits_, dlogits_, labels_, expert_out_, dexpert_, dmix_, dgate_;
   RowMatrix<T> dlogit_col_, dexpert_slice_;

@@ -51,22 +51,6 @@ Eigen::Map<RowMatrix<T>> NoMatrix() {
   return Eigen::Map<RowMatrix<T>>(nullptr, 0, 0);
 }
 
-// A grow-only buffer handing out row-major views of any shape. It grows (with
-// 1/8 headroom, as batch sizes fluctuate) only when a view needs more room;
-// growing discards the contents and invalidates earlier views.
-template <typename T>
-class Scratch {
- public:
-  Eigen::Map<RowMatrix<T>> View(Eigen::Index rows, Eigen::Index cols) {
-    const Eigen::Index n = rows * cols;
-    if (buffer_.size() < n) buffer_.resize(n + n / 8);
-    return Eigen::Map<RowMatrix<T>>(buffer_.data(), rows, cols);
-  }
-
- private:
-  ColVector<T> buffer_;
-};
-
 // DiceForward over caller-provided scratch views: p (rows x units) and
 // inv_std (units) always; xhat (rows x units) only if it has rows, and the
 // mean used (units) only if it has entries. A caller that keeps the mean
@@ -422,39 +406,43 @@ Eigen::Index Mlp<T>::out_dim() const {
 }
 
 template <typename T>
-const RowMatrix<T>& Mlp<T>::Forward(Mode mode, absl::Span<const T> params,
-                                    absl::Span<const T> state, ConstMatrixRef<T> x, Cache* cache,
-                                    absl::Span<T> stats) const {
+Eigen::Map<const RowMatrix<T>> Mlp<T>::Forward(Mode mode, absl::Span<const T> params,
+                                               absl::Span<const T> state, ConstMatrixRef<T> x,
+                                               Cache* cache, absl::Span<T> stats) const {
   DCHECK_EQ(x.cols(), in_dim());
   const size_t n = layers_.size();
   const Eigen::Index rows = x.rows();
+  cache->rows = rows;
   cache->pre.resize(n);
   cache->post.resize(n);
-  cache->dice.resize(n);
+  cache->p.resize(n);
+  cache->xhat.resize(n);
+  cache->inv_std.resize(n);
   for (size_t l = 0; l < n; ++l) {
     const DenseLayer<T>& layer = layers_[l];
     const Eigen::Index w = layer.out_dim();
-    RowMatrix<T>& pre = cache->pre[l];
-    RowMatrix<T>& post = cache->post[l];
-    // resize() keeps the buffer when the shape is unchanged.
-    pre.resize(rows, w);
-    post.resize(rows, w);
-    layer.Forward(params, l == 0 ? x : ConstMatrixRef<T>(cache->post[l - 1]), pre);
+    // Grow-only views: a batch of another size reuses the buffers.
+    Eigen::Map<RowMatrix<T>> pre = cache->pre[l].View(rows, w);
+    Eigen::Map<RowMatrix<T>> post = cache->post[l].View(rows, w);
+    if (l == 0) {
+      layer.Forward(params, x, pre);
+    } else {
+      layer.Forward(params, cache->post[l - 1].View(rows, layer.in_dim()), pre);
+    }
     if (l + 1 < n || activate_last_) {
-      DiceCache<T>& dice = cache->dice[l];
-      if (act_ == Act::kDice) {
-        dice.p.resize(rows, w);
-        dice.xhat.resize(rows, w);
-        dice.inv_std.resize(w);
-      }
+      const bool dice = act_ == Act::kDice;
+      cache->inv_std[l].resize(dice ? w : 0);
       internal::ActivationForward<T>(act_, mode, params, layer.bias_offset() + w, state,
-                                     state_offsets_[l], dice_eps_, pre, post, stats, dice.p,
-                                     dice.xhat, internal::NoRow<T>(), dice.inv_std);
+                                     state_offsets_[l], dice_eps_, pre, post, stats,
+                                     cache->p[l].View(dice ? rows : 0, w),
+                                     cache->xhat[l].View(dice ? rows : 0, w), internal::NoRow<T>(),
+                                     cache->inv_std[l]);
     } else {
       post = pre;
     }
   }
-  return cache->post.back();
+  const internal::Scratch<T>& out = cache->post.back();
+  return out.View(rows, out_dim());
 }
 
 template <typename T>
@@ -463,14 +451,14 @@ void Mlp<T>::Backward(absl::Span<const T> params, ConstMatrixRef<T> x, ConstMatr
   const size_t n = layers_.size();
   const Eigen::Index rows = x.rows();
   DCHECK_EQ(cache->post.size(), n) << "Backward without Forward";
+  DCHECK_EQ(cache->rows, rows);
   DCHECK_EQ(dy.rows(), rows);
   DCHECK_EQ(dy.cols(), out_dim());
   Eigen::Index max_width = 0;
   for (const DenseLayer<T>& layer : layers_) max_width = std::max(max_width, layer.out_dim());
-  for (RowMatrix<T>& d : cache->delta) d.resize(rows, max_width);
-  auto delta = [&](int c, Eigen::Index w) {
-    return Eigen::Map<RowMatrix<T>>(cache->delta[c].data(), rows, w);
-  };
+  T* buffers[2] = {cache->delta[0].View(rows, max_width).data(),
+                   cache->delta[1].View(rows, max_width).data()};
+  auto delta = [&](int c, Eigen::Index w) { return Eigen::Map<RowMatrix<T>>(buffers[c], rows, w); };
 
   // delta[cur] holds dL/d(output of layer l), then, after the activation's
   // backward (in place), dL/d(pre-activation of layer l).
@@ -480,13 +468,19 @@ void Mlp<T>::Backward(absl::Span<const T> params, ConstMatrixRef<T> x, ConstMatr
     const DenseLayer<T>& layer = layers_[l];
     const Eigen::Index w = layer.out_dim();
     Eigen::Map<RowMatrix<T>> d = delta(cur, w);
+    const bool dice = act_ == Act::kDice;
     if (l + 1 < n || activate_last_) {
-      const DiceCache<T>& dice = cache->dice[l];
-      internal::ActivationBackward<T>(act_, params, layer.bias_offset() + w, cache->pre[l],
-                                      cache->post[l], d, dice.p, dice.xhat, internal::NoRow<T>(),
-                                      dice.inv_std, grad);
+      internal::ActivationBackward<T>(act_, params, layer.bias_offset() + w,
+                                      cache->pre[l].View(rows, w), cache->post[l].View(rows, w), d,
+                                      cache->p[l].View(dice ? rows : 0, w),
+                                      cache->xhat[l].View(dice ? rows : 0, w), internal::NoRow<T>(),
+                                      cache->inv_std[l], grad);
     }
-    layer.ParamGradient(l == 0 ? x : ConstMatrixRef<T>(cache->post[l - 1]), d, grad);
+    if (l == 0) {
+      layer.ParamGradient(x, d, grad);
+    } else {
+      layer.ParamGradient(cache->post[l - 1].View(rows, layer.in_dim()), d, grad);
+    }
     if (l > 0) {
       layer.InputGradient(params, d, delta(1 - cur, layer.in_dim()));
       cur = 1 - cur;
