@@ -98,7 +98,8 @@ void DiceBackward(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef
                   const DiceCache<T>& cache, MatrixRef<T> dx, absl::Span<T> dalpha);
 
 // ---------------------------------------------------------------------------
-// Row-wise softmax; y may alias x. Backward: dx = y * (dy - rowsum(dy * y)).
+// Row-wise softmax; y may alias x. Backward: dx = y * (dy - rowsum(dy * y));
+// dx may alias dy.
 template <typename T>
 void SoftmaxForward(ConstMatrixRef<T> x, MatrixRef<T> y);
 template <typename T>
