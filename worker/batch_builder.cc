@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <limits>
 #include <utility>
 
@@ -122,50 +123,58 @@ BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
 
 namespace {
 
-// The pieces of a positional field from the newest (last) back. Every piece
-// is an item, empty ones included, so aligned columns stay aligned.
-class ReversePieces {
- public:
-  ReversePieces(std::string_view field, char sep)
-      : begin_(field.data()), end_(field.data() + field.size()), sep_(sep), done_(field.empty()) {}
-  bool Next(std::string_view* piece) {
-    if (done_) return false;
-    const char* s = end_;
-    while (s != begin_ && s[-1] != sep_) --s;
-    *piece = std::string_view(s, end_ - s);
-    if (s == begin_) {
-      done_ = true;
-    } else {
-      end_ = s - 1;
-    }
-    return true;
+// Separators in [p, end), 64 bytes at a time (a fixed-length inner loop the
+// compiler vectorises).
+uint32_t CountSeparators(const char* p, const char* end, char sep) {
+  uint32_t n = 0;
+  for (; end - p >= 64; p += 64) {
+    uint32_t c = 0;
+    for (int i = 0; i < 64; ++i) c += p[i] == sep;
+    n += c;
   }
-
- private:
-  const char* begin_;
-  const char* end_;
-  char sep_;
-  bool done_;
-};
-
-uint32_t CountPieces(std::string_view field, char sep) {
-  if (field.empty()) return 0;
-  uint32_t n = 1;
-  for (char c : field) n += c == sep;
+  for (; p < end; ++p) n += *p == sep;
   return n;
 }
 
-// Calls fn(piece) for the pieces at `back` (positions counted from the
-// newest, 0 = newest; ascending), walking the field once.
-template <typename Fn>
-void ForPiecesAt(std::string_view field, char sep, const std::vector<uint32_t>& back, Fn fn) {
-  ReversePieces pieces(field, sep);
-  std::string_view piece;
-  uint32_t pos = 0;
-  for (uint32_t want : back) {
-    while (pos <= want && pieces.Next(&piece)) ++pos;
-    fn(piece);
+// Pieces of a positional field: every piece is an item, empty ones
+// included, so aligned columns stay aligned.
+uint32_t CountPieces(std::string_view field, char sep) {
+  return field.empty() ? 0 : CountSeparators(field.data(), field.data() + field.size(), sep) + 1;
+}
+
+// The position just past the k-th separator from p (p itself for k = 0);
+// the field must hold k more separators.
+const char* SkipSeparators(const char* p, const char* end, char sep, uint32_t k) {
+  while (k > 0 && end - p >= 64) {
+    uint32_t c = 0;
+    for (int i = 0; i < 64; ++i) c += p[i] == sep;
+    if (c >= k) break;
+    k -= c;
+    p += 64;
   }
+  for (; k > 0; ++p) k -= *p == sep;
+  return p;
+}
+
+// Calls fn(piece) for the pieces at `back` (positions counted from the
+// newest, ascending; the field has n pieces), in that order. Walks the field
+// forward once, skipping whole blocks between the pieces it needs.
+template <typename Fn>
+void ForPiecesAt(std::string_view field, char sep, uint32_t n, const std::vector<uint32_t>& back,
+                 std::vector<std::string_view>* scratch, Fn fn) {
+  scratch->clear();
+  const char* p = field.data();
+  const char* end = p + field.size();
+  uint32_t at = 0;  // the piece p starts
+  for (size_t i = back.size(); i-- > 0;) {
+    const uint32_t want = n - 1 - back[i];
+    p = SkipSeparators(p, end, sep, want - at);
+    at = want;
+    const char* e = static_cast<const char*>(std::memchr(p, sep, end - p));
+    if (e == nullptr) e = end;
+    scratch->emplace_back(p, e - p);
+  }
+  for (size_t i = scratch->size(); i-- > 0;) fn((*scratch)[i]);
 }
 
 }  // namespace
@@ -206,11 +215,33 @@ absl::Status BatchBuilder::Select(const ParsedLine& line) {
       if (key_begin[q + 1] != key_begin[q]) {
         const std::string_view want = line.raw[plan_.sparse_column[q]];
         const int match_col = plan_.sparse_column[a.keys[a.match]];
-        ReversePieces pieces(line.raw[match_col], parser_.separator(match_col));
-        std::string_view piece;
-        for (uint32_t pos = 0; pos < window && back.size() < a.top_k && pieces.Next(&piece); ++pos) {
-          // Most pieces differ in length or first byte: skip memcmp for them.
-          if (piece.size() == want.size() && piece[0] == want[0] && piece == want) back.push_back(pos);
+        const std::string_view field = line.raw[match_col];
+        const char sep = parser_.separator(match_col);
+        // Occurrences of the value that are whole pieces, oldest first; the
+        // separators between them give their positions.
+        matches_.clear();
+        const char* begin = field.data();
+        const char* end = begin + field.size();
+        const char* counted = begin;
+        uint32_t piece = 0;
+        for (const char* from = begin; from < end;) {
+          const char* hit =
+              static_cast<const char*>(memmem(from, end - from, want.data(), want.size()));
+          if (hit == nullptr) break;
+          const char* after = hit + want.size();
+          if ((hit == begin || hit[-1] == sep) && (after == end || *after == sep)) {
+            piece += CountSeparators(counted, hit, sep);
+            counted = hit;
+            matches_.push_back(piece);
+            from = after;
+          } else {
+            from = hit + 1;
+          }
+        }
+        for (size_t m = matches_.size(); m-- > 0 && back.size() < a.top_k;) {
+          const uint32_t from_end = n - 1 - matches_[m];
+          if (from_end >= window) break;
+          back.push_back(from_end);
         }
       }
     } else {
@@ -225,7 +256,7 @@ absl::Status BatchBuilder::Select(const ParsedLine& line) {
       const int col = plan_.sparse_column[a.keys[j]];
       const uint32_t slot = parser_.slot(col);
       keys[j].clear();
-      ForPiecesAt(line.raw[col], parser_.separator(col), back,
+      ForPiecesAt(line.raw[col], parser_.separator(col), n, back, &pieces_,
                   [&](std::string_view piece) { keys[j].push_back(ps::Hash64(slot, piece)); });
       std::reverse(keys[j].begin(), keys[j].end());  // time order
     }
@@ -234,7 +265,8 @@ absl::Status BatchBuilder::Select(const ParsedLine& line) {
       gaps.clear();
       const int64_t now = line.times[line.time_begin[a.time]];
       absl::Status st;
-      ForPiecesAt(line.raw[times_col], parser_.separator(times_col), back, [&](std::string_view piece) {
+      ForPiecesAt(line.raw[times_col], parser_.separator(times_col), n, back, &pieces_,
+                  [&](std::string_view piece) {
         int64_t t = 0;
         const std::from_chars_result r = std::from_chars(piece.data(), piece.data() + piece.size(), t);
         if (piece.empty() || r.ec != std::errc() || r.ptr != piece.data() + piece.size()) {

@@ -107,7 +107,9 @@ class BatchBuilder {
   models::InputPlan plan_;
   ParsedLine scratch_;
   std::vector<std::vector<std::vector<uint64_t>>> selected_;  // per block, per view
-  std::vector<uint32_t> back_;  // Select's positions, counted from the newest
+  std::vector<uint32_t> back_;     // Select's positions, counted from the newest
+  std::vector<uint32_t> matches_;  // hard-search matches, positions from the oldest
+  std::vector<std::string_view> pieces_;  // ForPiecesAt's scratch
   std::vector<uint64_t> gap_keys_;               // key of each time-gap bucket
   int num_servers_;
   uint32_t num_shards_;

@@ -394,5 +394,33 @@ TEST(BatchBuilderTest, AttentionViewsSelectWhatIsPulled) {
   EXPECT_EQ(items.size(), 6u);  // 9, 8, 3, 4, 5, 7
 }
 
+// Hard search matches whole pieces only: "a" is not "aa", "ba" or "a1",
+// wherever they stand in the line (block boundaries included).
+TEST(BatchBuilderTest, HardSearchMatchesWholePiecesOnly) {
+  absl::StatusOr<proto::JobConfig> config = proto::ParseJobConfig(kSimConfig, "test");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto builder = BatchBuilder::Create(*config, ShardMap(8, 1), 1);
+  ASSERT_TRUE(builder.ok()) << builder.status();
+  // 100 decoys, then a match at item 100, more decoys, a match at item 150.
+  std::string items, cats, times;
+  for (int i = 0; i < 200; ++i) {
+    const char* decoys[] = {"aa", "ba", "a1", "b"};
+    const bool match = i == 100 || i == 150;
+    absl::StrAppend(&items, i ? "," : "", i);
+    absl::StrAppend(&cats, i ? "," : "", match ? "a" : decoys[i % 4]);
+    absl::StrAppend(&times, i ? "," : "", i);
+  }
+  ASSERT_TRUE((*builder)->AddLine(absl::StrCat("1\t9\ta\t1000\t", items, "\t", cats, "\t", times)).ok());
+  models::Batch b = (*builder)->Finish();
+  const models::SparseColumnBatch& v = b.sparse[4];
+  ASSERT_EQ(v.rows.size(), 2u);
+  EXPECT_EQ(b.tables[0].keys[v.rows[0]], ps::Hash64(2, "100"));
+  EXPECT_EQ(b.tables[0].keys[v.rows[1]], ps::Hash64(2, "150"));
+  // Their gaps, 900 and 850 with unit 10: floor(log2(91)) = floor(log2(86)) = 6.
+  const models::SparseColumnBatch& g = b.sparse[6];
+  ASSERT_EQ(g.rows.size(), 2u);
+  EXPECT_EQ(b.tables[2].keys[g.rows[0]], ps::Hash64(models::kGapSlot, "6"));
+}
+
 }  // namespace
 }  // namespace ember::worker
