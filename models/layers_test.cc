@@ -18,31 +18,7 @@ using internal::NumericGradient;
 using Mat = Eigen::Map<RowMatrix<double>>;
 using ConstMat = Eigen::Map<const RowMatrix<double>>;
 
-class LayersTest : public ::testing::Test {
- protected:
-  std::vector<double> Random(size_t n, double lo = -1, double hi = 1) {
-    std::uniform_real_distribution<double> u(lo, hi);
-    std::vector<double> v(n);
-    for (double& x : v) x = u(rng_);
-    return v;
-  }
-  // Values in [-1, -0.05] U [0.05, 1]: away from the ReLU kink, so that a
-  // step of h never crosses it.
-  std::vector<double> RandomAwayFromZero(size_t n) {
-    std::vector<double> v = Random(n, 0.05, 1);
-    std::bernoulli_distribution sign(0.5);
-    for (double& x : v) x = sign(rng_) ? x : -x;
-    return v;
-  }
-  // sum(r .* m): a scalar objective whose gradient w.r.t. m is r.
-  static double Dot(const std::vector<double>& r, const double* m) {
-    double s = 0;
-    for (size_t i = 0; i < r.size(); ++i) s += r[i] * m[i];
-    return s;
-  }
-
-  std::mt19937_64 rng_{42};
-};
+class LayersTest : public internal::GradientTest {};
 
 TEST_F(LayersTest, DenseForwardMatchesDefinition) {
   const int b = 3, in = 4, out = 2;

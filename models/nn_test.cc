@@ -49,27 +49,9 @@ std::string ActName(Act act) {
 
 double Sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 
-class NnTest : public ::testing::Test {
+class NnTest : public internal::GradientTest {
  protected:
-  std::vector<double> Random(size_t n, double lo = -1, double hi = 1) {
-    std::uniform_real_distribution<double> u(lo, hi);
-    std::vector<double> v(n);
-    for (double& x : v) x = u(rng_);
-    return v;
-  }
-  // Values in [-1, -0.05] U [0.05, 1]: away from the ReLU/PReLU kink.
-  std::vector<double> RandomAwayFromZero(size_t n) {
-    std::vector<double> v = Random(n, 0.05, 1);
-    std::bernoulli_distribution sign(0.5);
-    for (double& x : v) x = sign(rng_) ? x : -x;
-    return v;
-  }
-  // sum(r .* m): a scalar objective whose gradient w.r.t. m is r.
-  static double Dot(const std::vector<double>& r, const double* m) {
-    double s = 0;
-    for (size_t i = 0; i < r.size(); ++i) s += r[i] * m[i];
-    return s;
-  }
+  NnTest() : GradientTest(7) {}
   static std::vector<double> Slice(const std::vector<double>& v, size_t begin, size_t n) {
     return std::vector<double>(v.begin() + begin, v.begin() + begin + n);
   }
@@ -79,7 +61,6 @@ class NnTest : public ::testing::Test {
     return NumericGradient(f, absl::MakeSpan(v).subspan(begin, n));
   }
 
-  std::mt19937_64 rng_{7};
 };
 
 // ---------------------------------------------------------------------------

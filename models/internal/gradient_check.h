@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <random>
 #include <sstream>
 #include <vector>
 
@@ -64,6 +65,35 @@ inline double MaxAbs(absl::Span<const double> g) {
   for (double v : g) m = std::max(m, std::abs(v));
   return m;
 }
+
+// A fixture for gradient tests: seeded random values and a linear objective.
+class GradientTest : public ::testing::Test {
+ protected:
+  explicit GradientTest(uint64_t seed = 42) : rng_(seed) {}
+
+  std::vector<double> Random(size_t n, double lo = -1, double hi = 1) {
+    std::uniform_real_distribution<double> u(lo, hi);
+    std::vector<double> v(n);
+    for (double& x : v) x = u(rng_);
+    return v;
+  }
+  // Values in [-1, -0.05] U [0.05, 1]: away from the ReLU/PReLU kink, so
+  // that a step of h never crosses it.
+  std::vector<double> RandomAwayFromZero(size_t n) {
+    std::vector<double> v = Random(n, 0.05, 1);
+    std::bernoulli_distribution sign(0.5);
+    for (double& x : v) x = sign(rng_) ? x : -x;
+    return v;
+  }
+  // sum(r .* m): a scalar objective whose gradient w.r.t. m is r.
+  static double Dot(const std::vector<double>& r, const double* m) {
+    double s = 0;
+    for (size_t i = 0; i < r.size(); ++i) s += r[i] * m[i];
+    return s;
+  }
+
+  std::mt19937_64 rng_;
+};
 
 }  // namespace ember::models::internal
 
