@@ -398,6 +398,18 @@ struct PartResult {
   std::vector<float> p;         // test parts only: the oracle's scores
   std::vector<float> labels;    // and labels
   std::vector<float> p_recent;  // and, in mode long_interest, E[p | recent view]
+
+  // Counts one drawn sample: click probability p, label, history length;
+  // test parts also keep (p, label) for the oracle metrics.
+  void Add(float prob, bool label, size_t history, bool test) {
+    positives += label;
+    sum_p += prob;
+    history_items += history;
+    if (test) {
+      p.push_back(prob);
+      labels.push_back(label ? 1.0f : 0.0f);
+    }
+  }
 };
 
 // Opens the part's file, appends its rows to a buffer with row(&buffer), one
@@ -470,13 +482,7 @@ void GeneratePart(const GenDataOptions& o, const ClickModel& model, const Part& 
         user, group, item, category, hist_cats.data(), history, hour, device, dense0, dense1));
     const bool label = rng.Uniform() < p;
 
-    result->positives += label;
-    result->sum_p += p;
-    result->history_items += history;
-    if (part.test) {
-      result->p.push_back(p);
-      result->labels.push_back(label ? 1.0f : 0.0f);
-    }
+    result->Add(p, label, history, part.test);
     if (distinct != nullptr) {
       distinct->users.Set(user);
       distinct->items.Set(item);
@@ -613,14 +619,8 @@ void GenerateLongInterestPart(const GenDataOptions& o, const LongInterestModel& 
         model.Logit(base_logit, model.OldMatches(category, hist_cats.data(), history)));
     const bool label = rng.Uniform() < p;
 
-    result->positives += label;
-    result->sum_p += p;
-    result->history_items += history;
-    if (part.test) {
-      result->p.push_back(p);
-      result->labels.push_back(label ? 1.0f : 0.0f);
-      result->p_recent.push_back(model.RecentOnlyProbability(base_logit));
-    }
+    result->Add(p, label, history, part.test);
+    if (part.test) result->p_recent.push_back(model.RecentOnlyProbability(base_logit));
     if (distinct != nullptr) {
       distinct->users.Set(user);
       distinct->items.Set(item);
