@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <thread>
 
@@ -20,6 +21,7 @@
 #include "ps/server.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/scheduler_client.h"
+#include "storage/inspect.h"
 #include "worker/ps_client.h"
 #include "worker/worker.h"
 
@@ -55,6 +57,8 @@ DEFINE_uint32(max_history, 50, "Longest behaviour sequence `convert` writes (mov
 DEFINE_uint64(max_bad_lines, 100, "Malformed input lines `convert` skips before it fails.");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
                                "see launch/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
+// inspect.
+DEFINE_int32(sample_rows, 3, "Rows decoded and printed per table (`inspect`).");
 
 namespace ember {
 namespace {
@@ -69,7 +73,9 @@ constexpr char kUsage[] =
     "  worker    --scheduler=tcp://HOST:P                      train a model replica\n"
     "  gen-data  --out=DIR [--train_rows=N ...]               write a synthetic click log with its oracle AUC\n"
     "  convert   FORMAT --input=PATH --out=DIR                turn a public data set (movielens, census,\n"
-    "            criteo, avazu) into ember's log files and a job config (DIR/job.conf)\n\n"
+    "            criteo, avazu) into ember's log files and a job config (DIR/job.conf)\n"
+    "  inspect   CKPT_DIR [--sample_rows=N]                   print a checkpoint and verify every byte;\n"
+    "            exit code 0 if it all verifies, 1 otherwise\n\n"
     "`ember <command> --help` lists every flag.";
 
 int Fail(const absl::Status& st) {
@@ -282,6 +288,14 @@ int RunConvert(const std::string& format) {
   return 0;
 }
 
+// Prints and verifies one checkpoint directory; the report goes to stdout.
+int RunInspect(const std::string& dir) {
+  absl::Status st = storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
+  std::cout.flush();
+  if (!st.ok()) return Fail(st);
+  return 0;
+}
+
 }  // namespace
 }  // namespace ember
 
@@ -300,14 +314,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string command = argv[1];
-  // `convert FORMAT`: the format is a positional argument.
-  std::string format;
-  if (command == "convert") {
+  // `convert FORMAT`, `inspect DIR`: one positional argument.
+  std::string positional;
+  if (command == "convert" || command == "inspect") {
     if (argc < 3 || argv[2][0] == '-') {
-      std::fprintf(stderr, "error: convert needs a format: movielens, census, criteo or avazu\n");
+      std::fprintf(stderr, command == "convert" ? "error: convert needs a format: movielens, census, criteo or avazu\n"
+                                                : "error: inspect needs a checkpoint directory\n");
       return 2;
     }
-    format = argv[2];
+    positional = argv[2];
     for (int i = 2; i + 1 < argc; ++i) argv[i] = argv[i + 1];
     --argc;
   }
@@ -327,7 +342,8 @@ int main(int argc, char** argv) {
   if (command == "server") return ember::RunServer();
   if (command == "worker") return ember::RunWorker();
   if (command == "gen-data") return ember::RunGenData();
-  if (command == "convert") return ember::RunConvert(format);
+  if (command == "convert") return ember::RunConvert(positional);
+  if (command == "inspect") return ember::RunInspect(positional);
   std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::kUsage);
   return 2;
 }

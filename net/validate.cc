@@ -99,6 +99,24 @@ WireCheck Check(Message& m) {
     case proto::HEARTBEAT:
     case proto::PING:
       return ExpectFrames(m, 0);
+    case proto::SAVE:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return ExpectPayload(m, reply ? proto::Header::kSaveReply : proto::Header::kSave);
+    case proto::RESTORE:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return ExpectPayload(m, reply ? proto::Header::kRestoreReply : proto::Header::kRestore);
+    case proto::LIST_CHECKPOINTS:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return ExpectPayload(m, reply ? proto::Header::kListReply : proto::Header::kList);
+    case proto::RESET_TABLE:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return ExpectPayload(m, reply ? proto::Header::kResetReply : proto::Header::kReset);
+    case proto::SWEEP:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return reply ? ExpectPayload(m, proto::Header::kSweepReply) : WireCheck{};
+    case proto::STATS:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return reply ? ExpectPayload(m, proto::Header::kStatsReply) : WireCheck{};
     default:
       return Bad(proto::UNKNOWN_COMMAND, absl::StrCat("unknown command ", static_cast<int>(h.command())));
   }

@@ -2,21 +2,30 @@
 
 #include <cstring>
 #include <deque>
+#include <filesystem>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "net/validate.h"
 #include "ps/keys.h"
+#include "storage/checkpoint_files.h"
+#include "storage/shard_checkpoint.h"
 #include "storage/sparse_table.h"
+#include "storage/spill_store.h"
+#include "storage/tiered_store.h"
 
 namespace ember::ps {
 namespace {
 
 using storage::ShardTable;
 using storage::TableSpec;
+using storage::TieredStore;
 
 constexpr int16_t kNotMine = -1;
+
+struct Park;
 
 // A run of consecutive request keys that fall in one logical shard.
 struct KeyRun {
@@ -33,14 +42,36 @@ struct Request {
   size_t num_keys = 0;
   const float* grads = nullptr;
   float* out = nullptr;  // PULL: num_keys x dim, owned by reply's frame
+  // PUSH: this push's server step; PULL: the step counter at dispatch.
   uint32_t step = 0;
+  uint32_t epoch = 0;     // the table's reset epoch at dispatch
+  uint16_t log_day = 0;   // PUSH: day of the batch's newest log timestamp, 0 if none
+  // Set on a park order instead of a PULL/PUSH (see Server::Impl::Park).
+  std::shared_ptr<struct Park> park;
   // Grouped requests (keys sorted by shard, as ember's client sends them):
   // runs per handler. Otherwise every handler scans all keys for its shards.
   bool grouped = false;
   std::vector<std::vector<KeyRun>> runs_by_handler;
   std::atomic<int> remaining{0};
   net::Message reply;
+  // An error reply that replaces `reply` (a handler's part failed).
+  absl::Mutex error_mu;
+  std::optional<net::Message> failed ABSL_GUARDED_BY(error_mu);
 };
+
+// Parks every handler thread: each one, on reaching this order in its
+// queue, checks in and waits until the I/O thread releases it.
+struct Park {
+  absl::Mutex mu;
+  size_t expected = 0;
+  size_t arrived ABSL_GUARDED_BY(mu) = 0;
+  bool released ABSL_GUARDED_BY(mu) = false;
+  bool AllArrived() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return arrived == expected; }
+};
+
+// Seeds of the count-min sketch's rows.
+constexpr uint64_t kSketchSeeds[4] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL, 0xa4093822299f31d0ULL,
+                                      0x082efa98ec4e6c89ULL};
 
 }  // namespace
 
@@ -69,21 +100,43 @@ class Server::Impl {
       if (opt_.shard_map.server_rank(s) == opt_.rank) shard_handler_[s] = static_cast<int16_t>(local++ % threads);
     }
     if (local == 0) LOG(WARNING) << "server rank " << opt_.rank << " owns no logical shard";
+    std::vector<const TableSpec*> specs;
+    std::vector<std::string> names;
     for (const proto::TableConfig& t : opt_.config.tables()) {
       specs_.push_back(std::make_unique<TableSpec>(t));
+      specs.push_back(specs_.back().get());
+      names.push_back(t.name());
+    }
+    table_epoch_ = std::vector<std::atomic<uint32_t>>(specs_.size());
+    const proto::StorageConfig& sc = opt_.config.storage();
+    const uint64_t budget = sc.memory_budget_bytes();
+    if (budget > 0) {
+      storage::SpillStoreOptions so;
+      so.path = (std::filesystem::path(sc.spill_path()) / absl::StrCat("server-", opt_.rank)).string();
+      so.tables = names;
+      so.block_cache_bytes = sc.block_cache_bytes();
+      absl::StatusOr<std::unique_ptr<storage::SpillStore>> spill = storage::SpillStore::Open(so);
+      if (!spill.ok()) return spill.status();
+      spill_ = std::move(*spill);
+      LOG(INFO) << "server " << opt_.rank << ": memory budget " << budget << " bytes, RocksDB tier at " << so.path;
     }
     for (uint32_t i = 0; i < threads; ++i) {
       auto h = std::make_unique<Handler>();
       h->index = i;
-      h->tables.resize(specs_.size());
-      for (size_t t = 0; t < specs_.size(); ++t) {
-        h->tables[t].resize(L);
-        for (uint32_t s = 0; s < L; ++s) {
-          if (shard_handler_[s] == static_cast<int16_t>(i)) h->tables[t][s] = std::make_unique<ShardTable>(specs_[t].get());
-        }
+      std::vector<uint32_t> mine;
+      for (uint32_t s = 0; s < L; ++s) {
+        if (shard_handler_[s] == static_cast<int16_t>(i)) mine.push_back(s);
       }
+      h->store = std::make_unique<TieredStore>(specs, mine, L, budget / threads, spill_.get());
+      h->sketch.resize(specs_.size());
+      h->table_rows.reset(new std::atomic<uint64_t>[specs_.size()]());
       handlers_.push_back(std::move(h));
     }
+    for (size_t t = 0; t < specs_.size(); ++t) {
+      const proto::TableConfig& tc = opt_.config.tables(t);
+      general_.push_back(spill_ != nullptr || Admits(tc));
+    }
+    if (opt_.dense_total == 0) opt_.dense_total = opt_.dense_offset + opt_.dense_init.size();
     for (auto& h : handlers_) h->thread = std::thread([this, hp = h.get()] { HandlerLoop(hp); });
     dense_w_ = opt_.dense_init;
     // The slice's trainable prefix; the rest is model state.
@@ -120,6 +173,15 @@ class Server::Impl {
     for (const auto& h : handlers_) {
       s.rows += h->rows.load(std::memory_order_relaxed);
       s.memory_bytes += h->memory.load(std::memory_order_relaxed);
+      for (uint32_t t = 0; t < specs_.size(); ++t) {
+        const storage::TierCounters& c = h->store->counters(t);
+        s.hits += c.hits.load(std::memory_order_relaxed);
+        s.misses += c.misses.load(std::memory_order_relaxed);
+        s.evictions += c.evictions.load(std::memory_order_relaxed);
+      }
+    }
+    if (spill_) {
+      for (uint32_t t = 0; t < specs_.size(); ++t) s.spilled_rows += spill_->EstimatedRows(t);
     }
     return s;
   }
@@ -128,9 +190,16 @@ class Server::Impl {
   struct Handler {
     uint32_t index = 0;
     std::thread thread;
-    // tables[t][s]: shard s of table t if this handler owns it.
-    std::vector<std::vector<std::unique_ptr<ShardTable>>> tables;
+    // This handler's logical shards of every table.
+    std::unique_ptr<TieredStore> store;
+    // Per table: count-min sketch for admission (allocated on first use).
+    std::vector<std::vector<uint16_t>> sketch;
+    // Scratch of the general path.
+    std::vector<uint64_t> keys;
+    std::vector<uint32_t> shards, positions;
+    std::vector<uint8_t*> rows_buf;
     std::atomic<uint64_t> rows{0}, memory{0};
+    std::unique_ptr<std::atomic<uint64_t>[]> table_rows;  // per table
     uint32_t gauge_tick = 0;
     absl::Mutex mu;
     std::deque<std::shared_ptr<Request>> queue ABSL_GUARDED_BY(mu);
@@ -179,6 +248,33 @@ class Server::Impl {
       case proto::PING: {
         net::Message r = net::MakeReply(m);
         r.header.set_sender(opt_.node_id);
+        return Reply(std::move(r));
+      }
+      case proto::SAVE:
+        return HandleSave(m);
+      case proto::RESTORE:
+        return HandleRestore(m);
+      case proto::LIST_CHECKPOINTS: {
+        net::Message r = net::MakeReply(m);
+        r.header.set_sender(opt_.node_id);
+        for (auto& c : storage::ListCheckpoints(m.header.list().root())) {
+          *r.header.mutable_list_reply()->add_checkpoints() = std::move(c);
+        }
+        return Reply(std::move(r));
+      }
+      case proto::RESET_TABLE:
+        return HandleReset(m);
+      case proto::SWEEP:
+        return HandleSweep(m);
+      case proto::STATS: {
+        net::Message r = net::MakeReply(m);
+        r.header.set_sender(opt_.node_id);
+        {
+          // Exact row counts: a brief park, then a walk of every shard.
+          Parked parked(this);
+          for (auto& h : handlers_) UpdateGauges(h.get(), /*force=*/true);
+        }
+        *r.header.mutable_stats_reply() = StatsProto();
         return Reply(std::move(r));
       }
       default:
@@ -255,11 +351,17 @@ class Server::Impl {
       req->reply.frames.push_back(net::Frame::Borrow(out, out.get(), floats * sizeof(float)));
       pulls_.fetch_add(1, std::memory_order_relaxed);
       pulled_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
+      req->step = push_seq_.load(std::memory_order_relaxed);
     } else {
       req->step = push_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
       pushes_.fetch_add(1, std::memory_order_relaxed);
       pushed_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
+      if (h.log_time() > 0) {
+        req->log_day = static_cast<uint16_t>(std::min<uint64_t>(h.log_time() / 86400, UINT16_MAX));
+        if (req->log_day > log_day_.load(std::memory_order_relaxed)) log_day_.store(req->log_day);
+      }
     }
+    req->epoch = table_epoch_[h.table()].load(std::memory_order_relaxed);
     req->msg = std::move(m);
 
     std::vector<Handler*> involved;
@@ -275,20 +377,142 @@ class Server::Impl {
     for (;;) {
       std::shared_ptr<Request> req = h->Pop();
       if (!req) return;
-      auto& shards = h->tables[req->table];
+      if (req->park != nullptr) {
+        Park& p = *req->park;
+        absl::MutexLock l(&p.mu);
+        ++p.arrived;
+        p.mu.Await(absl::Condition(&p.released));
+        continue;
+      }
       const TableSpec& spec = *specs_[req->table];
-      if (req->grouped) {
-        for (const KeyRun& r : req->runs_by_handler[h->index]) Process(*req, spec, *shards[r.shard], r.begin, r.end);
+      if (general_[req->table]) {
+        absl::Status st = ProcessGeneral(h, *req, spec);
+        if (!st.ok()) {
+          // The RocksDB tier failed: answer with the error, keep serving.
+          LOG(ERROR) << "server " << opt_.rank << ": " << st;
+          errors_.fetch_add(1);
+          net::Message r = net::MakeErrorReply(req->msg, proto::INTERNAL, std::string(st.message()));
+          r.header.set_sender(opt_.node_id);
+          absl::MutexLock l(&req->error_mu);
+          req->failed = std::move(r);
+        }
       } else {
-        const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
-        for (size_t i = 0; i < req->num_keys; ++i) {
-          const uint32_t s = ShardOf(req->keys[i], L);
-          if (shard_handler_[s] == static_cast<int16_t>(h->index)) Process(*req, spec, *shards[s], i, i + 1);
+        TieredStore& store = *h->store;
+        if (req->grouped) {
+          for (const KeyRun& r : req->runs_by_handler[h->index]) {
+            Process(*req, spec, store.table(req->table, r.shard), r.begin, r.end);
+          }
+        } else {
+          const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
+          for (size_t i = 0; i < req->num_keys; ++i) {
+            const uint32_t s = ShardOf(req->keys[i], L);
+            if (shard_handler_[s] == static_cast<int16_t>(h->index)) {
+              Process(*req, spec, store.table(req->table, s), i, i + 1);
+            }
+          }
         }
       }
       UpdateGauges(h);
-      if (req->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) transport_->Post(std::move(req->reply));
+      if (req->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        absl::MutexLock l(&req->error_mu);
+        transport_->Post(req->failed ? std::move(*req->failed) : std::move(req->reply));
+      }
     }
+  }
+
+  static bool Admits(const proto::TableConfig& tc) {
+    return tc.has_admission() && (tc.admission().min_count() > 1 || tc.admission().probability() < 1.0f);
+  }
+
+  // A push of a key without a row: count it, and say whether it is admitted
+  // now.
+  bool Admit(Handler* h, uint32_t t, uint64_t key, uint32_t step) {
+    const proto::AdmissionConfig& a = opt_.config.tables(t).admission();
+    if (a.min_count() > 1) {
+      std::vector<uint16_t>& sk = h->sketch[t];
+      const uint64_t w = a.sketch_width();
+      if (sk.empty()) sk.assign(4 * w, 0);
+      uint32_t est = UINT32_MAX;
+      for (int r = 0; r < 4; ++r) {
+        uint16_t& c = sk[r * w + (Mix64(key ^ kSketchSeeds[r]) & (w - 1))];
+        if (c < UINT16_MAX) ++c;
+        est = std::min<uint32_t>(est, c);
+      }
+      return est >= a.min_count();
+    }
+    // Probability: a hash of (key, step) decides, so that a rerun repeats.
+    const double u = static_cast<double>(Mix64(key ^ Mix64(step)) >> 11) * 0x1.0p-53;
+    return u < a.probability();
+  }
+
+  // PULL or PUSH through the TieredStore: budgeted tables and tables with
+  // admission. All of this handler's keys of the request are resolved at
+  // once (one RocksDB MultiGet for those not resident).
+  absl::Status ProcessGeneral(Handler* h, Request& req, const TableSpec& spec) {
+    const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
+    h->keys.clear();
+    h->shards.clear();
+    h->positions.clear();
+    auto add = [&](size_t i, uint32_t s) {
+      h->keys.push_back(req.keys[i]);
+      h->shards.push_back(s);
+      h->positions.push_back(static_cast<uint32_t>(i));
+    };
+    if (req.grouped) {
+      for (const KeyRun& r : req.runs_by_handler[h->index]) {
+        for (size_t i = r.begin; i < r.end; ++i) add(i, r.shard);
+      }
+    } else {
+      for (size_t i = 0; i < req.num_keys; ++i) {
+        const uint32_t s = ShardOf(req.keys[i], L);
+        if (shard_handler_[s] == static_cast<int16_t>(h->index)) add(i, s);
+      }
+    }
+    const size_t n = h->keys.size();
+    h->rows_buf.assign(n, nullptr);
+    const uint32_t t = req.table;
+    const bool admission = Admits(opt_.config.tables(t));
+    auto create = [&](size_t j) {
+      if (!admission) return true;
+      if (!req.is_push) return false;
+      return Admit(h, t, h->keys[j], req.step);
+    };
+    TieredStore& store = *h->store;
+    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.epoch, req.step, create,
+                                    h->rows_buf.data());
+    if (!st.ok()) return st;
+    const uint32_t dim = spec.dim();
+    uint64_t missing = 0;
+    if (!req.is_push) {
+      const float dflt = opt_.config.tables(t).admission().default_value();
+      for (size_t j = 0; j < n; ++j) {
+        float* out = req.out + size_t{h->positions[j]} * dim;
+        if (h->rows_buf[j] != nullptr) {
+          std::memcpy(out, TableSpec::Weights(h->rows_buf[j]), dim * sizeof(float));
+        } else {
+          std::fill(out, out + dim, dflt);
+          ++missing;
+        }
+      }
+    } else {
+      const storage::OptimizerRule& rule = spec.rule();
+      for (size_t j = 0; j < n; ++j) {
+        uint8_t* row = h->rows_buf[j];
+        if (row == nullptr) {
+          ++missing;
+          continue;
+        }
+        rule.Apply(TableSpec::Weights(row), spec.State(row), req.grads + size_t{h->positions[j]} * dim, dim);
+        storage::RowMeta* meta = TableSpec::Meta(row);
+        ++meta->count;
+        meta->last_step = req.step;
+        if (req.log_day) meta->last_day = req.log_day;
+        meta->flags |= storage::kRowDirty;
+      }
+    }
+    store.Unpin(h->rows_buf.data(), n);
+    if (missing) store.counters(t).not_admitted.fetch_add(missing, std::memory_order_relaxed);
+    return absl::OkStatus();
   }
 
   // Pull or push keys [begin, end) of `req`, all in `table`. Each key costs
@@ -310,7 +534,14 @@ class Server::Impl {
       }
       for (const size_t limit = std::min(end, i + kRowAhead); next_row < limit; ++next_row) {
         bool created;
-        uint8_t* r = table.FindOrCreate(req.keys[next_row], 0, &created);
+        uint8_t* r = table.FindOrCreate(req.keys[next_row], req.epoch, &created);
+        if (created) {
+          TableSpec::Meta(r)->last_step = req.step;
+        } else if (TableSpec::Meta(r)->epoch < req.epoch) {
+          // Stale since a RESET_TABLE: re-drawn on first touch.
+          spec.InitRow(req.keys[next_row], req.epoch, r);
+          TableSpec::Meta(r)->last_step = req.step;
+        }
         for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, 1);
         rows[next_row % kRowAhead] = r;
       }
@@ -330,23 +561,273 @@ class Server::Impl {
       storage::RowMeta* meta = TableSpec::Meta(row);
       ++meta->count;
       meta->last_step = req.step;
+      if (req.log_day) meta->last_day = req.log_day;
     }
   }
 
-  void UpdateGauges(Handler* h) {
+  void UpdateGauges(Handler* h, bool force = false) {
     // Every 16th request: a walk over this handler's shards (a few thousand).
-    if (++h->gauge_tick % 16 != 1) return;
+    if (++h->gauge_tick % 16 != 1 && !force) return;
     uint64_t rows = 0, bytes = 0;
-    for (const auto& per_table : h->tables) {
-      for (const auto& t : per_table) {
-        if (t) {
-          rows += t->size();
-          bytes += t->MemoryBytes();
-        }
+    TieredStore& store = *h->store;
+    for (uint32_t t = 0; t < specs_.size(); ++t) {
+      uint64_t table_rows = 0;
+      for (uint32_t s : store.shards()) {
+        table_rows += store.table(t, s).size();
+        bytes += store.table(t, s).MemoryBytes();
       }
+      h->table_rows[t].store(table_rows, std::memory_order_relaxed);
+      rows += table_rows;
     }
     h->rows.store(rows, std::memory_order_relaxed);
     h->memory.store(bytes, std::memory_order_relaxed);
+  }
+
+  // ------------------------------------------------------------ storage
+
+  // Stops every handler behind the requests already queued; returns once
+  // all have checked in. Until the returned object is destroyed nothing but
+  // the I/O thread touches the stores (pushes meanwhile wait in the queues).
+  class Parked {
+   public:
+    explicit Parked(Impl* impl) : park_(std::make_shared<Park>()) {
+      park_->expected = impl->handlers_.size();
+      for (auto& h : impl->handlers_) {
+        auto r = std::make_shared<Request>();
+        r->park = park_;
+        holders_.push_back(r);
+        h->Push(std::move(r));
+      }
+      absl::MutexLock l(&park_->mu);
+      park_->mu.Await(absl::Condition(park_.get(), &Park::AllArrived));
+    }
+    ~Parked() {
+      absl::MutexLock l(&park_->mu);
+      park_->released = true;
+    }
+
+   private:
+    std::shared_ptr<Park> park_;
+    std::vector<std::shared_ptr<Request>> holders_;  // keep the orders alive
+  };
+
+  std::vector<TieredStore*> Stores() {
+    std::vector<TieredStore*> v;
+    for (auto& h : handlers_) v.push_back(h->store.get());
+    return v;
+  }
+
+  std::vector<const TableSpec*> Specs() const {
+    std::vector<const TableSpec*> v;
+    for (const auto& s : specs_) v.push_back(s.get());
+    return v;
+  }
+
+  storage::DenseSlice CopyDense() const {
+    storage::DenseSlice d;
+    d.offset = opt_.dense_offset;
+    d.trained = dense_trained_;
+    d.weights = dense_w_;
+    d.state = dense_state_;
+    return d;
+  }
+
+  void FailStatus(const net::Message& m, const absl::Status& st) {
+    proto::ErrorCode code = proto::INTERNAL;
+    if (absl::IsInvalidArgument(st) || absl::IsNotFound(st) || absl::IsFailedPrecondition(st) ||
+        absl::IsDataLoss(st)) {
+      code = proto::BAD_REQUEST;
+    }
+    Fail(m, code, std::string(st.message()));
+  }
+
+  void HandleSave(const net::Message& m) {
+    const proto::SaveRequest& q = m.header.save();
+    if (q.dir().empty()) return Fail(m, proto::BAD_REQUEST, "SAVE: empty dir");
+    std::error_code ec;
+    if (!std::filesystem::is_directory(q.dir(), ec)) {
+      return Fail(m, proto::BAD_REQUEST, absl::StrCat("SAVE: ", q.dir(), " is not a directory"));
+    }
+    uint64_t swept = 0;
+    absl::StatusOr<proto::CheckpointPart> part;
+    {
+      Parked parked(this);
+      if (q.sweep()) {
+        absl::StatusOr<uint64_t> n = SweepParked();
+        if (!n.ok()) return FailStatus(m, n.status());
+        swept = *n;
+      }
+      storage::SaveSource src;
+      src.rank = opt_.rank;
+      src.num_logical_shards = static_cast<uint32_t>(shard_handler_.size());
+      src.specs = Specs();
+      src.stores = Stores();
+      for (const auto& e : table_epoch_) src.epochs.push_back(e.load());
+      // Incremental only on the checkpoint this server is known clean against.
+      src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
+      src.cut_step = clean_cut_step_;
+      src.tombstones = &tombstones_;
+      const storage::DenseSlice dense = CopyDense();
+      src.dense = &dense;
+      src.push_seq = push_seq_.load();
+      src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
+      const uint32_t cut = src.push_seq;
+      part = storage::WriteCheckpointPart(q.dir(), src);
+      if (part.ok()) {
+        clean_since_id_ = q.id();
+        clean_cut_step_ = cut;
+        tombstones_.clear();
+      } else {
+        clean_since_id_ = 0;  // the next checkpoint must be full
+      }
+    }
+    if (!part.ok()) return FailStatus(m, part.status());
+    LOG(INFO) << "server " << opt_.rank << ": saved " << (part->delta() ? "incremental" : "full") << " checkpoint "
+              << q.id() << " (" << part->bytes() << " bytes in " << part->seconds() << " s"
+              << (swept ? absl::StrCat(", swept ", swept, " rows") : std::string()) << ")";
+    net::Message r = net::MakeReply(m);
+    r.header.set_sender(opt_.node_id);
+    *r.header.mutable_save_reply()->mutable_part() = std::move(*part);
+    Reply(std::move(r));
+  }
+
+  void HandleRestore(const net::Message& m) {
+    const proto::RestoreRequest& q = m.header.restore();
+    storage::RestoreTarget target;
+    target.config = &opt_.config;
+    target.dense_total = opt_.dense_total;
+    target.specs = Specs();
+    target.stores = Stores();
+    target.dense_rule = &dense_rule_;
+    target.dense_offset = opt_.dense_offset;
+    target.dense_length = dense_w_.size();
+    target.dense_trained = dense_trained_;
+    uint64_t rows = 0, bytes = 0;
+    {
+      Parked parked(this);
+      absl::StatusOr<storage::RestorePlan> plan = storage::RestorePlan::Make(q.dir(), target);
+      if (!plan.ok()) return FailStatus(m, plan.status());
+      if (absl::Status st = plan->Verify(&rows, &bytes); !st.ok()) return FailStatus(m, st);
+      if (!q.verify_only()) {
+        storage::DenseSlice dense;
+        if (absl::Status st = plan->Apply(&dense, &rows); !st.ok()) {
+          return FailStatus(m, absl::InternalError(absl::StrCat(
+                                   "restore of ", q.dir(), " failed after verification, server state is partial: ",
+                                   st.message())));
+        }
+        dense_w_ = std::move(dense.weights);
+        dense_state_ = std::move(dense.state);
+        const std::vector<uint32_t> epochs = plan->epochs();
+        for (size_t t = 0; t < table_epoch_.size(); ++t) table_epoch_[t].store(epochs[t]);
+        const uint32_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
+        push_seq_.store(seq);
+        clean_since_id_ = plan->manifest().id();
+        clean_cut_step_ = seq;
+        tombstones_.clear();
+        LOG(INFO) << "server " << opt_.rank << ": restored " << rows << " rows from " << q.dir();
+      }
+    }
+    net::Message r = net::MakeReply(m);
+    r.header.set_sender(opt_.node_id);
+    r.header.mutable_restore_reply()->set_rows(rows);
+    r.header.mutable_restore_reply()->set_bytes_read(bytes);
+    Reply(std::move(r));
+  }
+
+  void HandleReset(const net::Message& m) {
+    const uint32_t t = m.header.reset().table();
+    if (t >= specs_.size()) {
+      return Fail(m, proto::UNKNOWN_TABLE, absl::StrCat("RESET_TABLE: table ", t, " does not exist"));
+    }
+    // O(1): requests dispatched from now on carry the new epoch, and every
+    // row of an older one is re-drawn when they touch it.
+    const uint32_t e = table_epoch_[t].fetch_add(1) + 1;
+    LOG(INFO) << "server " << opt_.rank << ": table '" << specs_[t]->config().name() << "' reset to epoch " << e;
+    net::Message r = net::MakeReply(m);
+    r.header.set_sender(opt_.node_id);
+    r.header.mutable_reset_reply()->set_epoch(e);
+    Reply(std::move(r));
+  }
+
+  void HandleSweep(const net::Message& m) {
+    absl::StatusOr<uint64_t> n;
+    {
+      Parked parked(this);
+      n = SweepParked();
+    }
+    if (!n.ok()) return FailStatus(m, n.status());
+    net::Message r = net::MakeReply(m);
+    r.header.set_sender(opt_.node_id);
+    r.header.mutable_sweep_reply()->set_removed(*n);
+    Reply(std::move(r));
+  }
+
+  // The expiry sweep; handlers must be parked. Also drops rows made stale by
+  // a reset. Returns the rows removed.
+  absl::StatusOr<uint64_t> SweepParked() {
+    const uint32_t now_step = push_seq_.load();
+    const uint32_t now_day = log_day_.load();
+    uint64_t removed = 0;
+    for (uint32_t t = 0; t < specs_.size(); ++t) {
+      const proto::ExpiryConfig& x = opt_.config.tables(t).expiry();
+      const uint32_t epoch = table_epoch_[t].load();
+      auto expired = [&](const storage::RowMeta& r) {
+        if (x.after_steps() > 0 && now_step - r.last_step > x.after_steps()) return true;
+        return x.after_days() > 0 && r.last_day > 0 && now_day > r.last_day && now_day - r.last_day > x.after_days();
+      };
+      for (auto& h : handlers_) {
+        TieredStore& store = *h->store;
+        uint64_t expired_rows = 0;
+        for (uint32_t s : store.shards()) {
+          std::vector<uint64_t> gone;
+          uint64_t stale = 0;
+          if (absl::Status st = store.Sweep(t, s, epoch, expired, &gone, &stale); !st.ok()) return st;
+          removed += gone.size() + stale;
+          expired_rows += gone.size();
+          if (!gone.empty()) {
+            auto& tomb = tombstones_[storage::TableShard(t, s)];
+            tomb.insert(tomb.end(), gone.begin(), gone.end());
+          }
+        }
+        store.counters(t).expired.fetch_add(expired_rows, std::memory_order_relaxed);
+      }
+    }
+    for (auto& h : handlers_) UpdateGauges(h.get(), /*force=*/true);
+    LOG(INFO) << "server " << opt_.rank << ": sweep removed " << removed << " rows";
+    return removed;
+  }
+
+  proto::ServerStatsProto StatsProto() const {
+    proto::ServerStatsProto p;
+    p.set_pulls(pulls_.load());
+    p.set_pushes(pushes_.load());
+    p.set_pulled_keys(pulled_keys_.load());
+    p.set_pushed_keys(pushed_keys_.load());
+    p.set_errors(errors_.load());
+    p.set_memory_budget_bytes(opt_.config.storage().memory_budget_bytes());
+    for (uint32_t t = 0; t < specs_.size(); ++t) {
+      proto::TableStatsProto* ts = p.add_tables();
+      ts->set_name(specs_[t]->config().name());
+      ts->set_epoch(table_epoch_[t].load());
+      const uint64_t cost = storage::ResidentRowCost(*specs_[t]);
+      for (const auto& h : handlers_) {
+        const storage::TierCounters& c = h->store->counters(t);
+        const uint64_t rows = h->table_rows[t].load(std::memory_order_relaxed);
+        ts->set_resident_rows(ts->resident_rows() + rows);
+        ts->set_resident_bytes(ts->resident_bytes() + rows * cost);
+        ts->set_hits(ts->hits() + c.hits.load(std::memory_order_relaxed));
+        ts->set_misses(ts->misses() + c.misses.load(std::memory_order_relaxed));
+        ts->set_spill_reads(ts->spill_reads() + c.spill_reads.load(std::memory_order_relaxed));
+        ts->set_evictions(ts->evictions() + c.evictions.load(std::memory_order_relaxed));
+        ts->set_not_admitted(ts->not_admitted() + c.not_admitted.load(std::memory_order_relaxed));
+        ts->set_expired(ts->expired() + c.expired.load(std::memory_order_relaxed));
+      }
+      if (spill_) {
+        ts->set_spilled_rows(spill_->EstimatedRows(t));
+        ts->set_spilled_bytes(spill_->LiveBytes(t));
+      }
+    }
+    return p;
   }
 
   bool DenseRange(const net::Message& m, bool whole) {
@@ -393,6 +874,14 @@ class Server::Impl {
   size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
   std::atomic<bool> stop_{false};
   std::atomic<uint32_t> push_seq_{0};
+  std::atomic<uint16_t> log_day_{0};                 // newest log day pushed
+  std::vector<std::atomic<uint32_t>> table_epoch_;   // reset epoch per table
+  std::vector<bool> general_;                        // per table: through the TieredStore
+  std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
+  // I/O thread only (handlers parked): checkpoint bookkeeping.
+  uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_step_ are new since this checkpoint
+  uint32_t clean_cut_step_ = 0;
+  storage::Tombstones tombstones_;  // rows removed since that checkpoint
   std::atomic<uint64_t> pulls_{0}, pushes_{0}, pulled_keys_{0}, pushed_keys_{0}, errors_{0};
 };
 

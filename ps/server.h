@@ -8,6 +8,14 @@
 // the parts run on their owners in parallel; the last part to finish posts
 // the reply. So a shard's hash index and arena are touched by one thread only
 // and need no lock. Dense parameters are touched by the I/O thread only.
+//
+// Storage (config.storage, docs/storage.md): with a memory budget each
+// handler keeps its share of it and moves cold rows to the server's RocksDB
+// tier (storage::TieredStore). SAVE, RESTORE and SWEEP park every handler
+// behind the requests already queued (so a checkpoint is one cut of the push
+// stream: pushes that arrive meanwhile wait) and run on the I/O thread.
+// RESET_TABLE bumps the table's epoch: requests dispatched after it see
+// every older row as stale and re-initialise it on first touch.
 #ifndef EMBER_PS_SERVER_H_
 #define EMBER_PS_SERVER_H_
 
@@ -46,6 +54,9 @@ struct ServerOptions {
   // default puts every entry under model.dense_optimizer.
   uint64_t dense_state_begin = UINT64_MAX;
   float dense_state_rate = 0.01f;
+  // Length of the global dense vector (checkpoint fingerprint, restore onto
+  // another layout). 0: dense_offset + dense_init.size().
+  uint64_t dense_total = 0;
 };
 
 struct ServerStats {
@@ -53,6 +64,8 @@ struct ServerStats {
   uint64_t errors = 0;   // requests answered with an error
   uint64_t rows = 0;     // resident rows over all tables
   uint64_t memory_bytes = 0;
+  uint64_t spilled_rows = 0;  // RocksDB's estimate
+  uint64_t hits = 0, misses = 0, evictions = 0;
 };
 
 class Server {

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <bit>
+#include <cstring>
 #include <cstdlib>
 #include <new>
 
@@ -67,7 +68,11 @@ TableSpec::TableSpec(const proto::TableConfig& config)
 }
 
 void TableSpec::InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const {
-  *Meta(row) = RowMeta{key, 0, 0, epoch, 0};
+  *Meta(row) = RowMeta{key, 0, 0, epoch, static_cast<uint16_t>(kRowLive | kRowDirty), 0};
+  if (row_bytes_ > sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float)) {
+    // Padding: zero, so that files holding rows are deterministic.
+    std::memset(State(row) + state_floats_, 0, row_bytes_ - sizeof(RowMeta) - (dim_ + state_floats_) * sizeof(float));
+  }
   float* w = Weights(row);
   InitWeights(config_.initializer(), key, epoch, w, dim_);
   rule_.InitState(w, State(row), dim_);
@@ -89,8 +94,16 @@ uint8_t* ShardTable::Find(uint64_t key) {
 }
 
 uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t epoch, bool* created) {
+  bool existed;
+  uint8_t* row = Emplace(key, &existed);
+  *created = !existed;
+  if (!existed) spec_->InitRow(key, epoch, row);
+  return row;
+}
+
+uint8_t* ShardTable::Emplace(uint64_t key, bool* existed) {
   auto [it, inserted] = index_.try_emplace(key, 0);
-  *created = inserted;
+  *existed = !inserted;
   if (!inserted) return RowAt(it->second);
   uint32_t slot;
   if (!free_slots_.empty()) {
@@ -101,22 +114,29 @@ uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t epoch, bool* created) {
     uint32_t slab, offset;
     Locate(slot, &slab, &offset);
     if (slab >= slabs_.size()) {
-      // Uninitialised: InitRow writes each row before use.
+      // Uninitialised: whoever emplaces a row writes all of it.
       slabs_.emplace_back(internal::AllocatePopulated(SlabRows(slab) * spec_->row_bytes()));
     }
   }
   it->second = slot;
-  uint8_t* row = RowAt(slot);
-  spec_->InitRow(key, epoch, row);
-  return row;
+  return RowAt(slot);
 }
 
 bool ShardTable::Erase(uint64_t key) {
   auto it = index_.find(key);
   if (it == index_.end()) return false;
   free_slots_.push_back(it->second);
+  TableSpec::Meta(RowAt(it->second))->flags = 0;
   index_.erase(it);
   return true;
+}
+
+void ShardTable::Clear() {
+  decltype(index_)().swap(index_);
+  slabs_.clear();
+  next_slot_ = 0;
+  hand_ = 0;
+  std::vector<uint32_t>().swap(free_slots_);
 }
 
 size_t ShardTable::MemoryBytes() const {

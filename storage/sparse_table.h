@@ -2,7 +2,8 @@
 // key to row number, and a slab arena of fixed-size rows. Rows never move, so
 // a row pointer stays valid until the row is erased. A row is
 //   RowMeta | weights[dim] | optimizer state[StateFloats(dim)]
-// The memory budget and RocksDB tier (issue 4) sit on top of this.
+// The memory budget and RocksDB tier (storage/tiered_store.h) sit on top of
+// this: the table keeps a CLOCK hand over its slots for eviction.
 //
 // Thread safety: none. A ShardTable is touched by exactly one server handler
 // thread (the one that owns its logical shard), so it needs no lock.
@@ -20,14 +21,23 @@
 
 namespace ember::storage {
 
+// The first 24 bytes of every row, in memory, in RocksDB and in checkpoint
+// files (docs/checkpoint_format.md).
 struct RowMeta {
   uint64_t key;
   uint32_t count;      // gradient pushes that touched the row
-  uint32_t last_step;  // server push sequence number of the last push
+  uint32_t last_step;  // server push step of the last push (or of creation)
   uint32_t epoch;      // reset epoch the row was initialised in
-  uint32_t flags;
+  uint16_t flags;      // kRow* bits; only meaningful in memory
+  uint16_t last_day;   // log day (unix seconds / 86400) of the last push; 0 = none
 };
 static_assert(sizeof(RowMeta) == 24);
+
+// RowMeta::flags bits.
+inline constexpr uint16_t kRowLive = 1;    // the slot holds a row
+inline constexpr uint16_t kRowRef = 2;     // touched since the CLOCK hand last passed
+inline constexpr uint16_t kRowPinned = 4;  // in use by the request being served: not evictable
+inline constexpr uint16_t kRowDirty = 8;   // differs from (or is absent in) the RocksDB tier
 
 namespace internal {
 
@@ -66,7 +76,8 @@ class TableSpec {
   size_t row_bytes() const { return row_bytes_; }
   const OptimizerRule& rule() const { return rule_; }
 
-  // Fills a fresh row for `key`: meta, initial weights, optimizer state.
+  // Fills a fresh row for `key`: meta (flags live and dirty), initial
+  // weights for reset epoch `epoch`, optimizer state.
   void InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const;
 
   static RowMeta* Meta(uint8_t* row) { return reinterpret_cast<RowMeta*>(row); }
@@ -96,8 +107,36 @@ class ShardTable {
   // The row of `key`, created and initialised (for reset epoch `epoch`) if
   // absent; *created tells which.
   uint8_t* FindOrCreate(uint64_t key, uint32_t epoch, bool* created);
+  // The row of `key`: existing (*existed = true) or a new slot whose bytes the
+  // caller must fill entirely (with kRowLive set in its flags).
+  uint8_t* Emplace(uint64_t key, bool* existed);
   // Removes the row of `key`; its slot is reused. False if absent.
   bool Erase(uint64_t key);
+  // Removes every row and frees the memory.
+  void Clear();
+
+  // CLOCK: advances the hand over at most `max_slots` slots. A live row that
+  // is pinned is passed over; one with kRowRef loses the bit; any other is
+  // handed to evict(row) and erased, until `want` rows are gone. Returns the
+  // rows evicted.
+  template <typename Fn>
+  size_t ClockSweep(size_t max_slots, size_t want, Fn&& evict) {
+    size_t evicted = 0;
+    for (size_t n = 0; n < max_slots && evicted < want && next_slot_ > 0; ++n) {
+      if (hand_ >= next_slot_) hand_ = 0;
+      uint8_t* row = RowAt(hand_++);
+      RowMeta* m = reinterpret_cast<RowMeta*>(row);
+      if (!(m->flags & kRowLive) || (m->flags & kRowPinned)) continue;
+      if (m->flags & kRowRef) {
+        m->flags &= ~kRowRef;
+        continue;
+      }
+      evict(static_cast<const uint8_t*>(row));
+      Erase(m->key);
+      ++evicted;
+    }
+    return evicted;
+  }
 
   size_t size() const { return index_.size(); }
   // Bytes held: arena slabs plus the hash index's slots.
@@ -124,6 +163,7 @@ class ShardTable {
   };
   std::vector<std::unique_ptr<uint8_t[], FreeSlab>> slabs_;
   uint32_t next_slot_ = 0;
+  uint32_t hand_ = 0;  // CLOCK hand: next slot to look at
   std::vector<uint32_t> free_slots_;
 };
 

@@ -1,0 +1,137 @@
+#include "ps/checkpoint_coordinator.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "glog/logging.h"
+#include "storage/checkpoint_files.h"
+#include "storage/shard_checkpoint.h"
+
+namespace ember::ps {
+
+CheckpointCoordinator::CheckpointCoordinator(CheckpointCoordinatorOptions options, net::Client* client)
+    : opt_(std::move(options)), client_(client) {}
+
+absl::StatusOr<std::vector<net::Message>> CheckpointCoordinator::Broadcast(const proto::Header& header) {
+  std::vector<net::Client::CallId> calls;
+  for (net::PeerId peer : opt_.servers) {
+    net::Message m;
+    m.header = header;
+    m.header.set_sender(opt_.node_id);
+    calls.push_back(client_->Start(peer, std::move(m)));
+  }
+  std::vector<net::Message> replies;
+  absl::Status first;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    absl::StatusOr<net::Message> r = client_->Wait(calls[i], opt_.timeout);
+    if (!r.ok()) {
+      if (first.ok()) first = absl::Status(r.status().code(), absl::StrCat("server ", i, ": ", r.status().message()));
+      continue;
+    }
+    replies.push_back(std::move(*r));
+  }
+  if (!first.ok()) return first;
+  return replies;
+}
+
+absl::StatusOr<proto::CheckpointManifest> CheckpointCoordinator::Save(const std::string& root, bool incremental,
+                                                                     bool sweep, uint32_t epoch) {
+  std::error_code ec;
+  std::filesystem::create_directories(root, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create checkpoint root ", root, ": ", ec.message()));
+  uint64_t last_id = 0, parent = 0;
+  for (const proto::CheckpointSummary& c : storage::ListCheckpoints(root)) {
+    last_id = std::max(last_id, c.id());
+    if (c.complete()) parent = c.id();
+  }
+  const uint64_t id = last_id + 1;
+  const std::string dir = (std::filesystem::path(root) / storage::CheckpointDirName(id)).string();
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
+
+  proto::Header h;
+  h.set_command(proto::SAVE);
+  proto::SaveRequest* q = h.mutable_save();
+  q->set_dir(dir);
+  q->set_id(id);
+  q->set_parent_id(incremental ? parent : 0);
+  q->set_sweep(sweep);
+  absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
+  if (!replies.ok()) {
+    return absl::Status(replies.status().code(),
+                        absl::StrCat("checkpoint ", dir, " not written: ", replies.status().message()));
+  }
+  std::vector<proto::CheckpointPart> parts;
+  for (net::Message& r : *replies) parts.push_back(std::move(*r.header.mutable_save_reply()->mutable_part()));
+  proto::CheckpointManifest manifest =
+      storage::MergeParts(opt_.config, opt_.dense_total, id, incremental ? parent : 0, epoch, parts);
+  if (absl::Status st = storage::WriteManifest(dir, manifest); !st.ok()) return st;
+  if (absl::Status st = storage::PruneCheckpoints(root, std::max<uint32_t>(1, opt_.config.storage().keep()));
+      !st.ok()) {
+    LOG(WARNING) << "pruning " << root << ": " << st;
+  }
+  return manifest;
+}
+
+absl::StatusOr<uint64_t> CheckpointCoordinator::Restore(const std::string& dir_or_root) {
+  std::string dir = dir_or_root;
+  if (!std::filesystem::exists(std::filesystem::path(dir) / storage::kManifestName) &&
+      storage::CheckpointIdOf(std::filesystem::path(dir).filename().string()) == 0) {
+    absl::StatusOr<std::string> latest = storage::LatestCheckpoint(dir);
+    if (!latest.ok()) return latest.status();
+    dir = *latest;
+  }
+  // Everyone verifies before anyone loads: a checkpoint that one server
+  // refuses is loaded by none.
+  for (bool verify_only : {true, false}) {
+    proto::Header h;
+    h.set_command(proto::RESTORE);
+    h.mutable_restore()->set_dir(dir);
+    h.mutable_restore()->set_verify_only(verify_only);
+    absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
+    if (!replies.ok()) {
+      return absl::Status(replies.status().code(),
+                          absl::StrCat(verify_only ? "checkpoint refused: " : "restore failed: ",
+                                       replies.status().message()));
+    }
+    if (!verify_only) {
+      uint64_t rows = 0;
+      for (const net::Message& r : *replies) rows += r.header.restore_reply().rows();
+      return rows;
+    }
+  }
+  return absl::InternalError("unreachable");
+}
+
+absl::StatusOr<uint32_t> CheckpointCoordinator::ResetTable(uint32_t table) {
+  proto::Header h;
+  h.set_command(proto::RESET_TABLE);
+  h.mutable_reset()->set_table(table);
+  absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
+  if (!replies.ok()) return replies.status();
+  uint32_t epoch = 0;
+  for (const net::Message& r : *replies) epoch = std::max(epoch, r.header.reset_reply().epoch());
+  return epoch;
+}
+
+absl::StatusOr<uint64_t> CheckpointCoordinator::Sweep() {
+  proto::Header h;
+  h.set_command(proto::SWEEP);
+  absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
+  if (!replies.ok()) return replies.status();
+  uint64_t n = 0;
+  for (const net::Message& r : *replies) n += r.header.sweep_reply().removed();
+  return n;
+}
+
+absl::StatusOr<std::vector<proto::ServerStatsProto>> CheckpointCoordinator::Stats() {
+  proto::Header h;
+  h.set_command(proto::STATS);
+  absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
+  if (!replies.ok()) return replies.status();
+  std::vector<proto::ServerStatsProto> v;
+  for (const net::Message& r : *replies) v.push_back(r.header.stats_reply());
+  return v;
+}
+
+}  // namespace ember::ps

@@ -1,0 +1,128 @@
+// Checkpoint files on disk: the checksummed MANIFEST (written last, by atomic
+// rename), the data files servers write block by block, listing and pruning
+// of a checkpoint root. The layout is in docs/checkpoint_format.md; the
+// manifest's fields are in proto/checkpoint.proto.
+//
+// Every error names the file and what is wrong with it (missing, truncated,
+// checksum mismatch, another format version), so that a refused restore says
+// why.
+//
+// Thread safety: free functions are thread-safe; a DataFileWriter is used by
+// one thread at a time.
+#ifndef EMBER_STORAGE_CHECKPOINT_FILES_H_
+#define EMBER_STORAGE_CHECKPOINT_FILES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "proto/checkpoint.pb.h"
+#include "proto/config.pb.h"
+
+namespace ember::storage {
+
+// Bumped whenever a file's byte layout changes; a manifest of another version
+// is refused.
+inline constexpr uint32_t kCheckpointFormatVersion = 1;
+inline constexpr char kManifestName[] = "MANIFEST";
+
+// CRC-32C (Castagnoli) of data[0, n), continuing from `crc` (0 to start).
+// Same values as RocksDB's and ext4's crc32c. Hardware (SSE4.2) path.
+uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+
+// A fingerprint of what a checkpoint's bytes depend on: each table's name,
+// dim and optimizer kind (the row layout), num_logical_shards and the dense
+// vector's length. Batch size, server counts, learning rates and the like do
+// not enter it, so a job may change them and still restore.
+uint64_t ConfigFingerprint(const proto::JobConfig& config, uint64_t dense_total);
+
+// "ckpt-00000042" for id 42: ids sort as names.
+std::string CheckpointDirName(uint64_t id);
+// The id in a directory name made by CheckpointDirName, or 0.
+uint64_t CheckpointIdOf(const std::string& dir_name);
+
+// Writes dir/MANIFEST: to a temporary file, fdatasync, rename, fsync of the
+// directory. A reader sees the old state or the whole new manifest.
+// manifest.format_version must be kCheckpointFormatVersion (else
+// INVALID_ARGUMENT, nothing written). Errors name the file.
+[[nodiscard]] absl::Status WriteManifest(const std::string& dir, const proto::CheckpointManifest& manifest);
+// Reads dir/MANIFEST and checks its magic, length, checksum and format
+// version. NOT_FOUND without a MANIFEST, DATA_LOSS for a damaged one,
+// FAILED_PRECONDITION for another format version; the message names the file.
+[[nodiscard]] absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir);
+
+// The ckpt-* directories under `root`, by id. Those without a readable
+// manifest are listed with complete = false and the reason.
+std::vector<proto::CheckpointSummary> ListCheckpoints(const std::string& root);
+// The directory of the newest complete checkpoint under `root`; NOT_FOUND if
+// there is none.
+[[nodiscard]] absl::StatusOr<std::string> LatestCheckpoint(const std::string& root);
+// Removes every ckpt-* directory under `root` except the newest `keep`
+// complete checkpoints and the ancestors their restore needs. Incomplete
+// directories older than the newest complete one go too; newer ones (saves in
+// progress) stay. A complete checkpoint whose chain of ancestors is broken is
+// kept, with what is left of its chain, but does not count toward `keep`.
+// Each directory loses its MANIFEST first. INVALID_ARGUMENT if keep == 0;
+// else the first removal error, after trying the others.
+[[nodiscard]] absl::Status PruneCheckpoints(const std::string& root, uint32_t keep);
+
+// Checks that dir/file.name exists with file.size bytes and, if
+// `check_crc`, that its CRC-32C is file.crc32c. NOT_FOUND if missing,
+// DATA_LOSS if truncated, of another size or of another checksum.
+[[nodiscard]] absl::Status VerifyFile(const std::string& dir, const proto::CheckpointFile& file, bool check_crc);
+
+// Reads `bytes` bytes at `offset` of dir/file into *out and checks their
+// CRC-32C against `crc`. NOT_FOUND if the file is missing, DATA_LOSS if it
+// ends before offset + bytes or the checksum differs.
+[[nodiscard]] absl::Status ReadBlock(const std::string& dir, const std::string& file, uint64_t offset,
+                                     uint64_t bytes, uint32_t crc, std::string* out);
+
+// Writes one data file sequentially, as a series of blocks, through a 1 MiB
+// buffer; keeps the CRC of each block and of the whole file. Finish()
+// flushes and fdatasyncs. If `bytes_per_sec` > 0 the writer sleeps to keep
+// under that rate. After a write error (ENOSPC, EIO) every later call returns
+// that error. A writer destroyed before a successful Finish() closes and
+// removes its partial file.
+class DataFileWriter {
+ public:
+  // Creates (truncates) dir/name; `name` is a relative path without "..".
+  [[nodiscard]] static absl::StatusOr<std::unique_ptr<DataFileWriter>> Create(const std::string& dir,
+                                                                              const std::string& name,
+                                                                              uint64_t bytes_per_sec);
+  ~DataFileWriter();
+  DataFileWriter(const DataFileWriter&) = delete;
+  DataFileWriter& operator=(const DataFileWriter&) = delete;
+
+  // Starts a block; returns its offset in the file.
+  uint64_t BeginBlock();
+  [[nodiscard]] absl::Status Append(const void* data, size_t n);
+  // Ends the block started last; returns its CRC-32C.
+  uint32_t EndBlock();
+  // Bytes appended so far.
+  uint64_t size() const { return size_; }
+  // Flushes, fdatasyncs and closes; the entry for the manifest.
+  [[nodiscard]] absl::StatusOr<proto::CheckpointFile> Finish();
+
+ private:
+  DataFileWriter(std::string path, std::string name, int fd, uint64_t bytes_per_sec);
+  absl::Status Flush();
+
+  std::string path_, name_;
+  int fd_ = -1;
+  uint64_t bytes_per_sec_;
+  std::string buffer_;
+  uint64_t size_ = 0;     // appended
+  uint64_t written_ = 0;  // handed to the kernel
+  bool finished_ = false;
+  absl::Status error_;    // the first write error; sticky
+  uint32_t file_crc_ = 0, block_crc_ = 0;
+  int64_t start_ns_ = 0;
+};
+
+}  // namespace ember::storage
+
+#endif  // EMBER_STORAGE_CHECKPOINT_FILES_H_

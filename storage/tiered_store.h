@@ -1,0 +1,117 @@
+// The rows one server handler thread owns: its logical shards of every table,
+// in memory (ShardTable) under a byte budget, with the RocksDB tier
+// (SpillStore) below. When resident rows exceed the budget, CLOCK picks cold
+// rows across the handler's shards and moves them to RocksDB (only those that
+// changed since they were last written there); a request that misses in
+// memory reads all its missing rows back with one MultiGet.
+//
+// Rows carry a reset epoch: a row older than its table's current epoch is
+// stale, re-initialised on first touch (resident or spilled) and skipped by
+// scans. That makes a table reset O(1) (see ps::Server's RESET_TABLE).
+//
+// Thread safety: none; one handler thread uses a TieredStore. The SpillStore
+// may be shared by the stores of all handlers.
+#ifndef EMBER_STORAGE_TIERED_STORE_H_
+#define EMBER_STORAGE_TIERED_STORE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "storage/sparse_table.h"
+#include "storage/spill_store.h"
+
+namespace ember::storage {
+
+// Bytes a resident row is charged against the budget: the row plus its hash
+// index slot (16 B with the index's load factor).
+inline size_t ResidentRowCost(const TableSpec& spec) { return spec.row_bytes() + 16; }
+
+// Counters of one table in one store; read by other threads (relaxed).
+struct TierCounters {
+  std::atomic<uint64_t> hits{0}, misses{0}, spill_reads{0}, evictions{0}, spill_writes{0};
+  std::atomic<uint64_t> not_admitted{0}, expired{0};
+};
+
+class TieredStore {
+ public:
+  // `specs` (one per table) and `spill` (null: no budget, memory only) are not
+  // owned. `shards` are the logical shards this store owns.
+  // `budget_bytes` = 0 means unbounded.
+  TieredStore(std::vector<const TableSpec*> specs, const std::vector<uint32_t>& shards,
+              uint32_t num_logical_shards, uint64_t budget_bytes, SpillStore* spill);
+  TieredStore(const TieredStore&) = delete;
+  TieredStore& operator=(const TieredStore&) = delete;
+
+  bool tiered() const { return spill_ != nullptr; }
+  const std::vector<uint32_t>& shards() const { return shards_; }
+  // The in-memory table of an owned shard.
+  ShardTable& table(uint32_t t, uint32_t shard) { return *tables_[t][local_[shard]]; }
+  TierCounters& counters(uint32_t t) { return *counters_[t]; }
+  // Bytes charged against the budget (tracked only when there is a budget).
+  int64_t resident_bytes() const { return resident_bytes_; }
+  // Resident rows of table t over this store's shards.
+  uint64_t resident_rows(uint32_t t) const;
+
+  // Resolves keys[0, n) of table t (keys[i] in logical shard shards[i]) to
+  // rows: resident, read back from RocksDB, or created (InitRow for `epoch`,
+  // last_step = `step`) if create(i) says so; else rows[i] = nullptr. A row
+  // of an epoch older than `epoch` is re-initialised. Evicts cold rows first
+  // to make room. Every returned row is pinned until Unpin(); keys may
+  // repeat. `create` is called once per key that has no row anywhere.
+  [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
+                                     uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
+                                     uint8_t** rows);
+  void Unpin(uint8_t** rows, size_t n);
+
+  // Calls fn(row) for every row of (t, shard) that is not stale for
+  // `epoch`: resident ones, then spilled ones that are not resident. fn gets
+  // the whole row; it must not insert or erase.
+  [[nodiscard]] absl::Status ForEachRow(uint32_t t, uint32_t shard, uint32_t epoch,
+                                        const std::function<void(const uint8_t*)>& fn);
+
+  // Removes the rows of (t, shard) that are stale for `epoch` or for which
+  // expired(row) holds, from memory and RocksDB. Appends the keys of removed
+  // rows that were not stale to *removed (they need tombstones); counts all.
+  [[nodiscard]] absl::Status Sweep(uint32_t t, uint32_t shard, uint32_t epoch,
+                                   const std::function<bool(const RowMeta&)>& expired,
+                                   std::vector<uint64_t>* removed, uint64_t* stale);
+  // Removes the rows of `keys` (all in `shard`) from memory and RocksDB.
+  [[nodiscard]] absl::Status Remove(uint32_t t, uint32_t shard, const std::vector<uint64_t>& keys);
+  // Removes every row of (t, shard).
+  [[nodiscard]] absl::Status DropShard(uint32_t t, uint32_t shard);
+  // Stores a row read from a checkpoint: overwrites a resident copy, else
+  // becomes resident if the budget allows, else goes straight to RocksDB
+  // (buffered; call FlushPending when done).
+  [[nodiscard]] absl::Status Load(uint32_t t, uint32_t shard, const uint8_t* row);
+  [[nodiscard]] absl::Status FlushPending();
+
+ private:
+  // Evicts until `extra` more bytes fit under the budget (or nothing more
+  // can go); dirty evicted rows are written to RocksDB in one batch.
+  absl::Status MakeRoom(uint64_t extra);
+  void Charge(uint32_t t, int64_t rows);
+
+  std::vector<const TableSpec*> specs_;
+  std::vector<uint32_t> shards_;
+  std::vector<int32_t> local_;  // logical shard -> index in shards_, or -1
+  uint64_t budget_;
+  SpillStore* spill_;
+  std::vector<std::vector<std::unique_ptr<ShardTable>>> tables_;  // [table][local shard]
+  std::vector<std::unique_ptr<TierCounters>> counters_;
+  int64_t resident_bytes_ = 0;
+  size_t clock_cursor_ = 0;  // round robin over (table, local shard)
+  SpillStore::Batch pending_;
+  // Scratch for Resolve.
+  std::vector<uint32_t> miss_index_, miss_shard_;
+  std::vector<uint64_t> miss_key_;
+  std::vector<uint8_t> miss_rows_, miss_found_;
+};
+
+}  // namespace ember::storage
+
+#endif  // EMBER_STORAGE_TIERED_STORE_H_
