@@ -95,7 +95,23 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
     if (t.initializer().scale() < 0) return Invalid(f + ".initializer.scale", "must be >= 0");
     absl::Status st = ValidateOptimizer(t.optimizer(), f + ".optimizer");
     if (!st.ok()) return st;
+    const AdmissionConfig& a = t.admission();
+    if (a.min_count() > 65535) return Invalid(f + ".admission.min_count", "must be in [0, 65535]");
+    if (!(a.probability() > 0 && a.probability() <= 1))
+      return Invalid(f + ".admission.probability", "must be in (0, 1]");
+    if (a.min_count() > 1 && a.probability() < 1)
+      return Invalid(f + ".admission", "set min_count or probability, not both");
+    const uint32_t w = a.sketch_width();
+    if (w < 1024 || w > (1u << 28) || (w & (w - 1)) != 0)
+      return Invalid(f + ".admission.sketch_width", "must be a power of two in [1024, 2^28]");
+    if (t.expiry().after_steps() > UINT32_MAX)
+      return Invalid(f + ".expiry.after_steps", "must fit in 32 bits (rows keep a 32-bit step)");
   }
+  const StorageConfig& sc = config.storage();
+  if (sc.memory_budget_bytes() > 0 && sc.spill_path().empty())
+    return Invalid("storage.spill_path", "a memory budget needs a directory for the RocksDB tier");
+  if (sc.keep() < 1) return Invalid("storage.keep", "must be >= 1");
+  if (sc.full_every() < 1) return Invalid("storage.full_every", "must be >= 1");
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");
   if (d.columns_size() == 0) return Invalid("data.columns", "at least one column is required");

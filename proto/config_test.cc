@@ -52,5 +52,27 @@ TEST(ConfigTest, ValidationNamesField) {
   EXPECT_FALSE(ValidateJobConfig(*c).ok());
 }
 
+TEST(ConfigTest, StorageFieldsAreValidated) {
+  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 checkpoint_dir: "/tmp/c" })",
+                          "x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  c->mutable_tables(0)->mutable_admission()->set_sketch_width(3000);
+  auto st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("tables[0].admission.sketch_width"), std::string::npos) << st;
+  c->mutable_tables(0)->mutable_admission()->set_sketch_width(4096);
+  c->mutable_tables(0)->mutable_admission()->set_probability(0);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("tables[0].admission.probability"), std::string::npos) << st;
+  c->mutable_tables(0)->mutable_admission()->set_probability(1);
+  c->mutable_storage()->set_spill_path("");
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("storage.spill_path"), std::string::npos) << st;
+  c->mutable_storage()->set_spill_path("/tmp/s");
+  c->mutable_storage()->set_keep(0);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("storage.keep"), std::string::npos) << st;
+}
+
 }  // namespace
 }  // namespace ember::proto
