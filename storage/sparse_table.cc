@@ -13,8 +13,11 @@ namespace ember::storage {
 namespace {
 
 constexpr uint32_t kFirstSlabShift = 6;  // 64 rows
-constexpr uint32_t kMaxDoublings = 10;   // slabs grow to 64K rows
-// Rows held by slabs 0..kMaxDoublings together: 64 * (2^11 - 1).
+// Slabs grow to 4K rows, then stay there: a bigger last slab over-allocates
+// up to its size per shard (with 64K-row slabs, a 200M-key run held 2x its
+// rows: 512 shards x ~66K rows each had each just allocated a 64K-row slab).
+constexpr uint32_t kMaxDoublings = 6;
+// Rows held by slabs 0..kMaxDoublings together: 64 * (2^(kMaxDoublings+1) - 1).
 constexpr uint32_t kGrowthRows = (1u << kFirstSlabShift) * ((1u << (kMaxDoublings + 1)) - 1);
 constexpr uint32_t kBigSlabShift = kFirstSlabShift + kMaxDoublings;
 

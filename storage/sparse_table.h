@@ -157,7 +157,7 @@ class ShardTable {
                       internal::PopulatingAllocator<std::pair<const uint64_t, uint32_t>>>
       index_;
   // Slab k holds kFirstSlabRows << min(k, kMaxDoublings) rows: small shards
-  // stay small, big shards allocate in large steps.
+  // stay small, big shards add 4K-row slabs (at most 4K rows of slack each).
   struct FreeSlab {
     void operator()(uint8_t* p) const;
   };
