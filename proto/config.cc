@@ -111,7 +111,6 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   if (sc.memory_budget_bytes() > 0 && sc.spill_path().empty())
     return Invalid("storage.spill_path", "a memory budget needs a directory for the RocksDB tier");
   if (sc.keep() < 1) return Invalid("storage.keep", "must be >= 1");
-  if (sc.full_every() < 1) return Invalid("storage.full_every", "must be >= 1");
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");
   if (d.columns_size() == 0) return Invalid("data.columns", "at least one column is required");

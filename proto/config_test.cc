@@ -53,7 +53,7 @@ TEST(ConfigTest, ValidationNamesField) {
 }
 
 TEST(ConfigTest, StorageFieldsAreValidated) {
-  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 checkpoint_dir: "/tmp/c" })",
+  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 keep: 2 })",
                           "x");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(ValidateJobConfig(*c).ok());
