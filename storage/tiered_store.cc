@@ -46,9 +46,16 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
   if (spill_ == nullptr || budget_ == 0 || shards_.empty()) return absl::OkStatus();
   const size_t slots = tables_.size() * shards_.size();
   SpillStore::Batch batch = spill_->NewBatch();
-  // Two full turns without an eviction means everything left is pinned.
-  size_t idle = 0;
-  while (resident_bytes_ + static_cast<int64_t>(extra) > static_cast<int64_t>(budget_) && idle < 2 * slots) {
+  // Give up (everything left is pinned) only after the hands have looked at
+  // every row twice without evicting one: the first turn may only clear
+  // reference bits. Counting turns instead gave up too early on big shards.
+  uint64_t rows = 0;
+  for (const auto& per_table : tables_) {
+    for (const auto& tab : per_table) rows += tab->size();
+  }
+  uint64_t idle_slots = 0;
+  while (resident_bytes_ + static_cast<int64_t>(extra) > static_cast<int64_t>(budget_) &&
+         idle_slots <= 2 * rows + 2 * kClockQuantum * slots) {
     const size_t c = clock_cursor_++ % slots;
     const uint32_t t = static_cast<uint32_t>(c / shards_.size());
     const size_t local = c % shards_.size();
@@ -64,7 +71,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
         ++written;
       }
     });
-    idle = n > 0 ? 0 : idle + 1;
+    idle_slots = n > 0 ? 0 : idle_slots + kClockQuantum;
     Charge(t, -static_cast<int64_t>(n));
     counters_[t]->evictions.fetch_add(n, std::memory_order_relaxed);
     counters_[t]->spill_writes.fetch_add(written, std::memory_order_relaxed);
