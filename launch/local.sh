@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Runs ember on this machine: installs what is missing, builds (Release),
-# generates a data set if there is none, starts 1 scheduler, S servers and W
-# workers on 127.0.0.1, trains, evaluates, stops everything, and ends with
-#   final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>
+# generates a data set if asked to (or for the default demo), starts 1
+# scheduler, S servers and W workers on 127.0.0.1, trains, evaluates, stops
+# everything, and ends with
+#   final: auc=<a> [oracle_auc=<o>] logloss=<l> samples=<n> samples_per_sec=<r> ...
 # If any process fails, every process is stopped and the exit code is non-zero.
+# The processes die with this script, even if it is killed with SIGKILL.
+#
+# Data: it never deletes or overwrites data it did not generate. --data-dir
+# DIR trains on DIR/train and DIR/test whatever wrote them (ember convert, ember
+# gen-data, or your own logs; DIR/meta.txt is optional). It generates into DIR
+# only when DIR does not exist and --generate (or --gen) is given, or for the
+# default demo directory data/local.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 
 servers=2 workers=2 port=27100 server_port=0 epochs=0
 config="$EMBER_ROOT/examples/local.conf"
-data_dir="$EMBER_ROOT/data/local"
+config_given=0
+default_data_dir="$EMBER_ROOT/data/local"
+data_dir=""
+generate=0
 build_dir="$EMBER_ROOT/build"
 log_dir=""
 install=1
@@ -22,16 +33,21 @@ usage() {
 Usage: launch/local.sh [options]
   --servers N      servers to start (default 2)
   --workers N      workers to start (default 2)
-  --config FILE    job config (default examples/local.conf)
-  --data-dir DIR   data set: DIR/train, DIR/test, DIR/meta.txt; generated with
-                   'ember gen-data' if DIR/meta.txt is missing (default data/local)
+  --config FILE    job config (default examples/local.conf). Without --data-dir,
+                   a config of your own reads the data paths it names.
+  --data-dir DIR   train on DIR/train and DIR/test (DIR/meta.txt, optional, gives
+                   the oracle AUC of generated data). Default: data/local, which
+                   is generated on first use with the demo config.
+  --generate       generate a synthetic set into --data-dir if it does not exist
+                   (never into an existing directory)
+  --gen FLAG       extra flag for 'ember gen-data' (repeatable; implies
+                   --generate), e.g. --gen --train_rows=5000000
   --port P         scheduler port on 127.0.0.1 (default 27100)
   --server-port P  first server port: servers listen on P, P+1, ... (default: any free ports)
   --epochs N       override train.epochs
   --build-dir DIR  build directory (default build)
   --log-dir DIR    where process logs go (default: a fresh directory under out/)
   --no-install     do not apt-get missing packages
-  --gen FLAG       extra flag for 'ember gen-data' (repeatable), e.g. --gen --train_rows=5000000
   --cmake FLAG     extra cmake flag for the build (repeatable), e.g. --cmake -DEMBER_MARCH=native
   --binary PATH    use this ember binary: no install, no build
 USAGE
@@ -41,15 +57,16 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --servers) servers="$2"; shift 2 ;;
     --workers) workers="$2"; shift 2 ;;
-    --config) config="$2"; shift 2 ;;
+    --config) config="$2"; config_given=1; shift 2 ;;
     --data-dir) data_dir="$2"; shift 2 ;;
+    --generate) generate=1; shift ;;
     --port) port="$2"; shift 2 ;;
     --server-port) server_port="$2"; shift 2 ;;
     --epochs) epochs="$2"; shift 2 ;;
     --build-dir) build_dir="$2"; shift 2 ;;
     --log-dir) log_dir="$2"; shift 2 ;;
     --no-install) install=0; shift ;;
-    --gen) gen_flags+=("$2"); shift 2 ;;
+    --gen) gen_flags+=("$2"); generate=1; shift 2 ;;
     --cmake) cmake_flags+=("$2"); shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -61,6 +78,23 @@ for v in servers workers port server_port epochs; do
 done
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
 [ -f "$config" ] || { echo "error: --config: no such file: $config" >&2; exit 2; }
+# The demo: the default config on the default, generated-on-first-use data.
+if [ -z "$data_dir" ] && [ "$config_given" -eq 0 ]; then
+  data_dir="$default_data_dir"
+  generate=1
+fi
+if [ -n "$data_dir" ] && [ ! -e "$data_dir" ] && [ "$generate" -eq 0 ]; then
+  cat >&2 <<MSG
+error: --data-dir $data_dir: no such directory.
+  To train on your logs, point --data-dir at a directory holding train/ and test/.
+  To generate a synthetic data set there, add --generate (and --gen FLAG for gen-data's flags).
+MSG
+  exit 2
+fi
+if [ -n "$data_dir" ] && [ -e "$data_dir" ] && [ ! -e "$data_dir/train" ]; then
+  echo "error: --data-dir $data_dir: no train/ in it (a data set is DIR/train and DIR/test; see docs/log_schema.md)" >&2
+  exit 2
+fi
 
 if [ -n "$binary" ]; then
   [ -x "$binary" ] || { echo "error: --binary: not an executable: $binary" >&2; exit 2; }
@@ -75,9 +109,11 @@ else
   ember="$build_dir/launch/ember"
 fi
 
-if [ ! -f "$data_dir/meta.txt" ]; then
+# Generate only into a directory that does not exist yet: ember gen-data
+# refuses anything else, and an existing set is trained on as it is.
+if [ -n "$data_dir" ] && [ ! -e "$data_dir" ]; then
   echo "generating data in $data_dir ..."
-  "$ember" gen-data --out="$data_dir" --overwrite "${gen_flags[@]}"
+  "$ember" gen-data --out="$data_dir" "${gen_flags[@]+"${gen_flags[@]}"}"
 fi
 
 [ -n "$log_dir" ] || log_dir="$EMBER_ROOT/out/local-$(date +%Y%m%d-%H%M%S)"
@@ -85,6 +121,7 @@ mkdir -p "$log_dir"
 echo "logs in $log_dir"
 
 pids=()
+roles=()  # roles[i] names pids[i]: "scheduler", "server 1", "worker 2"
 cleanup() {
   local p
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -95,21 +132,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-sched_flags=(--config="$config" --port="$port" --data_dir="$data_dir" --num_servers="$servers"
-             --num_workers="$workers" --result_file="$log_dir/result.txt")
+sched_flags=(--config="$config" --port="$port" --num_servers="$servers"
+             --num_workers="$workers" --result_file="$log_dir/result.txt" --exit_with_parent)
+[ -n "$data_dir" ] && sched_flags+=(--data_dir="$data_dir")
 [ "$epochs" -gt 0 ] && sched_flags+=(--epochs="$epochs")
 "$ember" scheduler "${sched_flags[@]}" >"$log_dir/scheduler.out" 2>"$log_dir/scheduler.log" &
-pids+=($!)
+pids+=($!); roles+=("scheduler")
 endpoint="tcp://127.0.0.1:$port"
 for i in $(seq 1 "$servers"); do
   sport=0
   [ "$server_port" -gt 0 ] && sport=$((server_port + i - 1))
-  "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport" >"$log_dir/server$i.log" 2>&1 &
-  pids+=($!)
+  "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport" --exit_with_parent \
+    >"$log_dir/server$i.log" 2>&1 &
+  pids+=($!); roles+=("server $i")
 done
 for i in $(seq 1 "$workers"); do
-  "$ember" worker --scheduler="$endpoint" >"$log_dir/worker$i.log" 2>&1 &
-  pids+=($!)
+  "$ember" worker --scheduler="$endpoint" --exit_with_parent >"$log_dir/worker$i.log" 2>&1 &
+  pids+=($!); roles+=("worker $i")
 done
 # The scheduler's progress lines, live.
 tail -n +1 -f "$log_dir/scheduler.out" --pid="${pids[0]}" 2>/dev/null | grep -v '^final:' &
@@ -117,21 +156,25 @@ tail_pid=$!
 
 # Poll every process; the first failure stops the rest.
 status=0
-running=("${pids[@]}")
+failed=""
+running=("${!pids[@]}")  # indices into pids/roles
 while [ ${#running[@]} -gt 0 ] && [ "$status" -eq 0 ]; do
   still=()
-  for p in "${running[@]}"; do
+  for i in "${running[@]}"; do
+    p="${pids[$i]}"
     if kill -0 "$p" 2>/dev/null; then
-      still+=("$p")
+      still+=("$i")
     else
       set +e
       wait "$p"
       rc=$?
       set -e
-      if [ "$rc" -ne 0 ]; then
+      if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then  # the first failure; the rest follow from it
         status=$rc
-        echo "error: a process (pid $p) exited with status $rc; stopping the cluster (logs in $log_dir)" >&2
-        grep -h "^error:" "$log_dir"/*.log 2>/dev/null | head -5 >&2 || true
+        failed="${roles[$i]}"
+        how="exited with status $rc"
+        [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
+        echo "error: $failed (pid $p) $how; stopping the cluster (logs in $log_dir)" >&2
       fi
     fi
   done
@@ -142,6 +185,17 @@ cleanup
 pids=()
 wait "$tail_pid" 2>/dev/null || true
 if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
+  # Why, once: the scheduler's error (the job's view) first, then the failed
+  # process's, then the rest, tagged by log; a line that repeats one already
+  # shown (or is contained in it) is dropped.
+  {
+    for f in scheduler "${failed// /}" $(cd "$log_dir" && ls -- *.log 2>/dev/null | sed 's/\.log$//' | sort -V); do
+      [ -f "$log_dir/$f.log" ] || continue
+      sed -n 's/^error: //p' "$log_dir/$f.log" | head -3 | sed "s/^/$f: /"
+    done
+  } | awk '{ m = $0; sub(/^[a-z]+[0-9]*: /, "", m); sub(/^job failed: /, "", m)
+             for (i = 0; i < n; i++) if (index(shown[i], m) || index(m, shown[i])) next
+             shown[n++] = m; print "  " $0 }' | head -6 >&2
   echo "error: the job failed (see $log_dir)" >&2
   exit 1
 fi

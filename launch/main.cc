@@ -1,12 +1,16 @@
 // ember: one binary, a sub-command per role and per tool. Only this file
 // reads flags; the libraries take Options structs.
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -59,6 +63,9 @@ DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (
                                "see launch/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
 // inspect.
 DEFINE_int32(sample_rows, 3, "Rows decoded and printed per table (`inspect`).");
+// Launchers.
+DEFINE_bool(exit_with_parent, false, "Die with the process that started this one, even if it is killed with "
+                                     "SIGKILL (`scheduler`, `server`, `worker`; launch/local.sh sets it).");
 
 namespace ember {
 namespace {
@@ -76,11 +83,55 @@ constexpr char kUsage[] =
     "            criteo, avazu) into ember's log files and a job config (DIR/job.conf)\n"
     "  inspect   CKPT_DIR [--sample_rows=N]                   print a checkpoint and verify every byte;\n"
     "            exit code 0 if it all verifies, 1 otherwise\n\n"
-    "`ember <command> --help` lists every flag.";
+    "`ember <command> --help` lists that command's flags.";
 
-int Fail(const absl::Status& st) {
+// Prints the error once, as "error: <message>" on stderr, and returns the
+// exit code 1. (Not through glog too: the console would show it twice.)
+// Each command's own flags, for `ember <command> --help`.
+struct CommandHelp {
+  const char* command;
+  const char* usage;
+  std::vector<const char*> flags;
+};
+
+const std::vector<CommandHelp>& Commands() {
+  static const std::vector<CommandHelp> commands = {
+      {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
+       {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file",
+        "exit_with_parent", "log_dir"}},
+      {"server", "ember server --scheduler=tcp://HOST:P [flags]",
+       {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
+      {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", {"scheduler", "exit_with_parent", "log_dir"}},
+      {"gen-data", "ember gen-data --out=DIR [flags]",
+       {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
+        "overwrite", "gen_options"}},
+      {"convert", "ember convert FORMAT --input=PATH --out=DIR [flags]   (FORMAT: movielens, census, criteo, avazu)",
+       {"input", "out", "max_history", "max_bad_lines", "seed", "overwrite"}},
+      {"inspect", "ember inspect CKPT_DIR [flags]", {"sample_rows"}},
+  };
+  return commands;
+}
+
+// Prints `command`'s usage and its flags (name, type, default, meaning).
+// False if there is no such command.
+bool PrintCommandHelp(const std::string& command) {
+  for (const CommandHelp& c : Commands()) {
+    if (command != c.command) continue;
+    std::printf("usage: %s\n\nflags:\n", c.usage);
+    for (const char* name : c.flags) {
+      gflags::CommandLineFlagInfo info;
+      if (!gflags::GetCommandLineFlagInfo(name, &info)) continue;
+      std::printf("  --%s (%s; default: %s)\n      %s\n", name, info.type.c_str(),
+                  info.default_value.empty() ? "\"\"" : info.default_value.c_str(), info.description.c_str());
+    }
+    return true;
+  }
+  return false;
+}
+
+int ErrorExit(const absl::Status& st) {
   std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
-  LOG(ERROR) << st;
+  std::fflush(stderr);
   return 1;
 }
 
@@ -102,43 +153,43 @@ absl::Status CheckPort(bool required) {
 }
 
 int RunScheduler() {
-  if (FLAGS_config.empty()) return Fail(absl::InvalidArgumentError("flag --config: required"));
-  if (absl::Status st = CheckPort(true); !st.ok()) return Fail(st);
+  if (FLAGS_config.empty()) return ErrorExit(absl::InvalidArgumentError("flag --config: required"));
+  if (absl::Status st = CheckPort(true); !st.ok()) return ErrorExit(st);
   absl::StatusOr<proto::JobConfig> config = proto::LoadJobConfig(FLAGS_config);
-  if (!config.ok()) return Fail(config.status());
+  if (!config.ok()) return ErrorExit(config.status());
   if (!FLAGS_data_dir.empty()) {
     config->mutable_data()->set_train(FLAGS_data_dir + "/train");
     config->mutable_data()->set_test(FLAGS_data_dir + "/test");
     config->mutable_data()->set_meta(FLAGS_data_dir + "/meta.txt");
   }
   if (FLAGS_num_servers < 0 || FLAGS_num_workers < 0 || FLAGS_epochs < 0)
-    return Fail(absl::InvalidArgumentError("flags --num_servers, --num_workers, --epochs: must be >= 0"));
+    return ErrorExit(absl::InvalidArgumentError("flags --num_servers, --num_workers, --epochs: must be >= 0"));
   if (FLAGS_num_servers > 0) config->mutable_cluster()->set_num_servers(FLAGS_num_servers);
   if (FLAGS_num_workers > 0) config->mutable_cluster()->set_num_workers(FLAGS_num_workers);
   if (FLAGS_epochs > 0) config->mutable_train()->set_epochs(FLAGS_epochs);
-  if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return Fail(st);
+  if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return ErrorExit(st);
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(*config);
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return ErrorExit(model.status());
 
   auto transport = NewTransport();
-  if (!transport.ok()) return Fail(transport.status());
+  if (!transport.ok()) return ErrorExit(transport.status());
   absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
-  if (!ep.ok()) return Fail(ep.status());
+  if (!ep.ok()) return ErrorExit(ep.status());
   LOG(INFO) << "scheduler listening on " << *ep;
   scheduler::SchedulerOptions so;
   so.config = *config;
   so.dense_size = (*model)->dense_size();
   so.tasks = (*model)->tasks();
   auto sched = scheduler::Scheduler::Create(std::move(so), std::move(*transport));
-  if (!sched.ok()) return Fail(sched.status());
+  if (!sched.ok()) return ErrorExit(sched.status());
   absl::StatusOr<scheduler::JobResult> result = (*sched)->Run();
-  if (!result.ok()) return Fail(result.status());
+  if (!result.ok()) return ErrorExit(result.status());
   const std::string line = scheduler::FinalLine(*result);
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
   if (!FLAGS_result_file.empty()) {
     FILE* f = std::fopen(FLAGS_result_file.c_str(), "w");
-    if (f == nullptr) return Fail(absl::UnavailableError("cannot write --result_file " + FLAGS_result_file));
+    if (f == nullptr) return ErrorExit(absl::UnavailableError("cannot write --result_file " + FLAGS_result_file));
     std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\n", line.c_str(),
                  static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines));
     std::fclose(f);
@@ -170,14 +221,14 @@ absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role rol
 }
 
 int RunServer() {
-  if (absl::Status st = CheckPort(false); !st.ok()) return Fail(st);
+  if (absl::Status st = CheckPort(false); !st.ok()) return ErrorExit(st);
   auto transport = NewTransport();
-  if (!transport.ok()) return Fail(transport.status());
+  if (!transport.ok()) return ErrorExit(transport.status());
   absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
-  if (!ep.ok()) return Fail(ep.status());
+  if (!ep.ok()) return ErrorExit(ep.status());
   proto::RegisterReply reg;
   auto control = Join(proto::SERVER, *ep, &reg);
-  if (!control.ok()) return Fail(control.status());
+  if (!control.ok()) return ErrorExit(control.status());
   const proto::ClusterInfo& cluster = reg.cluster();
 
   ps::ServerOptions so;
@@ -185,21 +236,22 @@ int RunServer() {
   so.shard_map = cluster.shard_map();
   so.rank = reg.rank();
   so.node_id = reg.node_id();
+  so.job_id = cluster.job_id();
   // The dense parameters start from the model's own initialisation.
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(cluster.config());
-  if (!model.ok()) return Fail(model.status());
+  if (!model.ok()) return ErrorExit(model.status());
   std::vector<float> dense((*model)->dense_size());
   (*model)->InitDense(absl::MakeSpan(dense));
   so.dense_state_begin = (*model)->num_params();
   so.dense_state_rate = (*model)->state_rate();
   const proto::DenseLayout& dl = cluster.dense();
   if (dl.offset_size() <= reg.rank() + 1 || dl.total() != dense.size())
-    return Fail(absl::InvalidArgumentError("the scheduler's dense layout does not match the model"));
+    return ErrorExit(absl::InvalidArgumentError("the scheduler's dense layout does not match the model"));
   so.dense_offset = dl.offset(reg.rank());
   so.dense_init.assign(dense.begin() + dl.offset(reg.rank()), dense.begin() + dl.offset(reg.rank() + 1));
 
   auto server = ps::Server::Create(std::move(so), std::move(*transport));
-  if (!server.ok()) return Fail(server.status());
+  if (!server.ok()) return ErrorExit(server.status());
   LOG(INFO) << "server rank " << reg.rank() << " serving on " << *ep;
   absl::Status run_status;
   std::thread serving([&] { run_status = (*server)->Run(); });
@@ -210,34 +262,34 @@ int RunServer() {
   LOG(INFO) << "server rank " << reg.rank() << " done: " << s.pulls << " pulls, " << s.pushes << " pushes, " << s.rows
             << " rows, " << s.errors << " rejected requests";
   (*control)->Leave("server stopped", !run_status.ok());
-  if (!run_status.ok()) return Fail(run_status);
-  if (!job.ok()) return Fail(job);
+  if (!run_status.ok()) return ErrorExit(run_status);
+  if (!job.ok()) return ErrorExit(job);
   return 0;
 }
 
 int RunWorker() {
   proto::RegisterReply reg;
   auto control = Join(proto::WORKER, "", &reg);
-  if (!control.ok()) return Fail(control.status());
+  if (!control.ok()) return ErrorExit(control.status());
   auto transport = NewTransport();
-  if (!transport.ok()) return Fail(transport.status());
+  if (!transport.ok()) return ErrorExit(transport.status());
   worker::PsClientOptions po;
   po.cluster = reg.cluster();
   po.node_id = reg.node_id();
   scheduler::SchedulerClient* control_ptr = control->get();
   po.stop_requested = [control_ptr] { return control_ptr->Stopped(); };
   auto ps = worker::PsClient::Create(po, std::move(*transport));
-  if (!ps.ok()) return Fail(ps.status());
+  if (!ps.ok()) return ErrorExit(ps.status());
   worker::WorkerOptions wo;
   wo.registration = reg;
   auto w = worker::Worker::Create(wo, control->get(), ps->get());
   if (!w.ok()) {
     (*control)->Leave(std::string(w.status().message()), true);
-    return Fail(w.status());
+    return ErrorExit(w.status());
   }
   absl::Status st = (*w)->Run();
   (*control)->Leave(st.ok() ? "worker finished" : std::string(st.message()), !st.ok());
-  if (!st.ok()) return Fail(st);
+  if (!st.ok()) return ErrorExit(st);
   return 0;
 }
 
@@ -249,19 +301,19 @@ int RunGenData() {
     gflags::CommandLineFlagInfo info = gflags::GetCommandLineFlagInfoOrDie(name);
     if (info.is_default) continue;
     absl::Status st = launch::SetGenDataOption(name, info.current_value, &o);
-    if (!st.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", st.message())));
+    if (!st.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", st.message())));
   }
   if (!FLAGS_gen_options.empty()) {
     for (absl::string_view kv : absl::StrSplit(FLAGS_gen_options, ',', absl::SkipEmpty())) {
       std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
       absl::Status st = launch::SetGenDataOption(p.first, p.second, &o);
-      if (!st.ok()) return Fail(absl::InvalidArgumentError(absl::StrCat("flag --gen_options: ", st.message())));
+      if (!st.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --gen_options: ", st.message())));
     }
   }
-  if (o.out_dir.empty()) return Fail(absl::InvalidArgumentError("flag --out: required"));
+  if (o.out_dir.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required"));
   launch::GenDataSummary s;
   absl::Status st = launch::GenerateData(o, &s);
-  if (!st.ok()) return Fail(st);
+  if (!st.ok()) return ErrorExit(st);
   std::printf("gen-data: %llu train rows, %llu test rows, positive_rate=%.4f oracle_auc=%.4f in %.1fs -> %s\n",
               static_cast<unsigned long long>(s.train_rows), static_cast<unsigned long long>(s.test_rows),
               s.positive_rate, s.oracle_auc, s.seconds, o.out_dir.c_str());
@@ -279,7 +331,7 @@ int RunConvert(const std::string& format) {
   if (!gflags::GetCommandLineFlagInfoOrDie("seed").is_default) o.seed = FLAGS_seed;
   launch::ConvertSummary s;
   absl::Status st = launch::Convert(o, &s);
-  if (!st.ok()) return Fail(st);
+  if (!st.ok()) return ErrorExit(st);
   std::printf("convert %s: %llu train, %llu valid, %llu test rows, %llu bad lines -> %s (job config: %s/job.conf)\n",
               format.c_str(), static_cast<unsigned long long>(s.train_rows),
               static_cast<unsigned long long>(s.valid_rows), static_cast<unsigned long long>(s.test_rows),
@@ -290,9 +342,14 @@ int RunConvert(const std::string& format) {
 
 // Prints and verifies one checkpoint directory; the report goes to stdout.
 int RunInspect(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return ErrorExit(absl::NotFoundError(absl::StrCat("no such directory: ", dir)));
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return ErrorExit(absl::InvalidArgumentError(absl::StrCat(dir, " is not a directory (give a checkpoint directory)")));
+  }
   absl::Status st = storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
   std::cout.flush();
-  if (!st.ok()) return Fail(st);
+  if (!st.ok()) return ErrorExit(st);
   return 0;
 }
 
@@ -302,10 +359,12 @@ int RunInspect(const std::string& dir) {
 int main(int argc, char** argv) {
   gflags::SetUsageMessage(ember::kUsage);
   gflags::SetVersionString("0.1");
-  // --help shows ember's own flags; gflags' --helpfull still lists glog's too.
+  // `ember <command> --help`: that command's flags; `ember --help`: the commands.
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
-      gflags::ShowUsageWithFlagsRestrict(argv[0], "launch/main.cc");
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0 ||
+        std::strcmp(argv[i], "--helpshort") == 0) {
+      if (argc > 1 && argv[1][0] != '-' && ember::PrintCommandHelp(argv[1])) return 0;
+      std::printf("%s\n", ember::kUsage);
       return 0;
     }
   }
@@ -336,6 +395,16 @@ int main(int argc, char** argv) {
   }
   // Logs go to stderr unless --log_dir asks for files.
   if (FLAGS_log_dir.empty()) FLAGS_logtostderr = true;
+  if (FLAGS_exit_with_parent) {
+    // The kernel sends SIGKILL when the parent dies, however it dies; if it
+    // died before prctl ran, we were already re-parented.
+    const pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent || parent == 1) {
+      std::fprintf(stderr, "error: --exit_with_parent: the parent process is already gone\n");
+      return 1;
+    }
+  }
   google::InitGoogleLogging(argv[0]);
   if (command == "server" || command == "worker") ember::net::TuneAllocatorForMessages();
   if (command == "scheduler") return ember::RunScheduler();

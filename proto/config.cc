@@ -223,4 +223,21 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   return absl::OkStatus();
 }
 
+absl::Status CheckBadLineBudget(const DataConfig& data, uint64_t bad, uint64_t lines,
+                                absl::Span<const std::string> examples) {
+  std::string why;
+  if (bad > data.max_bad_lines()) {
+    why = absl::StrCat(bad, " malformed lines (data.max_bad_lines=", data.max_bad_lines(), ")");
+  } else if (lines >= 1000 && static_cast<double>(bad) / lines > data.max_bad_fraction()) {
+    why = absl::StrCat(bad, " of ", lines, " lines malformed (data.max_bad_fraction=", data.max_bad_fraction(), ")");
+  } else {
+    return absl::OkStatus();
+  }
+  std::string first;
+  for (size_t i = 0; i < examples.size() && i < 3; ++i) absl::StrAppend(&first, i == 0 ? "" : "; ", examples[i]);
+  return absl::DataLossError(absl::StrCat("bad-line budget exceeded: ", why,
+                                          first.empty() ? "; see the workers' logs for file:line"
+                                                        : absl::StrCat("; first: ", first)));
+}
+
 }  // namespace ember::proto

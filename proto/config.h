@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "absl/status/statusor.h"
 #include "proto/config.pb.h"
 
@@ -29,6 +30,15 @@ int FindTable(const JobConfig& config, const std::string& name);
 
 // The key namespace of column `index` (ColumnConfig.slot, or index + 1).
 uint32_t ColumnSlot(const JobConfig& config, int index);
+
+// The bad-line budget of data.max_bad_lines and data.max_bad_fraction, one
+// rule for the scheduler (job totals) and the workers (their own counts, so a
+// worker stops at the budget instead of reading on). OK within the budget;
+// otherwise DataLoss naming the field that ran out, with up to three of
+// `examples` ("path:line: reason") so the cause is on the console. The
+// fraction applies once `lines` >= 1000.
+[[nodiscard]] absl::Status CheckBadLineBudget(const DataConfig& data, uint64_t bad, uint64_t lines,
+                                              absl::Span<const std::string> examples);
 
 }  // namespace ember::proto
 

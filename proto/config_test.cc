@@ -74,5 +74,27 @@ TEST(ConfigTest, StorageFieldsAreValidated) {
   EXPECT_NE(st.message().find("storage.keep"), std::string::npos) << st;
 }
 
+TEST(ConfigTest, BadLineBudgetNamesTheFieldAndTheFirstCauses) {
+  DataConfig d;
+  d.set_max_bad_lines(10);
+  d.set_max_bad_fraction(0.01);
+  const std::vector<std::string> first = {"a.tsv:1: expected 10 columns, got 11", "a.tsv:2: x", "a.tsv:3: y",
+                                          "a.tsv:4: z"};
+  EXPECT_TRUE(CheckBadLineBudget(d, 10, 0, first).ok());  // at the budget is within it
+  absl::Status st = CheckBadLineBudget(d, 11, 0, first);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(st.message().find("data.max_bad_lines=10"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("a.tsv:1: expected 10 columns, got 11"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("a.tsv:3: y"), std::string::npos) << st;
+  EXPECT_EQ(st.message().find("a.tsv:4"), std::string::npos) << st;  // three at most
+  // The fraction: 20 bad lines are within max_bad_lines=100 but above 1%,
+  // which applies from 1000 lines on.
+  d.set_max_bad_lines(100);
+  EXPECT_TRUE(CheckBadLineBudget(d, 20, 999, {}).ok());
+  st = CheckBadLineBudget(d, 20, 1000, {});
+  EXPECT_NE(st.message().find("data.max_bad_fraction"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("workers' logs"), std::string::npos) << st;
+}
+
 }  // namespace
 }  // namespace ember::proto

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
@@ -85,6 +86,16 @@ class Server::Impl {
   ~Impl() {
     for (auto& h : handlers_) h->Push(nullptr);
     for (auto& h : handlers_) h->thread.join();
+    // The tiers read the spill store: they go first, then the store (which
+    // removes its directory), then the job's spill directory if now empty.
+    handlers_.clear();
+    if (spill_ != nullptr) {
+      spill_.reset();
+      std::error_code ec;
+      if (!opt_.job_id.empty()) {
+        std::filesystem::remove(std::filesystem::path(opt_.config.storage().spill_path()) / opt_.job_id, ec);
+      }
+    }
   }
 
   absl::Status Init() {
@@ -92,6 +103,12 @@ class Server::Impl {
     if (opt_.shard_map.server_rank_size() != static_cast<int>(L)) {
       return absl::InvalidArgumentError(absl::StrCat("shard map has ", opt_.shard_map.server_rank_size(),
                                                      " entries, cluster.num_logical_shards is ", L));
+    }
+    // A path component under storage.spill_path: never "..", never a "/".
+    for (char c : opt_.job_id) {
+      if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_') {
+        return absl::InvalidArgumentError(absl::StrCat("job id '", opt_.job_id, "': only [A-Za-z0-9_-] allowed"));
+      }
     }
     const uint32_t threads = opt_.config.cluster().server_threads();
     shard_handler_.assign(L, kNotMine);
@@ -112,7 +129,7 @@ class Server::Impl {
     const uint64_t budget = sc.memory_budget_bytes();
     if (budget > 0) {
       storage::SpillStoreOptions so;
-      so.path = (std::filesystem::path(sc.spill_path()) / absl::StrCat("server-", opt_.rank)).string();
+      so.path = (std::filesystem::path(sc.spill_path()) / opt_.job_id / absl::StrCat("server-", opt_.rank)).string();
       so.tables = names;
       so.block_cache_bytes = sc.block_cache_bytes();
       absl::StatusOr<std::unique_ptr<storage::SpillStore>> spill = storage::SpillStore::Open(so);

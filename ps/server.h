@@ -42,6 +42,10 @@ struct ServerOptions {
   proto::ShardMap shard_map;
   // This server's rank among servers (which shards it owns).
   uint32_t rank = 0;
+  // The job's id (ClusterInfo.job_id): the RocksDB tier lives in
+  // <storage.spill_path>/<job_id>/server-<rank>, so jobs never share one.
+  // Empty: <storage.spill_path>/server-<rank> (tests that own spill_path).
+  std::string job_id;
   // Node id written into reply headers.
   int32_t node_id = -1;
   // This server's dense slice: [dense_offset, dense_offset + dense_init.size())

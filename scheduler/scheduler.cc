@@ -9,12 +9,16 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/random/random.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "glog/logging.h"
 #include "models/metrics.h"
 #include "net/validate.h"
+#include "proto/config.h"
 #include "scheduler/chunks.h"
 
 namespace ember::scheduler {
@@ -31,6 +35,9 @@ struct Node {
   proto::Metrics metrics;    // workers: latest report
 };
 
+// The oracle AUC of a generated data set (meta.txt's oracle_auc=), or NaN:
+// real data (a converted set, a user's own logs) has no oracle, and no
+// meta.txt or one without the key is normal, not an error.
 double ReadOracleAuc(const std::string& path) {
   if (path.empty()) return kNaN;
   std::ifstream in(path);
@@ -38,21 +45,50 @@ double ReadOracleAuc(const std::string& path) {
   while (std::getline(in, line)) {
     if (line.rfind("oracle_auc=", 0) == 0) {
       double v;
-      if (absl::SimpleAtod(line.substr(11), &v)) return v;
+      if (absl::SimpleAtod(line.substr(11), &v) && std::isfinite(v)) return v;
+      LOG(WARNING) << path << ": oracle_auc is not a number: '" << line.substr(11) << "'";
     }
   }
-  LOG(WARNING) << "no oracle_auc in " << path;
   return kNaN;
+}
+
+// " key=value" with 4 decimals, or nothing when the figure is undefined (an
+// AUC over one class, a GAUC without data.user_column): NaN never reaches
+// the output.
+void AppendFigure(std::string* line, const std::string& key, double v) {
+  if (std::isfinite(v)) absl::StrAppendFormat(line, " %s=%.4f", key, v);
+}
+
+// Why a task's eval figure is missing, for the eval line.
+std::string Undefined(const std::string& name, double v, const std::string& why) {
+  return std::isfinite(v) ? absl::StrFormat(" %s=%.4f", name, v) : absl::StrCat(" ", name, "=n/a (", why, ")");
+}
+
+// A job id: the config's name (or "job"), reduced to [A-Za-z0-9_-], plus the
+// start time and 32 random bits, so that concurrent jobs never collide.
+std::string NewJobId(const std::string& name) {
+  std::string id;
+  for (char c : name.empty() ? std::string("job") : name.substr(0, 40)) {
+    id.push_back(absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' ? c : '_');
+  }
+  absl::BitGen gen;
+  absl::StrAppend(&id, "-", absl::FormatTime("%Y%m%d-%H%M%S", absl::Now(), absl::UTCTimeZone()), "-",
+                  absl::Hex(absl::Uniform<uint32_t>(gen), absl::kZeroPad8));
+  return id;
 }
 
 }  // namespace
 
 std::string FinalLine(const JobResult& r) {
-  std::string line = absl::StrFormat("final: auc=%.4f oracle_auc=%.4f logloss=%.4f samples=%d samples_per_sec=%.0f",
-                                     r.auc, r.oracle_auc, r.logloss, r.samples, r.samples_per_sec);
+  std::string line = "final:";
+  AppendFigure(&line, "auc", r.auc);
+  AppendFigure(&line, "oracle_auc", r.oracle_auc);
+  AppendFigure(&line, "logloss", r.logloss);
+  absl::StrAppendFormat(&line, " samples=%d samples_per_sec=%.0f", r.samples, r.samples_per_sec);
   for (const TaskResult& t : r.tasks) {
-    absl::StrAppendFormat(&line, " auc_%s=%.4f gauc_%s=%.4f logloss_%s=%.4f", t.name, t.auc, t.name, t.gauc, t.name,
-                          t.logloss);
+    AppendFigure(&line, "auc_" + t.name, t.auc);
+    AppendFigure(&line, "gauc_" + t.name, t.gauc);
+    AppendFigure(&line, "logloss_" + t.name, t.logloss);
   }
   return line;
 }
@@ -87,6 +123,7 @@ class Scheduler::Impl {
     for (const auto& c : train_chunks_) train_bytes_ += c.end() - c.begin();
     for (const auto& c : test_chunks_) test_bytes_ += c.end() - c.begin();
     result_.oracle_auc = ReadOracleAuc(d.meta());
+    job_id_ = NewJobId(opt_.config.name());
     result_.auc = result_.logloss = result_.gauc = kNaN;
     std::vector<std::string> tasks = opt_.tasks;
     if (tasks.empty()) {
@@ -234,6 +271,7 @@ class Scheduler::Impl {
     dense->set_total(opt_.dense_size);
     for (uint32_t s = 0; s <= cc.num_servers(); ++s) dense->add_offset(opt_.dense_size * s / cc.num_servers());
     *info.mutable_config() = opt_.config;
+    info.set_job_id(job_id_);
     registered_ = true;
     StartPhase(0);
     for (net::Message& req : pending_register_) {
@@ -411,8 +449,11 @@ class Scheduler::Impl {
         r.auc = models::ExactAuc(scores, labels);
         r.logloss = models::LogLoss(scores, labels);
         r.gauc = opt_.config.data().user_column().empty() ? kNaN : models::GroupAuc(scores, labels, eval_users_);
-        opt_.print(absl::StrFormat("eval after epoch %d: task=%s auc=%.4f gauc=%.4f logloss=%.4f samples=%d",
-                                   phase_.epoch() + 1, r.name, r.auc, r.gauc, r.logloss, n));
+        const bool no_users = opt_.config.data().user_column().empty();
+        opt_.print(absl::StrCat("eval after epoch ", phase_.epoch() + 1, ": task=", r.name,
+                                Undefined("auc", r.auc, n == 0 ? "no test samples" : "the test labels are all one class"),
+                                Undefined("gauc", r.gauc, no_users ? "no data.user_column" : "no user has both classes"),
+                                Undefined("logloss", r.logloss, "no test samples"), " samples=", n));
       }
       result_.auc = result_.tasks[0].auc;
       result_.gauc = result_.tasks[0].gauc;
@@ -450,23 +491,17 @@ class Scheduler::Impl {
 
   absl::Status CheckBadLines() {
     uint64_t bad = 0, lines = 0;
+    std::vector<std::string> examples;
     for (const Node& n : nodes_) {
       bad += n.metrics.bad_lines();
       lines += n.metrics.lines();
+      for (const std::string& e : n.metrics.bad_line_examples()) {
+        if (examples.size() < 3) examples.push_back(e.substr(0, 512));
+      }
     }
     result_.bad_lines = bad;
     result_.lines = lines;
-    const proto::DataConfig& d = opt_.config.data();
-    if (bad > d.max_bad_lines()) {
-      return absl::DataLossError(absl::StrCat("bad-line budget exceeded: ", bad, " malformed lines (data.max_bad_lines=",
-                                              d.max_bad_lines(), "); see the workers' logs for file:line"));
-    }
-    if (lines >= 1000 && static_cast<double>(bad) / lines > d.max_bad_fraction()) {
-      return absl::DataLossError(absl::StrCat("bad-line budget exceeded: ", bad, " of ", lines,
-                                              " lines malformed (data.max_bad_fraction=", d.max_bad_fraction(),
-                                              "); see the workers' logs for file:line"));
-    }
-    return absl::OkStatus();
+    return proto::CheckBadLineBudget(opt_.config.data(), bad, lines, examples);
   }
 
   uint64_t TotalSamples() const {
@@ -539,8 +574,8 @@ class Scheduler::Impl {
   }
 
   static std::string Name(const Node& n) {
-    return absl::StrCat(proto::Role_Name(n.info.role()), " ", n.info.rank(), " (node ", n.info.id(), ", ",
-                        n.info.host(), " pid ", n.info.pid(), ")");
+    return absl::StrCat(absl::AsciiStrToLower(proto::Role_Name(n.info.role())), " rank ", n.info.rank(), " (node ",
+                        n.info.id(), ", ", n.info.host(), " pid ", n.info.pid(), ")");
   }
 
   // Tells every node the job failed, answers the calls it is holding, and
@@ -559,6 +594,7 @@ class Scheduler::Impl {
 
   SchedulerOptions opt_;
   std::unique_ptr<net::Transport> transport_;
+  std::string job_id_;
   std::vector<proto::Chunk> train_chunks_, test_chunks_;
   uint64_t train_bytes_ = 0, test_bytes_ = 0;
 

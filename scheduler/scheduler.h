@@ -82,6 +82,8 @@ class Scheduler {
 // The summary line launch/local.sh ends with:
 // "final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>"
 // followed by, for each task, auc_<task>= gauc_<task>= logloss_<task>=.
+// A figure that is undefined (NaN: no oracle for real data, a GAUC without
+// data.user_column, an AUC over one class) is left out, never printed as nan.
 std::string FinalLine(const JobResult& r);
 
 }  // namespace ember::scheduler

@@ -1,5 +1,10 @@
 #include "storage/spill_store.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 
@@ -15,6 +20,59 @@ namespace ember::storage {
 namespace {
 
 constexpr size_t kKeyBytes = 12;
+constexpr char kLockFile[] = "EMBER_SPILL_LOCK";
+
+std::vector<std::filesystem::path> ContentsBesidesLock(const std::string& dir) {
+  std::vector<std::filesystem::path> out;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != kLockFile) out.push_back(it->path());
+  }
+  return out;
+}
+
+// Creates `dir`, locks it (the returned fd holds the flock) and empties what a
+// dead server left there. Refuses a directory in use, or one with files but
+// no lock file (not ours: nothing is deleted).
+absl::StatusOr<int> LockSpillDir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("RocksDB tier: cannot create ", dir, ": ", ec.message()));
+  const fs::path lock = fs::path(dir) / kLockFile;
+  bool ours = fs::exists(lock, ec);
+  if (!ours) {
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("RocksDB tier: ", dir, " holds ", it->path().filename().string(),
+                       " and is not an ember spill directory (no ", kLockFile,
+                       "); set storage.spill_path to a directory of its own"));
+    }
+  }
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("RocksDB tier: cannot open ", lock.string(), ": ", std::strerror(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat("RocksDB tier: ", dir,
+                                                        " is in use by another ember server (", kLockFile,
+                                                        " is locked); give each job its own storage.spill_path"));
+    }
+    return absl::InternalError(absl::StrCat("RocksDB tier: cannot lock ", lock.string(), ": ", std::strerror(err)));
+  }
+  // A dead server's tier: a stale cache of state that only a checkpoint can
+  // bring back. Everything but the lock goes.
+  for (const fs::path& p : ContentsBesidesLock(dir)) {
+    std::error_code rm;
+    fs::remove_all(p, rm);
+    if (rm) {
+      ::close(fd);
+      return absl::InternalError(absl::StrCat("RocksDB tier: cannot clear ", p.string(), ": ", rm.message()));
+    }
+  }
+  return fd;
+}
 
 inline void EncodeKey(uint32_t shard, uint64_t key, char* out) {
   for (int i = 0; i < 4; ++i) out[i] = static_cast<char>(shard >> (24 - 8 * i));
@@ -94,10 +152,11 @@ void SpillStore::Batch::Clear() { batch_->Clear(); }
 
 absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillStoreOptions& options) {
   if (options.path.empty()) return absl::InvalidArgumentError("RocksDB tier: empty path");
-  std::error_code ec;
-  std::filesystem::remove_all(options.path, ec);  // a cache of a previous run's live state: stale
-  std::filesystem::create_directories(options.path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("RocksDB tier: cannot create ", options.path, ": ", ec.message()));
+  absl::StatusOr<int> lock_fd = LockSpillDir(options.path);
+  if (!lock_fd.ok()) return lock_fd.status();
+  std::unique_ptr<SpillStore> store(new SpillStore());
+  store->path_ = options.path;
+  store->lock_fd_ = *lock_fd;  // the destructor releases it, also on the errors below
 
   rocksdb::DBOptions db;
   db.create_if_missing = true;
@@ -119,7 +178,6 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillStoreOpt
   rocksdb::DB* raw = nullptr;
   rocksdb::Status s = rocksdb::DB::Open(db, options.path, cfs, &handles, &raw);
   if (!s.ok()) return FromRocks(s, absl::StrCat("open ", options.path));
-  std::unique_ptr<SpillStore> store(new SpillStore());
   store->db_.reset(raw);
   // handles[0] is the default family, unused; the store keeps the others.
   store->cfs_.assign(handles.begin() + 1, handles.end());
@@ -128,10 +186,21 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const SpillStoreOpt
 }
 
 SpillStore::~SpillStore() {
-  if (!db_) return;
-  for (auto* h : cfs_) (void)db_->DestroyColumnFamilyHandle(h);
-  (void)db_->DestroyColumnFamilyHandle(default_cf_);
-  (void)db_->Close();
+  if (db_) {
+    for (auto* h : cfs_) (void)db_->DestroyColumnFamilyHandle(h);
+    (void)db_->DestroyColumnFamilyHandle(default_cf_);
+    (void)db_->Close();
+    db_.reset();
+  }
+  if (lock_fd_ >= 0) {
+    // Ours, and a cache: nothing in it outlives the server. The lock file
+    // goes last, while still locked, so no other server can start in between.
+    std::error_code ec;
+    for (const std::filesystem::path& p : ContentsBesidesLock(path_)) std::filesystem::remove_all(p, ec);
+    std::filesystem::remove(std::filesystem::path(path_) / kLockFile, ec);
+    std::filesystem::remove(path_, ec);
+    ::close(lock_fd_);
+  }
 }
 
 absl::Status SpillStore::Write(Batch* batch) {

@@ -4,8 +4,12 @@
 // rows of a shard form one key range and iterate in key order.
 //
 // The store is a cache of the server's live state, not its durable copy
-// (checkpoints are): it is wiped when opened and writes skip the WAL. The
-// options and their reasons are in docs/storage.md.
+// (checkpoints are): writes skip the WAL, and the directory is removed when
+// the store closes. The directory is locked (flock on EMBER_SPILL_LOCK) while
+// open, so two servers never share one; a directory left by a dead server
+// (the lock file present, the lock free) is wiped at open, and one holding
+// files ember did not write is refused. The options and their reasons are in
+// docs/storage.md.
 //
 // Thread safety: every method is thread-safe (RocksDB's own guarantees). The
 // server's handler threads own disjoint shards, so they never write the same
@@ -33,14 +37,18 @@ class WriteBatch;
 namespace ember::storage {
 
 struct SpillStoreOptions {
-  std::string path;                        // directory; wiped at open
+  std::string path;                        // directory; created, locked, removed at close
   std::vector<std::string> tables;         // one column family each, by index
   uint64_t block_cache_bytes = 64 << 20;
 };
 
 class SpillStore {
  public:
+  // Creates options.path (and its parents), takes its lock and opens
+  // RocksDB there. FailedPrecondition, naming the directory, if another
+  // process holds the lock or the directory holds files ember did not write.
   [[nodiscard]] static absl::StatusOr<std::unique_ptr<SpillStore>> Open(const SpillStoreOptions& options);
+  // Closes RocksDB, removes the directory and releases the lock.
   ~SpillStore();
   SpillStore(const SpillStore&) = delete;
   SpillStore& operator=(const SpillStore&) = delete;
@@ -93,6 +101,8 @@ class SpillStore {
 
  private:
   SpillStore() = default;
+  std::string path_;
+  int lock_fd_ = -1;  // flock'ed EMBER_SPILL_LOCK, held while open
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> cfs_;
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;

@@ -215,7 +215,7 @@ bool ChunkReader::Next(std::string_view* line, uint64_t* line_number) {
 
 absl::Status ReadChunk(const proto::Chunk& chunk, BatchBuilder& builder, uint32_t batch_size,
                        const std::function<bool(models::Batch&&)>& emit,
-                       const std::function<void(const BadLine&)>& on_bad, ReadStats* stats) {
+                       const std::function<absl::Status(const BadLine&)>& on_bad, ReadStats* stats) {
   if (builder.size() != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("ReadChunk: builder holds ", builder.size(), " samples of another chunk"));
@@ -254,7 +254,10 @@ absl::Status ReadChunk(const proto::Chunk& chunk, BatchBuilder& builder, uint32_
     }
     if (st.code() == absl::StatusCode::kInvalidArgument) {
       ++local.bad_lines;
-      if (on_bad) on_bad(BadLine{chunk.path(), line_number, std::string(st.message())});
+      if (on_bad) {
+        absl::Status stop = on_bad(BadLine{chunk.path(), line_number, std::string(st.message())});
+        if (!stop.ok()) return finish(stop);
+      }
       continue;
     }
     if (!st.ok()) {

@@ -120,7 +120,9 @@ struct ReadStats {
 // true on the final batch only, which may be empty (size 0) if the chunk
 // ended exactly at a batch boundary or had no good lines; it is emitted
 // anyway so that the caller can mark the chunk finished. on_bad (may be
-// empty) is called for each malformed line and the line is skipped.
+// empty) is called for each malformed line: if it returns OK the line is
+// skipped and reading goes on; otherwise reading stops at once and ReadChunk
+// returns that status (how a caller enforces a bad-line budget).
 //
 // Returns OK once the final batch has been emitted; the I/O error (missing
 // file, truncated or corrupt gzip, overlong line) otherwise, in which case
@@ -133,7 +135,7 @@ struct ReadStats {
 [[nodiscard]] absl::Status ReadChunk(const proto::Chunk& chunk, BatchBuilder& builder,
                                      uint32_t batch_size,
                                      const std::function<bool(models::Batch&&)>& emit,
-                                     const std::function<void(const BadLine&)>& on_bad,
+                                     const std::function<absl::Status(const BadLine&)>& on_bad,
                                      ReadStats* stats);
 
 }  // namespace ember::worker

@@ -254,14 +254,22 @@ class ReadChunkTest : public ChunkReaderTest {
   }
 
   // Runs ReadChunk, recording batches (size, last_of_chunk, chunk_id) and bad lines.
-  absl::Status Run(const proto::Chunk& chunk, uint32_t batch_size, int stop_after = -1) {
+  // With bad_budget >= 0, on_bad refuses the line after that many.
+  absl::Status Run(const proto::Chunk& chunk, uint32_t batch_size, int stop_after = -1, int bad_budget = -1) {
     return ReadChunk(
         chunk, *builder_, batch_size,
         [&](models::Batch&& b) {
           batches_.push_back(std::move(b));
           return stop_after < 0 || static_cast<int>(batches_.size()) < stop_after;
         },
-        [&](const BadLine& bad) { bad_.push_back(bad); }, &stats_);
+        [&](const BadLine& bad) {
+          bad_.push_back(bad);
+          if (bad_budget >= 0 && static_cast<int>(bad_.size()) > bad_budget) {
+            return absl::DataLossError("over budget");
+          }
+          return absl::OkStatus();
+        },
+        &stats_);
   }
 
   std::vector<int> Sizes() const {
@@ -316,6 +324,18 @@ TEST_F(ReadChunkTest, OnlyBadLinesStillFinishTheChunk) {
   EXPECT_EQ(Sizes(), (std::vector<int>{0}));
   EXPECT_TRUE(batches_[0].last_of_chunk);
   EXPECT_EQ(bad_.size(), 2u);
+}
+
+TEST_F(ReadChunkTest, OnBadCanStopAtOnce) {
+  // Every line is bad: with a budget of 2 the third stops the read there.
+  const std::string path = Write("data", "x\ny\nz\nw\nv\n");
+  absl::Status st = Run(Chunk(path, 0, 10), 100, -1, 2);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss) << st;
+  EXPECT_EQ(bad_.size(), 3u);
+  EXPECT_EQ(stats_.lines, 3u);
+  EXPECT_EQ(stats_.bad_lines, 3u);
+  EXPECT_TRUE(batches_.empty());  // no final batch: the chunk is not finished
+  EXPECT_EQ(builder_->size(), 0);
 }
 
 TEST_F(ReadChunkTest, GzipChunk) {

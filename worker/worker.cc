@@ -10,6 +10,7 @@
 #include "glog/logging.h"
 #include "models/model.h"
 #include "models/metrics.h"
+#include "proto/config.h"
 #include "worker/batch_builder.h"
 #include "worker/chunk_reader.h"
 
@@ -152,20 +153,30 @@ class Worker::Impl {
       if (r->end_of_phase() || !r->has_chunk()) return EndRead(queue, absl::OkStatus());
       const proto::Chunk& chunk = r->chunk();
       ReadStats stats;
+      uint64_t chunk_bad = 0;  // stats counts only once the chunk is done
+      absl::Status budget;
       absl::Status st = ReadChunk(
           chunk, *builder, d.batch_size(),
           [&](models::Batch&& b) { return queue->Push(std::move(b)) && !control_->Stopped(); },
           [&](const BadLine& bad) {
+            const std::string where = absl::StrCat(bad.path, ":", bad.line, ": ", bad.reason);
             if (logged_bad_++ < d.log_bad_lines_limit()) {
-              LOG(WARNING) << "bad line " << bad.path << ":" << bad.line << ": " << bad.reason << " (skipped)";
+              LOG(WARNING) << "bad line " << where << " (skipped)";
             } else if (logged_bad_ == d.log_bad_lines_limit() + 1) {
               LOG(WARNING) << "more bad lines; not logging them (data.log_bad_lines_limit=" << d.log_bad_lines_limit()
                            << ")";
             }
+            absl::MutexLock l(&examples_mu_);
+            if (bad_examples_.size() < kMaxBadExamples) bad_examples_.push_back(where.substr(0, 512));
+            // Stop at the budget: past it the job has failed whatever the
+            // other workers read, and reading on only buries the cause.
+            budget = proto::CheckBadLineBudget(d, bad_lines_.load() + ++chunk_bad, 0, bad_examples_);
+            return budget;
           },
           &stats);
       lines_ += stats.lines;
       bad_lines_ += stats.bad_lines;
+      if (!budget.ok()) return EndRead(queue, budget);
       if (!st.ok()) {
         return EndRead(queue, absl::Status(st.code(), absl::StrCat("reading chunk ", chunk.id(), " (", chunk.path(),
                                                                   " bytes ", chunk.begin(), "-", chunk.end(),
@@ -349,6 +360,10 @@ class Worker::Impl {
     m.set_lines(lines_.load());
     m.set_bad_lines(bad_lines_.load());
     m.set_bytes(bytes_);
+    {
+      absl::MutexLock l(&examples_mu_);
+      for (const std::string& e : bad_examples_) m.add_bad_line_examples(e);
+    }
     control_->ReportMetrics(m);
   }
 
@@ -371,6 +386,9 @@ class Worker::Impl {
   // Reader thread (counters read by the training thread).
   std::atomic<uint64_t> lines_{0}, bad_lines_{0};
   uint32_t logged_bad_ = 0;
+  static constexpr size_t kMaxBadExamples = 5;
+  absl::Mutex examples_mu_;
+  std::vector<std::string> bad_examples_ ABSL_GUARDED_BY(examples_mu_);  // the first, "path:line: reason"
 
   absl::Mutex finished_mu_;
   std::vector<uint64_t> finished_ ABSL_GUARDED_BY(finished_mu_);
