@@ -541,9 +541,11 @@ class Scheduler::Impl {
     const double done =
         train_bytes_ ? std::min(1.0, static_cast<double>(TotalBytes() - phase_bytes_start_) / train_bytes_) : 0;
     const std::string eta = done > 0.01 ? absl::StrFormat("%.0fs", elapsed * (1 - done) / done) : "?";
-    opt_.print(absl::StrFormat("epoch %d/%d %5.1f%% samples=%d samples/s=%.0f loss=%.4f train_auc=%.4f eta=%s",
+    // The windowed AUC is undefined until a window holds both classes.
+    const std::string train_auc = auc_w > 0 ? absl::StrFormat(" train_auc=%.4f", auc_sum / auc_w) : "";
+    opt_.print(absl::StrFormat("epoch %d/%d %5.1f%% samples=%d samples/s=%.0f loss=%.4f%s eta=%s",
                                phase_.epoch() + 1, opt_.config.train().epochs(), 100 * done, phase_samples,
-                               phase_samples / elapsed, interval_loss, auc_w > 0 ? auc_sum / auc_w : kNaN, eta));
+                               phase_samples / elapsed, interval_loss, train_auc, eta));
     last_progress_ = now;
     last_samples_ = samples;
     last_loss_ = loss;
