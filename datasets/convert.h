@@ -41,8 +41,8 @@
 //              click; every other column but id is SPARSE, plus hour_of_day
 //              and weekday derived from hour (YYMMDDHH). 90/10 by row hash.
 // Inputs whose name ends in .gz are read through zlib (any format).
-#ifndef EMBER_LAUNCH_CONVERT_H_
-#define EMBER_LAUNCH_CONVERT_H_
+#ifndef EMBER_DATASETS_CONVERT_H_
+#define EMBER_DATASETS_CONVERT_H_
 
 #include <cstdint>
 #include <string>
@@ -50,7 +50,7 @@
 
 #include "absl/status/status.h"
 
-namespace ember::launch {
+namespace ember::datasets {
 
 // What to convert and where to. Each field can be given on the command line
 // under its own name.
@@ -125,6 +125,6 @@ struct ConvertSummary {
 // `summary` may be null; on success it receives the figures above.
 [[nodiscard]] absl::Status Convert(const ConvertOptions& options, ConvertSummary* summary);
 
-}  // namespace ember::launch
+}  // namespace ember::datasets
 
-#endif  // EMBER_LAUNCH_CONVERT_H_
+#endif  // EMBER_DATASETS_CONVERT_H_
