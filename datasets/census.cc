@@ -178,12 +178,11 @@ absl::Status ConvertCensus(const ConvertOptions& o, ConvertSummary* summary) {
       "# census`). Rows are split by a hash of the row number into train, valid and\n"
       "# test (",
       100 * (1 - test_fraction - valid_fraction), "/", 100 * valid_fraction, "/",
-      100 * test_fraction,
-      "%); point data.test at \"valid\" for model selection.\n");
+      100 * test_fraction, "%); point data.test at \"valid\" for model selection.\n");
   return out.Finish(
       JobConfText(comment, "census",
-                  TableText("feat", 8, "every categorical column, each in its own slot"), 256,
-                  cols, 2),
+                  TableText("feat", 8, "every categorical column, each in its own slot"), 256, cols,
+                  2),
       {pos_income, pos_married});
 }
 

@@ -165,8 +165,8 @@ void ClickLogGenerator::Generate(const Part& part, DistinctIds* distinct,
                                 : static_cast<uint32_t>(rng.Below(kDevices.size()));
     const double dense0 = RoundToPrinted(rng.Normal());
     const double dense1 = RoundToPrinted(rng.Uniform());
-    const float p = Probability(model.Logit(
-        user, group, item, category, hist_cats.data(), history, hour, device, dense0, dense1));
+    const float p = Probability(model.Logit(user, group, item, category, hist_cats.data(), history,
+                                            hour, device, dense0, dense1));
     const bool label = rng.Uniform() < p;
 
     result->Add(p, label, history, part.test);
@@ -267,10 +267,10 @@ absl::StatusOr<float> ClickLogClickProbability(const GenDataOptions& o, std::str
       return bad(9 + k, absl::StrCat("'", text, "' is not a number"));
     }
   }
-  return Probability(
-      model.Logit(user, group, item, static_cast<uint32_t>(category), hist_cats.data(),
-                  hist_cats.size(), static_cast<uint32_t>(hour),
-                  static_cast<uint32_t>(device - kDevices.begin()), dense[0], dense[1]));
+  return Probability(model.Logit(user, group, item, static_cast<uint32_t>(category),
+                                 hist_cats.data(), hist_cats.size(), static_cast<uint32_t>(hour),
+                                 static_cast<uint32_t>(device - kDevices.begin()), dense[0],
+                                 dense[1]));
 }
 
 }  // namespace ember::datasets::internal

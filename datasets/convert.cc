@@ -180,8 +180,8 @@ std::string JobConfText(std::string_view comment, std::string_view name, std::st
                       "  train: \"train\"\n"
                       "  test: \"test\"\n"
                       "  batch_size: ",
-                      batch_size, "\n", Av(columns), "}\n\n", Av(kModel), "\ntrain { epochs: ",
-                      epochs, " }\n");
+                      batch_size, "\n", Av(columns), "}\n\n", Av(kModel),
+                      "\ntrain { epochs: ", epochs, " }\n");
 }
 
 }  // namespace internal

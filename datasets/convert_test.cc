@@ -116,7 +116,6 @@ class ConvertTest : public ::testing::Test {
 using ConvertReal = ConvertTest;
 using ConvertSynthetic = ConvertTest;
 
-
 TEST_F(ConvertReal, Movielens) {
   REQUIRE_SHARED("movielens-latest-small/ratings.csv");
   ConvertOptions o;

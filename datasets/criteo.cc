@@ -105,9 +105,10 @@ absl::Status ConvertCriteo(const ConvertOptions& o, ConvertSummary* summary) {
   const std::string comment = absl::StrCat(
       "# Criteo display ads (written by `ember convert criteo`); ", 100 * test_fraction,
       "% of the rows,\n# picked by a hash of the line number, are the test split.\n");
-  return out.Finish(JobConfText(comment, "criteo", TableText("feat", 10, "C1-C26, each in its own slot"),
-                                1024, cols, 1),
-                    {positives});
+  return out.Finish(
+      JobConfText(comment, "criteo", TableText("feat", 10, "C1-C26, each in its own slot"), 1024,
+                  cols, 1),
+      {positives});
 }
 
 }  // namespace ember::datasets::internal

@@ -98,8 +98,8 @@ absl::StatusOr<DataDirContents> InspectDataDir(const std::string& dir_name) {
     }
     if (found && source.starts_with("convert ")) {
       c.kind = DataDirContents::kConvert;
-      c.description = absl::StrCat("a data set written by `ember ", source, "` (meta.txt: source=",
-                                   source, ")");
+      c.description = absl::StrCat("a data set written by `ember ", source,
+                                   "` (meta.txt: source=", source, ")");
       return c;
     }
     bool has_oracle = false;
@@ -162,8 +162,9 @@ absl::Status PrepareOutputDir(const std::string& out_dir, DataTool tool, bool ov
     const fs::path conf = root / kJobConfFile;
     if (tool == DataTool::kConvert && fs::exists(conf, ec)) {
       if (contents->kind != DataDirContents::kConvert) {
-        return Refuse(conf, " was not written by convert, which would overwrite it; remove it "
-                            "yourself or pick another --out");
+        return Refuse(conf,
+                      " was not written by convert, which would overwrite it; remove it "
+                      "yourself or pick another --out");
       }
       stale.push_back(conf);
     }
@@ -231,7 +232,9 @@ absl::StatusOr<std::unique_ptr<SplitWriter>> SplitWriter::Open(
     absl::StatusOr<std::unique_ptr<OutputFile>> f =
         OutputFile::Open((fs::path(out_dir) / s / "part-00000.tsv").string());
     if (!f.ok()) return f.status();
-    w->files_.push_back(File{*std::move(f)});
+    File file;
+    file.out = *std::move(f);
+    w->files_.push_back(std::move(file));
   }
   return w;
 }

@@ -155,10 +155,13 @@ struct GenDataOptions {
   // zlib level when gzip: 1 (fastest) .. 9 (smallest). Default 1: the data is
   // synthetic and regenerable, so speed matters more than size.
   int gzip_level = 1;
-  // What to do when out_dir/train, out_dir/test or out_dir/meta.txt already
-  // hold files. false: fail. true: delete this generator's own files there
-  // (part-*.tsv, part-*.tsv.gz, meta.txt) and fail only if anything else
-  // remains, since a trainer reads every file in the directory. Default false.
+  // What to do when out_dir is not empty. false: fail. true: replace a data
+  // set gen-data wrote (meta.txt says source=gen-data, or is an older
+  // gen-data meta.txt): delete its meta.txt and part files, and fail if its
+  // split directories hold anything else, since a trainer reads every file
+  // there. Anything else in out_dir (a converted set, a user's files) is
+  // refused either way and left untouched (datasets/data_dir.h). The command
+  // line flag is --overwrite. Default false.
   bool overwrite = false;
   // Count distinct users, items and categories seen (GenDataSummary, meta.txt)
   // with bitmaps of (num_users + num_items + num_categories) / 8 bytes.
@@ -297,18 +300,16 @@ struct GenDataSummary {
 [[nodiscard]] absl::Status ValidateGenDataOptions(const GenDataOptions& options);
 
 // Validates `options`, then writes the train and test files and, last,
-// out_dir/meta.txt (key=value lines: format, columns, train_rows, test_rows,
-// positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields
-// but seconds and files, and every option, seed included), so a meta.txt
-// marks a complete data set. The recent_only_* figures and the options that
-// only mode long_interest uses (mode included) are written in that mode only,
-// the options it ignores only in the default mode.
-// The output is a function of the options only, not of `threads`. Blocks
-// until done; uses up to `threads` threads. Memory: the test split's (p,
-// label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1 MiB per
-// thread. On failure returns InvalidArgument naming the bad option,
-// FailedPrecondition naming a non-empty output directory, or an I/O error
-// naming the failing path; files written so far stay (without meta.txt).
+// out_dir/meta.txt (key=value lines: source=gen-data first, then format, columns, train_rows,
+// test_rows, positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields but seconds
+// and files, and every option, seed included), so a meta.txt marks a complete data set. The
+// recent_only_* figures and the options that only mode long_interest uses (mode included) are
+// written in that mode only, the options it ignores only in the default mode. The output is a
+// function of the options only, not of `threads`. Blocks until done; uses up to `threads` threads.
+// Memory: the test split's (p, label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1
+// MiB per thread. On failure returns InvalidArgument naming the bad option, FailedPrecondition
+// naming an output directory it may not write into (what it holds, what to do; out_dir is then
+// untouched), or an I/O error naming the failing path; the files this run wrote are then removed.
 // `summary` may be null; on success it receives the figures above.
 [[nodiscard]] absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary);
 

@@ -67,7 +67,9 @@ inline double NormalFromHash(uint64_t h) {
 }
 
 // The click probability of a logit, as the generator draws labels from it.
-inline float Probability(double logit) { return static_cast<float>(1.0 / (1.0 + std::exp(-logit))); }
+inline float Probability(double logit) {
+  return static_cast<float>(1.0 / (1.0 + std::exp(-logit)));
+}
 
 // ---------------------------------------------------------------------------
 // Output.
@@ -142,7 +144,8 @@ struct PartResult {
 template <typename RowFn>
 void WritePart(const GenDataOptions& o, const Part& part, size_t flush_bytes,
                const std::atomic<bool>& cancelled, PartResult* result, RowFn&& row) {
-  absl::StatusOr<std::unique_ptr<OutputFile>> file = OutputFile::Open(part.path, o.gzip, o.gzip_level);
+  absl::StatusOr<std::unique_ptr<OutputFile>> file =
+      OutputFile::Open(part.path, o.gzip, o.gzip_level);
   if (!file.ok()) {
     result->status = file.status();
     return;

@@ -83,7 +83,6 @@ std::map<std::string, std::string> Snapshot(const fs::path& dir) {
 // when the test fails.
 class GenDataTest : public ::testing::Test {
  protected:
-
   // Small but complete: every column type, empty histories included.
   GenDataOptions Small(const std::string& sub) const {
     GenDataOptions o;
@@ -375,8 +374,8 @@ std::map<std::string, std::string> Tree(const fs::path& dir) {
 // A data set `ember convert criteo` wrote, from a 20-line input.
 void WriteConvertedSet(const fs::path& root, const std::string& out_dir) {
   std::string line = "1";
-  for (int i = 0; i < 13; ++i) line += "\t" + std::to_string(i);
-  for (int i = 0; i < 26; ++i) line += "\tc" + std::to_string(i);
+  for (int i = 0; i < 13; ++i) absl::StrAppend(&line, "\t", i);
+  for (int i = 0; i < 26; ++i) absl::StrAppend(&line, "\tc", i);
   std::string text;
   for (int i = 0; i < 20; ++i) text += line + "\n";
   std::ofstream(root / "criteo.tsv") << text;

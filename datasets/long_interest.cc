@@ -89,7 +89,6 @@ class LongInterestModel {
 // Writes v's decimal digits at p; returns the end.
 char* PutUint(uint64_t v, char* p) { return std::to_chars(p, p + 24, v).ptr; }
 
-
 class LongInterestGenerator : public PartGenerator {
  public:
   explicit LongInterestGenerator(const GenDataOptions& o) : o_(o), model_(o) {}
@@ -102,8 +101,7 @@ class LongInterestGenerator : public PartGenerator {
 };
 
 void LongInterestGenerator::Generate(const Part& part, DistinctIds* distinct,
-                                     const std::atomic<bool>& cancelled,
-                                     PartResult* result) const {
+                                     const std::atomic<bool>& cancelled, PartResult* result) const {
   const GenDataOptions& o = o_;
   const LongInterestModel& model = model_;
   Random rng(EntityHash(o.seed, kLongInterestStream, part.test ? 2 : 1, part.index));
@@ -193,8 +191,8 @@ void LongInterestGenerator::Generate(const Part& part, DistinctIds* distinct,
     for (size_t j = 0; j < history; ++j) hist_items[j] = model.DrawItem(hist_cats[j], rng);
 
     const double base_logit = model.BaseLogit(item, category);
-    const float p = Probability(
-        model.Logit(base_logit, model.OldMatches(category, hist_cats.data(), history)));
+    const float p =
+        Probability(model.Logit(base_logit, model.OldMatches(category, hist_cats.data(), history)));
     const bool label = rng.Uniform() < p;
 
     result->Add(p, label, history, part.test);
@@ -292,8 +290,7 @@ absl::StatusOr<float> LongInterestClickProbability(const GenDataOptions& o, std:
   }
   const uint32_t matches =
       model.OldMatches(static_cast<uint32_t>(category), hist_cats.data(), hist_cats.size());
-  return Probability(
-      model.Logit(model.BaseLogit(item, static_cast<uint32_t>(category)), matches));
+  return Probability(model.Logit(model.BaseLogit(item, static_cast<uint32_t>(category)), matches));
 }
 
 }  // namespace ember::datasets::internal

@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <unordered_map>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -203,12 +203,11 @@ absl::Status ConvertMovielens(const ConvertOptions& o, ConvertSummary* summary) 
       "# MovieLens as a CTR task (written by `ember convert movielens`): label is\n"
       "# rating >= 4; the behaviour sequence is the user's strictly earlier movies,\n"
       "# oldest first, at most ",
-      o.max_history, ". Test = each user's last ", test_fraction * 100,
-      "% of ratings by time.\n");
-  const std::string tables = absl::StrCat(
-      TableText("user", 16, "user_id"),
-      TableText("item", 16, "item_id and hist_items: one row per movie in both"),
-      TableText("cat", 8, "genres: item_cat, hist_cats (shared slot), item_genres"));
+      o.max_history, ". Test = each user's last ", test_fraction * 100, "% of ratings by time.\n");
+  const std::string tables =
+      absl::StrCat(TableText("user", 16, "user_id"),
+                   TableText("item", 16, "item_id and hist_items: one row per movie in both"),
+                   TableText("cat", 8, "genres: item_cat, hist_cats (shared slot), item_genres"));
   const std::string columns = absl::StrCat(
       "  user_column: \"user_id\"  # for GAUC\n"
       "  columns { name: \"label\" type: LABEL }\n"
