@@ -537,6 +537,21 @@ TEST_F(ConvertSynthetic, OverwriteReplacesAGenDataSetAndItsOracle) {
   // And a convert set is replaced by the next conversion.
   st = Convert(o, &s);
   EXPECT_TRUE(st.ok()) << st;
+
+  // A conversion that fails after replacing the set removes what it wrote,
+  // and the emptied directory takes the next run without --overwrite.
+  WriteFile(dir_ + "/bad.tsv", "0\t1\t2\n");
+  o.input = dir_ + "/bad.tsv";
+  o.max_bad_lines = 0;
+  st = Convert(o, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  for (const auto& [name, bytes] : Tree(o.out_dir)) {
+    EXPECT_TRUE(name.ends_with("/")) << name << " stayed after a failed run";
+  }
+  o.input = dir_ + "/criteo.tsv";
+  o.overwrite = false;
+  st = Convert(o, nullptr);
+  EXPECT_TRUE(st.ok()) << st;
 }
 
 TEST_F(ConvertSynthetic, OverwriteRefusesForeignFilesAndTouchesNothing) {

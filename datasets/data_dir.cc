@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -80,7 +81,13 @@ absl::StatusOr<DataDirContents> InspectDataDir(const std::string& dir_name) {
   if (!fs::is_directory(dir, ec)) return Refuse(dir, " exists and is not a directory");
   std::vector<std::string> names;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    names.push_back(it->path().filename().string());
+    const std::string name = it->path().filename().string();
+    // Empty split directories hold no data (a failed run may leave them).
+    std::error_code empty_ec;
+    const bool is_split =
+        std::find(std::begin(kSplitDirs), std::end(kSplitDirs), name) != std::end(kSplitDirs);
+    if (is_split && it->is_directory() && fs::is_empty(it->path(), empty_ec)) continue;
+    names.push_back(name);
   }
   if (ec) return absl::InternalError(absl::StrCat("cannot list ", dir_name, ": ", ec.message()));
   if (names.empty()) return c;

@@ -42,7 +42,7 @@ bool IsDataFileName(std::string_view name);
 // oracle_auc= keys, or convert's job.conf header).
 struct DataDirContents {
   enum Kind {
-    kNothing,  // absent or empty
+    kNothing,  // absent, empty, or holding only empty split directories
     kGenData,  // a set written by gen-data
     kConvert,  // a set written by convert
     kForeign,  // anything else: files we did not write, or an incomplete set
