@@ -29,8 +29,12 @@ constexpr size_t kFlushBytes = size_t{1} << 20;
 
 // Immutable after construction; shared by the generator threads. Keeps a
 // reference to `o`, which must be valid options and outlive the model.
-class ClickModel {
+class ClickModel : public PartGenerator {
  public:
+  // Generates and writes one part (PartGenerator).
+  void Generate(const Part& part, DistinctIds* distinct, const std::atomic<bool>& cancelled,
+                PartResult* result) const override;
+
   explicit ClickModel(const GenDataOptions& o)
       : o_(o),
         users_(o.num_users, o.user_zipf),
@@ -124,21 +128,10 @@ void AppendFixed4(double v, std::string* out) {
   out->append(buf, end);
 }
 
-class ClickLogGenerator : public PartGenerator {
- public:
-  explicit ClickLogGenerator(const GenDataOptions& o) : o_(o), model_(o) {}
-  void Generate(const Part& part, DistinctIds* distinct, const std::atomic<bool>& cancelled,
-                PartResult* result) const override;
-
- private:
-  const GenDataOptions& o_;
-  const ClickModel model_;
-};
-
-void ClickLogGenerator::Generate(const Part& part, DistinctIds* distinct,
-                                 const std::atomic<bool>& cancelled, PartResult* result) const {
+void ClickModel::Generate(const Part& part, DistinctIds* distinct,
+                          const std::atomic<bool>& cancelled, PartResult* result) const {
   const GenDataOptions& o = o_;
-  const ClickModel& model = model_;
+  const ClickModel& model = *this;
   Random rng(EntityHash(o.seed, kStream, part.test ? 2 : 1, part.index));
   if (part.test) {
     result->p.reserve(part.rows);
@@ -214,7 +207,7 @@ void ClickLogGenerator::Generate(const Part& part, DistinctIds* distinct,
 }  // namespace
 
 std::unique_ptr<PartGenerator> MakeClickLogGenerator(const GenDataOptions& o) {
-  return std::make_unique<ClickLogGenerator>(o);
+  return std::make_unique<ClickModel>(o);
 }
 
 absl::StatusOr<float> ClickLogClickProbability(const GenDataOptions& o, std::string_view line) {

@@ -29,8 +29,12 @@ constexpr int64_t kMaxHistorySpan = 720 * kDay;
 
 // Mode long_interest's click model (atop gen_data.h). Immutable; keeps a
 // reference to `o`, which must be valid options and outlive the model.
-class LongInterestModel {
+class LongInterestModel : public PartGenerator {
  public:
+  // Generates and writes one part (PartGenerator).
+  void Generate(const Part& part, DistinctIds* distinct, const std::atomic<bool>& cancelled,
+                PartResult* result) const override;
+
   explicit LongInterestModel(const GenDataOptions& o)
       : o_(o),
         items_in_category_((o.num_items + o.num_categories - 1) / o.num_categories, o.item_zipf) {}
@@ -89,21 +93,10 @@ class LongInterestModel {
 // Writes v's decimal digits at p; returns the end.
 char* PutUint(uint64_t v, char* p) { return std::to_chars(p, p + 24, v).ptr; }
 
-class LongInterestGenerator : public PartGenerator {
- public:
-  explicit LongInterestGenerator(const GenDataOptions& o) : o_(o), model_(o) {}
-  void Generate(const Part& part, DistinctIds* distinct, const std::atomic<bool>& cancelled,
-                PartResult* result) const override;
-
- private:
-  const GenDataOptions& o_;
-  const LongInterestModel model_;
-};
-
-void LongInterestGenerator::Generate(const Part& part, DistinctIds* distinct,
-                                     const std::atomic<bool>& cancelled, PartResult* result) const {
+void LongInterestModel::Generate(const Part& part, DistinctIds* distinct,
+                                 const std::atomic<bool>& cancelled, PartResult* result) const {
   const GenDataOptions& o = o_;
-  const LongInterestModel& model = model_;
+  const LongInterestModel& model = *this;
   Random rng(EntityHash(o.seed, kLongInterestStream, part.test ? 2 : 1, part.index));
   if (part.test) {
     result->p.reserve(part.rows);
@@ -241,7 +234,7 @@ void LongInterestGenerator::Generate(const Part& part, DistinctIds* distinct,
 }  // namespace
 
 std::unique_ptr<PartGenerator> MakeLongInterestGenerator(const GenDataOptions& o) {
-  return std::make_unique<LongInterestGenerator>(o);
+  return std::make_unique<LongInterestModel>(o);
 }
 
 absl::StatusOr<float> LongInterestClickProbability(const GenDataOptions& o, std::string_view line) {
