@@ -14,10 +14,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "datasets/convert.h"
+#include "datasets/gen_data.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
-#include "launch/convert.h"
-#include "launch/gen_data.h"
 #include "models/model.h"
 #include "net/memory.h"
 #include "net/transport.h"
@@ -44,7 +44,7 @@ DEFINE_string(result_file, "", "If set, the scheduler writes the final line here
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`, `convert`).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
-// generator's defaults (launch/gen_data.h), which the demo config is tuned for.
+// generator's defaults (datasets/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
 DEFINE_uint64(train_rows, 1000000, "Training rows (`gen-data`).");
 DEFINE_uint64(test_rows, 100000, "Test rows (`gen-data`).");
@@ -53,14 +53,15 @@ DEFINE_uint32(test_files, 2, "Test files (`gen-data`).");
 DEFINE_uint64(num_users, 10000, "Distinct users (`gen-data`).");
 DEFINE_uint64(num_items, 5000, "Distinct items (`gen-data`).");
 DEFINE_bool(gzip, false, "Write .tsv.gz files (`gen-data`).");
-DEFINE_bool(overwrite, false, "Replace an existing data set in --out (`gen-data`).");
+DEFINE_bool(overwrite, false, "Replace a data set that gen-data (or, for `convert`, convert) wrote in --out "
+                             "(`gen-data`, `convert`).");
 // convert.
 DEFINE_string(input, "", "Input of `convert`: the movielens directory (ratings.csv, movies.csv), or the census, "
                          "criteo or avazu file (.gz accepted).");
 DEFINE_uint32(max_history, 50, "Longest behaviour sequence `convert` writes (movielens).");
 DEFINE_uint64(max_bad_lines, 100, "Malformed input lines `convert` skips before it fails.");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
-                               "see launch/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
+                               "see datasets/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
 // inspect.
 DEFINE_int32(sample_rows, 3, "Rows decoded and printed per table (`inspect`).");
 // Launchers.
@@ -294,25 +295,25 @@ int RunWorker() {
 }
 
 int RunGenData() {
-  launch::GenDataOptions o;
+  datasets::GenDataOptions o;
   o.out_dir = FLAGS_out;
   for (const char* name : {"seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items",
                            "gzip", "overwrite"}) {
     gflags::CommandLineFlagInfo info = gflags::GetCommandLineFlagInfoOrDie(name);
     if (info.is_default) continue;
-    absl::Status st = launch::SetGenDataOption(name, info.current_value, &o);
+    absl::Status st = datasets::SetGenDataOption(name, info.current_value, &o);
     if (!st.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --", name, ": ", st.message())));
   }
   if (!FLAGS_gen_options.empty()) {
     for (absl::string_view kv : absl::StrSplit(FLAGS_gen_options, ',', absl::SkipEmpty())) {
       std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-      absl::Status st = launch::SetGenDataOption(p.first, p.second, &o);
+      absl::Status st = datasets::SetGenDataOption(p.first, p.second, &o);
       if (!st.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --gen_options: ", st.message())));
     }
   }
   if (o.out_dir.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required"));
-  launch::GenDataSummary s;
-  absl::Status st = launch::GenerateData(o, &s);
+  datasets::GenDataSummary s;
+  absl::Status st = datasets::GenerateData(o, &s);
   if (!st.ok()) return ErrorExit(st);
   std::printf("gen-data: %llu train rows, %llu test rows, positive_rate=%.4f oracle_auc=%.4f in %.1fs -> %s\n",
               static_cast<unsigned long long>(s.train_rows), static_cast<unsigned long long>(s.test_rows),
@@ -321,7 +322,7 @@ int RunGenData() {
 }
 
 int RunConvert(const std::string& format) {
-  launch::ConvertOptions o;
+  datasets::ConvertOptions o;
   o.format = format;
   o.input = FLAGS_input;
   o.out_dir = FLAGS_out;
@@ -329,8 +330,8 @@ int RunConvert(const std::string& format) {
   o.max_bad_lines = FLAGS_max_bad_lines;
   o.overwrite = FLAGS_overwrite;
   if (!gflags::GetCommandLineFlagInfoOrDie("seed").is_default) o.seed = FLAGS_seed;
-  launch::ConvertSummary s;
-  absl::Status st = launch::Convert(o, &s);
+  datasets::ConvertSummary s;
+  absl::Status st = datasets::Convert(o, &s);
   if (!st.ok()) return ErrorExit(st);
   std::printf("convert %s: %llu train, %llu valid, %llu test rows, %llu bad lines -> %s (job config: %s/job.conf)\n",
               format.c_str(), static_cast<unsigned long long>(s.train_rows),

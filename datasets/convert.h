@@ -10,7 +10,10 @@
 //   out_dir/job.conf               protobuf text (proto/config.proto) whose
 //                                  data.columns describe the files above, with
 //                                  relative paths train: "train", test: "test"
-// job.conf is written last, so its presence marks a complete conversion.
+//   out_dir/meta.txt               key=value lines, the first
+//                                  source=convert <format> (docs/log_schema.md);
+//                                  no oracle_auc: real data has no oracle
+// meta.txt is written last, so its presence marks a complete conversion.
 //
 // Formats and what each row becomes:
 //   movielens  input is a directory holding ratings.csv and movies.csv
@@ -41,8 +44,8 @@
 //              click; every other column but id is SPARSE, plus hour_of_day
 //              and weekday derived from hour (YYMMDDHH). 90/10 by row hash.
 // Inputs whose name ends in .gz are read through zlib (any format).
-#ifndef EMBER_LAUNCH_CONVERT_H_
-#define EMBER_LAUNCH_CONVERT_H_
+#ifndef EMBER_DATASETS_CONVERT_H_
+#define EMBER_DATASETS_CONVERT_H_
 
 #include <cstdint>
 #include <string>
@@ -50,7 +53,7 @@
 
 #include "absl/status/status.h"
 
-namespace ember::launch {
+namespace ember::datasets {
 
 // What to convert and where to. Each field can be given on the command line
 // under its own name.
@@ -85,10 +88,12 @@ struct ConvertOptions {
   // are skipped and counted; the conversion fails on the next one once this
   // many were skipped, so 0 fails on the first. Default 100.
   uint64_t max_bad_lines = 100;
-  // What to do when the output files exist. false: fail. true: delete
-  // convert's own files (part-*.tsv in train/valid/test, job.conf) and fail
-  // only if anything else remains in a split directory, since a trainer reads
-  // every file there. Default false.
+  // What to do when out_dir is not empty. false: fail. true: replace a data
+  // set convert or gen-data wrote (as its meta.txt says): delete its
+  // meta.txt, job.conf and part files, and fail if its split directories
+  // hold anything else, since a trainer reads every file there. A directory
+  // holding files neither tool wrote is refused either way and left untouched
+  // (datasets/data_dir.h). The command line flag is --overwrite. Default false.
   bool overwrite = false;
 };
 
@@ -105,7 +110,7 @@ struct ConvertSummary {
   // (over all splits) whose label is 1.
   std::vector<std::string> label_names;
   std::vector<uint64_t> label_positives;
-  // Every file written, data files first (train, valid, test), job.conf last.
+  // Every file written: data files (train, valid, test), job.conf, meta.txt.
   std::vector<std::string> files;
 };
 
@@ -114,17 +119,18 @@ struct ConvertSummary {
 [[nodiscard]] absl::Status ValidateConvertOptions(const ConvertOptions& options);
 
 // Validates `options`, reads the input and writes the layout atop this file,
-// job.conf last. Blocks until done; single-threaded; thread-compatible (two
+// meta.txt last. Blocks until done; single-threaded; thread-compatible (two
 // calls may run at once on different out_dirs). Memory: movielens keeps every
 // rating (about 24 bytes each) and the movie table; the other formats stream
 // line by line. On failure returns InvalidArgument for bad options or input
 // (naming file:line for a malformed line once max_bad_lines is exceeded, e.g.
 // "data/ratings.csv:1234: expected 4 fields, got 3"), NotFound for a missing
-// input, FailedPrecondition for an occupied output directory, or an I/O error
-// naming the path; data files written so far stay, without job.conf.
+// input, FailedPrecondition for an output directory it may not write into
+// (naming it, what it holds and what to do; it is then untouched), or an I/O
+// error naming the path; the files this run wrote are then removed.
 // `summary` may be null; on success it receives the figures above.
 [[nodiscard]] absl::Status Convert(const ConvertOptions& options, ConvertSummary* summary);
 
-}  // namespace ember::launch
+}  // namespace ember::datasets
 
-#endif  // EMBER_LAUNCH_CONVERT_H_
+#endif  // EMBER_DATASETS_CONVERT_H_

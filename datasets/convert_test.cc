@@ -2,42 +2,33 @@
 // repository (../shared/data, skipped when absent), and on small synthetic
 // inputs for malformed lines and CSV quoting. Every emitted job.conf must load
 // and validate, and the worker's LogParser must accept every emitted line.
-#include "launch/convert.h"
+#include "datasets/convert.h"
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "datasets/gen_data.h"
 #include "gtest/gtest.h"
 #include "proto/config.h"
+#include "tests/cluster_harness.h"
 #include "worker/log_parser.h"
 
-namespace ember::launch {
+namespace ember::datasets {
 namespace {
 
 namespace fs = std::filesystem;
+using ::ember::testing::ReadFile;
+using ::ember::testing::WriteFile;
 
 std::string SharedData() { return std::string(EMBER_SOURCE_DIR) + "/../shared/data"; }
-
-// A fresh directory per test.
-std::string TempDir() {
-  const testing::TestInfo* info = testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(testing::TempDir()) /
-                 (std::string("convert_test_") + info->test_suite_name() + "_" + info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
-void WriteFile(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
 
 std::vector<std::string> ReadLines(const std::string& path) {
   std::ifstream in(path);
@@ -115,12 +106,22 @@ int ColumnIndex(const proto::JobConfig& config, const std::string& name) {
 // ---------------------------------------------------------------------------
 // Real data.
 
-TEST(ConvertReal, Movielens) {
+// Each test writes under a fresh directory that the fixture removes, even
+// when the test fails.
+class ConvertTest : public ::testing::Test {
+ protected:
+  ::ember::testing::TempDir tmp_;
+  const std::string dir_ = tmp_.path();
+};
+using ConvertReal = ConvertTest;
+using ConvertSynthetic = ConvertTest;
+
+TEST_F(ConvertReal, Movielens) {
   REQUIRE_SHARED("movielens-latest-small/ratings.csv");
   ConvertOptions o;
   o.format = "movielens";
   o.input = SharedData() + "/movielens-latest-small";
-  o.out_dir = TempDir();
+  o.out_dir = dir_ + "/out";
   o.max_history = 50;
   ConvertSummary s;
   ASSERT_TRUE(Convert(o, &s).ok());
@@ -216,12 +217,12 @@ TEST(ConvertReal, Movielens) {
   }
 }
 
-TEST(ConvertReal, Census) {
+TEST_F(ConvertReal, Census) {
   REQUIRE_SHARED("census-income/census-income.test.gz");
   ConvertOptions o;
   o.format = "census";
   o.input = SharedData() + "/census-income/census-income.test.gz";
-  o.out_dir = TempDir();
+  o.out_dir = dir_ + "/out";
   ConvertSummary s;
   ASSERT_TRUE(Convert(o, &s).ok());
   EXPECT_EQ(s.bad_lines, 0u);
@@ -263,12 +264,12 @@ TEST(ConvertReal, Census) {
   EXPECT_EQ(pos, s.label_positives[0]);
 }
 
-TEST(ConvertReal, CriteoCsv) {
+TEST_F(ConvertReal, CriteoCsv) {
   REQUIRE_SHARED("samples/criteo_sample.txt");
   ConvertOptions o;
   o.format = "criteo";
   o.input = SharedData() + "/samples/criteo_sample.txt";
-  o.out_dir = TempDir();
+  o.out_dir = dir_ + "/out";
   ConvertSummary s;
   ASSERT_TRUE(Convert(o, &s).ok());
   EXPECT_EQ(s.bad_lines, 0u);
@@ -279,12 +280,12 @@ TEST(ConvertReal, CriteoCsv) {
   EXPECT_EQ(lines["train"].size() + lines["test"].size(), 200u);
 }
 
-TEST(ConvertReal, Avazu) {
+TEST_F(ConvertReal, Avazu) {
   REQUIRE_SHARED("samples/avazu_sample.txt");
   ConvertOptions o;
   o.format = "avazu";
   o.input = SharedData() + "/samples/avazu_sample.txt";
-  o.out_dir = TempDir();
+  o.out_dir = dir_ + "/out";
   ConvertSummary s;
   ASSERT_TRUE(Convert(o, &s).ok());
   EXPECT_EQ(s.bad_lines, 0u);
@@ -313,8 +314,8 @@ void WriteMovielens(const std::string& dir, const std::string& ratings) {
   WriteFile(dir + "/ratings.csv", ratings);
 }
 
-TEST(ConvertSynthetic, MovielensQuotedTitlesAndHistory) {
-  const std::string dir = TempDir();
+TEST_F(ConvertSynthetic, MovielensQuotedTitlesAndHistory) {
+  const std::string& dir = dir_;
   fs::create_directories(dir + "/in");
   WriteMovielens(dir + "/in",
                  "userId,movieId,rating,timestamp\n"
@@ -353,16 +354,25 @@ TEST(ConvertSynthetic, MovielensQuotedTitlesAndHistory) {
   EXPECT_EQ(by_movie["3"], "1\t7\t3\tComedy\tComedy|Crime\t2,4\tDrama,Horror\t300\t200,200");
   EXPECT_EQ(by_movie["1"], "0\t7\t1\tAnimation\tAnimation|Comedy\t\t\t100\t");
 
+  // meta.txt, written last, says who wrote the set; a real set has no oracle.
+  const std::vector<std::string> meta = ReadLines(o.out_dir + "/meta.txt");
+  ASSERT_FALSE(meta.empty());
+  EXPECT_EQ(meta[0], "source=convert movielens");
+  for (const std::string& line : meta) EXPECT_FALSE(line.starts_with("oracle")) << line;
+  EXPECT_EQ(s.files.back(), o.out_dir + "/meta.txt");
+
   // A second run refuses to overwrite, unless asked to.
   st = Convert(o, &s);
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("--overwrite"), std::string::npos) << st;
+  EXPECT_EQ(st.message().find("overwrite=true"), std::string::npos) << st;
   o.overwrite = true;
   st = Convert(o, &s);
   EXPECT_TRUE(st.ok()) << st;
 }
 
-TEST(ConvertSynthetic, MovielensBadLineNamesFileAndLine) {
-  const std::string dir = TempDir();
+TEST_F(ConvertSynthetic, MovielensBadLineNamesFileAndLine) {
+  const std::string& dir = dir_;
   fs::create_directories(dir + "/in");
   WriteMovielens(dir + "/in",
                  "userId,movieId,rating,timestamp\n"
@@ -401,8 +411,8 @@ TEST(ConvertSynthetic, MovielensBadLineNamesFileAndLine) {
   EXPECT_NE(st.message().find("movies.csv:2: malformed CSV quoting"), std::string::npos) << st;
 }
 
-TEST(ConvertSynthetic, CriteoTsvAndBadLines) {
-  const std::string dir = TempDir();
+TEST_F(ConvertSynthetic, CriteoTsvAndBadLines) {
+  const std::string& dir = dir_;
   std::string good = "1";
   for (int i = 0; i < 13; ++i) good += i == 2 ? "\t" : "\t" + std::to_string(i - 1);
   for (int i = 0; i < 26; ++i) good += i == 5 ? "\t" : "\tab" + std::to_string(i);
@@ -416,8 +426,8 @@ TEST(ConvertSynthetic, CriteoTsvAndBadLines) {
   o.max_bad_lines = 0;
   absl::Status st = Convert(o, nullptr);
   EXPECT_NE(st.message().find("day_0:51: label '2' is not 0 or 1"), std::string::npos) << st;
+  EXPECT_FALSE(fs::exists(o.out_dir)) << "a failed run leaves nothing behind";
   o.max_bad_lines = 2;
-  o.overwrite = true;  // the failed runs left their data files
   ConvertSummary s;
   st = Convert(o, &s);
   ASSERT_TRUE(st.ok()) << st;
@@ -434,8 +444,8 @@ TEST(ConvertSynthetic, CriteoTsvAndBadLines) {
   EXPECT_EQ(f[14 + 5], "");
 }
 
-TEST(ConvertSynthetic, CensusAndAvazuBadLines) {
-  const std::string dir = TempDir();
+TEST_F(ConvertSynthetic, CensusAndAvazuBadLines) {
+  const std::string& dir = dir_;
   WriteFile(dir + "/census.txt", "38, Private, 6\n");
   ConvertOptions o;
   o.format = "census";
@@ -462,5 +472,105 @@ TEST(ConvertSynthetic, CensusAndAvazuBadLines) {
   EXPECT_EQ(Convert(o, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// ---------------------------------------------------------------------------
+// Output directories.
+
+// A small Criteo TSV input: `rows` good lines.
+std::string CriteoInput(const std::string& dir, int rows) {
+  std::string line = "0";
+  for (int i = 0; i < 13; ++i) line += "\t" + std::to_string(i);
+  for (int i = 0; i < 26; ++i) line += "\tv" + std::to_string(i);
+  std::string text;
+  for (int i = 0; i < rows; ++i) text += line + "\n";
+  WriteFile(dir + "/criteo.tsv", text);
+  return dir + "/criteo.tsv";
+}
+
+// Every entry under `dir` (directories as "name/"), with the bytes of files.
+std::map<std::string, std::string> Tree(const std::string& dir) {
+  std::map<std::string, std::string> entries;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const std::string name = fs::relative(e.path(), dir).string();
+    entries[e.is_directory() ? name + "/" : name] = e.is_directory() ? "" : ReadFile(e.path());
+  }
+  return entries;
+}
+
+TEST_F(ConvertSynthetic, OverwriteReplacesAGenDataSetAndItsOracle) {
+  GenDataOptions g;
+  g.out_dir = dir_ + "/out";
+  g.train_rows = 300;
+  g.test_rows = 200;
+  g.train_files = 3;
+  g.test_files = 2;
+  g.num_users = 50;
+  g.num_items = 40;
+  g.num_categories = 4;
+  ASSERT_TRUE(GenerateData(g, nullptr).ok());
+  ConvertOptions o;
+  o.format = "criteo";
+  o.input = CriteoInput(dir_, 30);
+  o.out_dir = g.out_dir;
+  absl::Status st = Convert(o, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_NE(st.message().find("--overwrite"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("gen-data"), std::string::npos) << st;
+
+  o.overwrite = true;
+  ConvertSummary s;
+  st = Convert(o, &s);
+  ASSERT_TRUE(st.ok()) << st;
+  const std::vector<std::string> meta = ReadLines(o.out_dir + "/meta.txt");
+  ASSERT_FALSE(meta.empty());
+  EXPECT_EQ(meta[0], "source=convert criteo");
+  for (const std::string& line : meta) {
+    EXPECT_FALSE(line.starts_with("oracle_auc")) << "a stale oracle survived: " << line;
+  }
+  // Only the new set's files remain.
+  std::set<std::string> names;
+  for (const auto& [name, bytes] : Tree(o.out_dir)) names.insert(name);
+  EXPECT_EQ(names, (std::set<std::string>{"job.conf", "meta.txt", "test/", "test/part-00000.tsv",
+                                          "train/", "train/part-00000.tsv"}));
+  EXPECT_EQ(s.train_rows + s.test_rows, 30u);
+  CheckOutput(o.out_dir);
+
+  // And a convert set is replaced by the next conversion.
+  st = Convert(o, &s);
+  EXPECT_TRUE(st.ok()) << st;
+
+  // A conversion that fails after replacing the set removes what it wrote,
+  // and the emptied directory takes the next run without --overwrite.
+  WriteFile(dir_ + "/bad.tsv", "0\t1\t2\n");
+  o.input = dir_ + "/bad.tsv";
+  o.max_bad_lines = 0;
+  st = Convert(o, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
+  for (const auto& [name, bytes] : Tree(o.out_dir)) {
+    EXPECT_TRUE(name.ends_with("/")) << name << " stayed after a failed run";
+  }
+  o.input = dir_ + "/criteo.tsv";
+  o.overwrite = false;
+  st = Convert(o, nullptr);
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(ConvertSynthetic, OverwriteRefusesForeignFilesAndTouchesNothing) {
+  ConvertOptions o;
+  o.format = "criteo";
+  o.input = CriteoInput(dir_, 10);
+  o.out_dir = dir_ + "/out";
+  fs::create_directories(o.out_dir + "/train");
+  WriteFile(o.out_dir + "/train/part-00000.tsv", "my own log\n");
+  WriteFile(o.out_dir + "/job.conf", "name: \"mine\"\n");
+  const auto before = Tree(o.out_dir);
+  for (bool overwrite : {false, true}) {
+    o.overwrite = overwrite;
+    const absl::Status st = Convert(o, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_NE(st.message().find(o.out_dir), std::string::npos) << st;
+    EXPECT_EQ(Tree(o.out_dir), before) << "overwrite=" << overwrite;
+  }
+}
+
 }  // namespace
-}  // namespace ember::launch
+}  // namespace ember::datasets

@@ -1,4 +1,4 @@
-#include "launch/gen_data.h"
+#include "datasets/gen_data.h"
 
 #include <zlib.h>
 
@@ -12,11 +12,13 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "datasets/convert.h"
 #include "gtest/gtest.h"
 #include "models/metrics.h"
 #include "proto/config.h"
+#include "tests/cluster_harness.h"
 
-namespace ember::launch {
+namespace ember::datasets {
 namespace {
 
 namespace fs = std::filesystem;
@@ -77,15 +79,10 @@ std::map<std::string, std::string> Snapshot(const fs::path& dir) {
   return files;
 }
 
+// Each test writes under a fresh directory that the fixture removes, even
+// when the test fails.
 class GenDataTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/gen_data_test.XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
   // Small but complete: every column type, empty histories included.
   GenDataOptions Small(const std::string& sub) const {
     GenDataOptions o;
@@ -121,7 +118,8 @@ class GenDataTest : public ::testing::Test {
     return o;
   }
 
-  fs::path root_;
+  ::ember::testing::TempDir tmp_;
+  const fs::path root_ = tmp_.path();
 };
 
 TEST_F(GenDataTest, WritesLayoutColumnsAndMeta) {
@@ -168,6 +166,7 @@ TEST_F(GenDataTest, WritesLayoutColumnsAndMeta) {
   EXPECT_GT(empty_histories, 0u);  // min_history = 0 and max_history = 8
 
   const auto meta = ReadMeta(root_ / "out/meta.txt");
+  EXPECT_EQ(Lines(ReadFile(root_ / "out/meta.txt"))[0], "source=gen-data");
   EXPECT_EQ(meta.at("train_rows"), "3000");
   EXPECT_EQ(meta.at("test_rows"), "2000");
   EXPECT_EQ(meta.at("seed"), "7");
@@ -340,7 +339,9 @@ TEST_F(GenDataTest, ExistingOutputNeedsOverwriteAndForeignFilesStay) {
   ASSERT_TRUE(GenerateData(o, nullptr).ok());
   absl::Status st = GenerateData(o, nullptr);
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
-  EXPECT_NE(st.message().find("overwrite"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("--overwrite"), std::string::npos) << st;
+  EXPECT_EQ(st.message().find("overwrite=true"), std::string::npos) << st;
+  EXPECT_NE(st.message().find(o.out_dir), std::string::npos) << st;
 
   // A rerun with fewer files leaves none of the old ones behind.
   o.overwrite = true;
@@ -354,6 +355,95 @@ TEST_F(GenDataTest, ExistingOutputNeedsOverwriteAndForeignFilesStay) {
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_NE(st.message().find("notes.txt"), std::string::npos) << st;
   EXPECT_TRUE(fs::exists(root_ / "out/train/notes.txt"));
+}
+
+// Every entry under `dir` (directories as "name/"), with the bytes of files.
+std::map<std::string, std::string> Tree(const fs::path& dir) {
+  std::map<std::string, std::string> entries;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const std::string name = fs::relative(e.path(), dir).string();
+    if (e.is_directory()) {
+      entries[name + "/"] = "";
+    } else {
+      entries[name] = ReadFile(e.path());
+    }
+  }
+  return entries;
+}
+
+// A data set `ember convert criteo` wrote, from a 20-line input.
+void WriteConvertedSet(const fs::path& root, const std::string& out_dir) {
+  std::string line = "1";
+  for (int i = 0; i < 13; ++i) absl::StrAppend(&line, "\t", i);
+  for (int i = 0; i < 26; ++i) absl::StrAppend(&line, "\tc", i);
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += line + "\n";
+  std::ofstream(root / "criteo.tsv") << text;
+  ConvertOptions c;
+  c.format = "criteo";
+  c.input = (root / "criteo.tsv").string();
+  c.out_dir = out_dir;
+  const absl::Status st = Convert(c, nullptr);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(ReadMeta(fs::path(out_dir) / "meta.txt").at("source"), "convert criteo");
+}
+
+TEST_F(GenDataTest, RefusesAConvertedSetEvenWithOverwriteAndTouchesNothing) {
+  GenDataOptions o = Small("out");
+  ASSERT_NO_FATAL_FAILURE(WriteConvertedSet(root_, o.out_dir));
+  const auto before = Tree(o.out_dir);
+  for (bool overwrite : {false, true}) {
+    o.overwrite = overwrite;
+    const absl::Status st = GenerateData(o, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_NE(st.message().find(o.out_dir), std::string::npos) << st;
+    EXPECT_NE(st.message().find("ember convert criteo"), std::string::npos) << st;
+    EXPECT_NE(st.message().find("pick another --out"), std::string::npos) << st;
+    EXPECT_EQ(Tree(o.out_dir), before) << "overwrite=" << overwrite;
+  }
+}
+
+TEST_F(GenDataTest, RefusesForeignFilesEvenWithOverwriteAndTouchesNothing) {
+  GenDataOptions o = Small("out");
+  // A user's own logs, one named like ours, and no meta.txt.
+  fs::create_directories(root_ / "out/train");
+  fs::create_directories(root_ / "out/test");
+  std::ofstream(root_ / "out/train/part-00000.tsv") << "1\tmy\tlog\n";
+  std::ofstream(root_ / "out/test/day1.tsv") << "0\tmine\n";
+  std::ofstream(root_ / "out/notes.txt") << "keep me";
+  const auto before = Tree(o.out_dir);
+  for (bool overwrite : {false, true}) {
+    o.overwrite = overwrite;
+    const absl::Status st = GenerateData(o, nullptr);
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+    EXPECT_NE(st.message().find(o.out_dir), std::string::npos) << st;
+    EXPECT_NE(st.message().find("neither gen-data nor convert wrote"), std::string::npos) << st;
+    EXPECT_NE(st.message().find("remove it yourself"), std::string::npos) << st;
+    EXPECT_EQ(Tree(o.out_dir), before) << "overwrite=" << overwrite;
+  }
+  // A meta.txt that is not ours does not make the directory ours either.
+  std::ofstream(root_ / "out/meta.txt") << "oracle_auc=0.9\n";
+  o.overwrite = true;
+  EXPECT_EQ(GenerateData(o, nullptr).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(ReadFile(root_ / "out/train/part-00000.tsv"), "1\tmy\tlog\n");
+}
+
+TEST_F(GenDataTest, OverwriteAcceptsAnOlderGenDataSetWithoutSource) {
+  GenDataOptions o = Small("out");
+  o.train_files = 3;
+  ASSERT_TRUE(GenerateData(o, nullptr).ok());
+  // meta.txt as gen-data wrote it before the source= line.
+  std::string meta = ReadFile(root_ / "out/meta.txt");
+  ASSERT_TRUE(meta.starts_with("source=gen-data\n"));
+  std::ofstream(root_ / "out/meta.txt") << meta.substr(meta.find('\n') + 1);
+  std::ofstream(root_ / "out/README") << "not read by trainers";
+  o.overwrite = true;
+  o.train_files = 2;
+  const absl::Status st = GenerateData(o, nullptr);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(ReadMeta(root_ / "out/meta.txt").at("source"), "gen-data");
+  EXPECT_FALSE(fs::exists(root_ / "out/train/part-00002.tsv"));
+  EXPECT_EQ(ReadFile(root_ / "out/README"), "not read by trainers");
 }
 
 TEST_F(GenDataTest, UnwritablePathIsNamed) {
@@ -425,7 +515,7 @@ TEST_F(GenDataTest, LongInterestLayoutTimesAndDeepInterests) {
   const size_t old = o.long_history - o.recent_window;
   uint64_t hits = 0, low_category_rows = 0, low_category_hits = 0;
   for (size_t r = 0; r < lines.size(); ++r) {
-    SCOPED_TRACE(testing::Message() << "row " << r);
+    SCOPED_TRACE(::testing::Message() << "row " << r);
     const LongLine l = ParseLong(lines[r]);
     ASSERT_TRUE(l.label == "0" || l.label == "1");
     EXPECT_EQ(l.user, r);  // a user of its own: the row number, train first
@@ -746,7 +836,7 @@ double ZipfNorm(uint64_t n, double s) {
 // Observed counts of the top ranks, and of everything beyond them, within 5
 // standard deviations of the binomial expectation.
 void ExpectZipfFrequencies(uint64_t n, double s, int draws) {
-  SCOPED_TRACE(testing::Message() << "n=" << n << " s=" << s);
+  SCOPED_TRACE(::testing::Message() << "n=" << n << " s=" << s);
   ZipfSampler zipf(n, s);
   Random rng(42 + n);
   constexpr int kTop = 10;
@@ -794,4 +884,4 @@ TEST(ZipfSamplerTest, SingleRank) {
 }
 
 }  // namespace
-}  // namespace ember::launch
+}  // namespace ember::datasets

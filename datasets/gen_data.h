@@ -85,8 +85,8 @@
 // categories, history 1000, interest_strength 2.5) give oracle_auc 0.809,
 // recent_only_oracle_auc 0.615 and a positive rate of 0.300, in 19 KB lines
 // (4.2 GB in all; plain files are faster to write than gzip here).
-#ifndef EMBER_LAUNCH_GEN_DATA_H_
-#define EMBER_LAUNCH_GEN_DATA_H_
+#ifndef EMBER_DATASETS_GEN_DATA_H_
+#define EMBER_DATASETS_GEN_DATA_H_
 
 #include <array>
 #include <cstdint>
@@ -97,8 +97,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "datasets/random.h"
 
-namespace ember::launch {
+namespace ember::datasets {
 
 // Column names of the generated log, in file order.
 inline constexpr std::array<std::string_view, 11> kGenDataColumns = {
@@ -154,10 +155,13 @@ struct GenDataOptions {
   // zlib level when gzip: 1 (fastest) .. 9 (smallest). Default 1: the data is
   // synthetic and regenerable, so speed matters more than size.
   int gzip_level = 1;
-  // What to do when out_dir/train, out_dir/test or out_dir/meta.txt already
-  // hold files. false: fail. true: delete this generator's own files there
-  // (part-*.tsv, part-*.tsv.gz, meta.txt) and fail only if anything else
-  // remains, since a trainer reads every file in the directory. Default false.
+  // What to do when out_dir is not empty. false: fail. true: replace a data
+  // set gen-data wrote (meta.txt says source=gen-data, or is an older
+  // gen-data meta.txt): delete its meta.txt and part files, and fail if its
+  // split directories hold anything else, since a trainer reads every file
+  // there. Anything else in out_dir (a converted set, a user's files) is
+  // refused either way and left untouched (datasets/data_dir.h). The command
+  // line flag is --overwrite. Default false.
   bool overwrite = false;
   // Count distinct users, items and categories seen (GenDataSummary, meta.txt)
   // with bitmaps of (num_users + num_items + num_categories) / 8 bytes.
@@ -296,18 +300,16 @@ struct GenDataSummary {
 [[nodiscard]] absl::Status ValidateGenDataOptions(const GenDataOptions& options);
 
 // Validates `options`, then writes the train and test files and, last,
-// out_dir/meta.txt (key=value lines: format, columns, train_rows, test_rows,
-// positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields
-// but seconds and files, and every option, seed included), so a meta.txt
-// marks a complete data set. The recent_only_* figures and the options that
-// only mode long_interest uses (mode included) are written in that mode only,
-// the options it ignores only in the default mode.
-// The output is a function of the options only, not of `threads`. Blocks
-// until done; uses up to `threads` threads. Memory: the test split's (p,
-// label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1 MiB per
-// thread. On failure returns InvalidArgument naming the bad option,
-// FailedPrecondition naming a non-empty output directory, or an I/O error
-// naming the failing path; files written so far stay (without meta.txt).
+// out_dir/meta.txt (key=value lines: source=gen-data first, then format, columns, train_rows,
+// test_rows, positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields but seconds
+// and files, and every option, seed included), so a meta.txt marks a complete data set. The
+// recent_only_* figures and the options that only mode long_interest uses (mode included) are
+// written in that mode only, the options it ignores only in the default mode. The output is a
+// function of the options only, not of `threads`. Blocks until done; uses up to `threads` threads.
+// Memory: the test split's (p, label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1
+// MiB per thread. On failure returns InvalidArgument naming the bad option, FailedPrecondition
+// naming an output directory it may not write into (what it holds, what to do; out_dir is then
+// untouched), or an I/O error naming the failing path; the files this run wrote are then removed.
 // `summary` may be null; on success it receives the figures above.
 [[nodiscard]] absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary);
 
@@ -334,63 +336,6 @@ std::vector<std::pair<std::string, std::string>> GenDataOptionValues(const GenDa
 [[nodiscard]] absl::StatusOr<float> ClickProbability(const GenDataOptions& options,
                                                      std::string_view line);
 
-// xoshiro256** seeded through SplitMix64: the generator's random streams. Its
-// own distributions (not <random>'s, whose output differs between standard
-// libraries) keep files reproducible. Not thread-safe; cheap to copy.
-class Random {
- public:
-  explicit Random(uint64_t seed);
-  uint64_t Next() {
-    const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
-    const uint64_t t = s_[1] << 17;
-    s_[2] ^= s_[0];
-    s_[3] ^= s_[1];
-    s_[1] ^= s_[2];
-    s_[0] ^= s_[3];
-    s_[2] ^= t;
-    s_[3] = Rotl(s_[3], 45);
-    return result;
-  }
-  // Uniform in [0, 1), 53 random bits.
-  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
-  // Uniform in [0, n); n >= 1. Multiply-shift, bias below 2^-64 * n.
-  uint64_t Below(uint64_t n) {
-    return static_cast<uint64_t>((static_cast<unsigned __int128>(Next()) * n) >> 64);
-  }
-  // Standard normal (Box-Muller).
-  double Normal();
+}  // namespace ember::datasets
 
- private:
-  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-  uint64_t s_[4];
-};
-
-// Draws ranks k in [1, n] with P(k) proportional to k^-exponent, in O(1)
-// expected time and O(1) memory for any n up to 2^53 (rejection-inversion,
-// Hörmann & Derflinger 1996: invert the integral of x^-s, accept when the
-// point falls under the histogram bar of its rounded rank; fewer than 1.1
-// tries on average). Immutable after construction, so Sample may be called
-// from many threads, each with its own Random.
-class ZipfSampler {
- public:
-  // n >= 1 and 0 <= exponent <= 10 (CHECKed: callers validate user input).
-  ZipfSampler(uint64_t n, double exponent);
-  uint64_t Sample(Random& rng) const;
-  uint64_t n() const { return n_; }
-  double exponent() const { return exponent_; }
-
- private:
-  double H(double x) const;         // integral of t^-s from 1 to x
-  double HInverse(double y) const;  // x with H(x) = y
-  double h(double x) const;         // x^-s
-
-  uint64_t n_;
-  double exponent_;
-  double h_x1_;     // H(1.5) - h(1): lower end of the sampled range
-  double h_n_;      // H(n + 0.5): upper end
-  double squeeze_;  // accept without evaluating H when k - x <= squeeze_
-};
-
-}  // namespace ember::launch
-
-#endif  // EMBER_LAUNCH_GEN_DATA_H_
+#endif  // EMBER_DATASETS_GEN_DATA_H_
