@@ -388,9 +388,9 @@ absl::Status WriteGenDataMeta(const GenDataOptions& o, const GenDataSummary& s) 
     line("recent_only_oracle_logloss", FormatDouble(s.recent_only_oracle_logloss));
   }
   line("mean_history", FormatDouble(s.mean_history));
-  line("distinct_users", absl::StrCat(s.distinct_users));
-  line("distinct_items", absl::StrCat(s.distinct_items));
-  line("distinct_categories", absl::StrCat(s.distinct_categories));
+  line("distinct_users", absl::StrCat(s.distinct.users));
+  line("distinct_items", absl::StrCat(s.distinct.items));
+  line("distinct_categories", absl::StrCat(s.distinct.categories));
   line("bytes_written", absl::StrCat(s.bytes_written));
   // Then every option (seed included) but the two already written above.
   for (const auto& [k, v] : GenDataOptionValues(o)) {
@@ -486,9 +486,9 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
     s.recent_only_oracle_logloss = models::LogLoss(test_p_recent, test_labels);
   }
   if (distinct != nullptr) {
-    s.distinct_users = distinct->users.Count();
-    s.distinct_items = distinct->items.Count();
-    s.distinct_categories = distinct->categories.Count();
+    s.distinct.users = distinct->users.Count();
+    s.distinct.items = distinct->items.Count();
+    s.distinct.categories = distinct->categories.Count();
   }
   st = WriteGenDataMeta(options, s);
   if (!st.ok()) return fail(st);

@@ -284,9 +284,9 @@ struct GenDataSummary {
   double mean_history = 0;
   // Distinct ids seen over both splits (items: candidates and history); 0
   // when options.count_distinct is false.
-  uint64_t distinct_users = 0;
-  uint64_t distinct_items = 0;
-  uint64_t distinct_categories = 0;
+  struct DistinctCounts {
+    uint64_t users = 0, items = 0, categories = 0;
+  } distinct;
   // Bytes written to the data files (compressed size when gzip).
   uint64_t bytes_written = 0;
   double seconds = 0;  // wall time of GenerateData

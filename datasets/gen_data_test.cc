@@ -255,9 +255,9 @@ TEST_F(GenDataTest, DefaultModelIsInTheAdvertisedRange) {
   EXPECT_LT(s.oracle_auc, 0.85);
   EXPECT_GT(s.positive_rate, 0.2);
   EXPECT_LT(s.positive_rate, 0.4);
-  EXPECT_GT(s.distinct_users, 5000u);
-  EXPECT_LE(s.distinct_users, o.num_users);
-  EXPECT_EQ(s.distinct_categories, o.num_categories);
+  EXPECT_GT(s.distinct.users, 5000u);
+  EXPECT_LE(s.distinct.users, o.num_users);
+  EXPECT_EQ(s.distinct.categories, o.num_categories);
 }
 
 TEST_F(GenDataTest, GzipHoldsTheSameLines) {
@@ -683,8 +683,8 @@ TEST_F(GenDataTest, LongInterestDefaultModelIsInTheAdvertisedRange) {
   EXPECT_GT(s.recent_only_oracle_auc, 0.55);
   EXPECT_GE(s.oracle_auc - s.recent_only_oracle_auc, 0.1);
   EXPECT_GT(s.recent_only_oracle_logloss, s.oracle_logloss);
-  EXPECT_EQ(s.distinct_users, 13000u);
-  EXPECT_EQ(s.distinct_categories, o.num_categories);
+  EXPECT_EQ(s.distinct.users, 13000u);
+  EXPECT_EQ(s.distinct.categories, o.num_categories);
 }
 
 TEST_F(GenDataTest, LongInterestRefusesBadOptionsNamingThem) {
