@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -20,6 +21,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -60,6 +62,9 @@ DEFINE_uint64(loopback_bytes, 1'000'000'000,
 DEFINE_int32(loopback_min_messages, 8, "Fewest messages in a loopback measurement.");
 DEFINE_int32(loopback_repeats, 3,
              "Loopback measurements per message size; the best is the ceiling.");
+DEFINE_int32(gather_threads, 2,
+             "Threads of the random-gather ceiling of the Zipf pulls (the machine's two cores).");
+DEFINE_int32(gather_repeats, 3, "Gather ceiling measurements per dim; the best is the ceiling.");
 DEFINE_uint64(seed, 1, "Seed of the key streams.");
 DEFINE_int32(timeout_s, 300,
              "Seconds a request may wait for its reply (generous for runs under valgrind).");
@@ -350,6 +355,76 @@ std::vector<Batch> MakeZipfBatches(const proto::ShardMap& map, size_t* distinct)
   return batches;
 }
 
+// The gather ceiling of a Zipf pull: the keys/s at which --gather_threads
+// threads copy the rows of the batches' keys (`dim` floats each) out of a
+// plain array holding one row per distinct key, into one reply buffer per
+// batch. This is the memory work of a pull with nothing else: no hash lookup,
+// no network, no request. The rows are numbered in order of first
+// appearance, as a server's slabs fill in first-touch order, and the keys are
+// the batches' own (the same Zipf stream, in the same order), so the cache
+// sees the hot rows a pull sees. Thread t takes batches t, t + threads, ...
+// Measured --gather_repeats times; the best is kept (a busy machine only
+// lowers it, so the ratio errs against ember).
+class GatherCeiling {
+ public:
+  explicit GatherCeiling(const std::vector<Batch>& batches) {
+    absl::flat_hash_map<uint64_t, uint32_t> row_of;
+    rows_.resize(batches.size());
+    for (size_t b = 0; b < batches.size(); ++b) {
+      rows_[b].reserve(batches[b].keys->size());
+      for (uint64_t k : *batches[b].keys) {
+        const auto [it, added] = row_of.try_emplace(k, static_cast<uint32_t>(row_of.size()));
+        rows_[b].push_back(it->second);
+      }
+    }
+    distinct_ = row_of.size();
+  }
+
+  double KeysPerSec(uint32_t dim) const {
+    const int threads = std::max(1, FLAGS_gather_threads);
+    // Aligned to a cache line, so that a row of 16 floats is one line: the
+    // server's rows are not aligned, so this errs against ember.
+    const size_t floats = distinct_ * dim;
+    std::unique_ptr<float, decltype(&std::free)> table(
+        static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64)),
+        &std::free);
+    CHECK(table != nullptr);
+    for (size_t i = 0; i < floats; ++i) table.get()[i] = static_cast<float>(i % 1024);
+    size_t max_batch = 0, keys = 0;
+    for (const auto& r : rows_) {
+      max_batch = std::max(max_batch, r.size());
+      keys += r.size();
+    }
+    std::vector<std::vector<float>> out(threads, std::vector<float>(max_batch * dim, 0.0f));
+    std::vector<double> check(threads, 0);
+    double best = 0;
+    for (int rep = 0; rep < std::max(1, FLAGS_gather_repeats); ++rep) {
+      std::vector<std::thread> pool;
+      const Clock::time_point t0 = Clock::now();
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+          float* o = out[t].data();
+          for (size_t b = t; b < rows_.size(); b += threads) {
+            const std::vector<uint32_t>& r = rows_[b];
+            for (size_t j = 0; j < r.size(); ++j) {
+              std::memcpy(o + j * dim, table.get() + size_t{r[j]} * dim, dim * sizeof(float));
+            }
+            check[t] += o[(r.size() - 1) * dim];  // keeps the copies
+          }
+        });
+      }
+      for (std::thread& th : pool) th.join();
+      best = std::max(best, static_cast<double>(keys) / Since(t0));
+    }
+    if (check[0] < 0) std::fprintf(stderr, "# gather: %g\n", check[0]);
+    return best;
+  }
+
+ private:
+  std::vector<std::vector<uint32_t>> rows_;  // per batch: row numbers of its keys
+  size_t distinct_ = 0;
+};
+
 // Runs ops 0..n-1 with up to FLAGS_inflight outstanding, waiting for the
 // oldest before starting the next, as a worker's pipeline does. `start(i,
 // slot)` starts op i; `slot` (i mod inflight) is free for its buffers.
@@ -379,7 +454,7 @@ absl::StatusOr<double> RunPipelined(worker::PsClient& ps, int n, StartFn start) 
 // (rows exist: the steady state of a long run, whose batches are mostly ids
 // seen before).
 absl::Status RunZipfDim(Context& ctx, uint32_t table, uint32_t dim,
-                        const std::vector<Batch>& batches) {
+                        const std::vector<Batch>& batches, const GatherCeiling& gather) {
   worker::PsClient& ps = ctx.ps;
   const size_t batch_keys = FLAGS_zipf_batch_keys;
   const size_t row_floats = batch_keys * dim;
@@ -423,7 +498,11 @@ absl::Status RunZipfDim(Context& ctx, uint32_t table, uint32_t dim,
   Print(prefix + "push_cpu_cores", push_cores);
   Print(prefix + "pull_keys_per_sec", keys / *pull_s);
   Print(prefix + "pull_bytes_per_sec", bytes / *pull_s);
-  Print(prefix + "pull_bandwidth_ratio", bytes / *pull_s / *ceiling);
+  // Measured after the passes, so that the server's table is already whole
+  // (as in the pull pass) when this process allocates the plain one.
+  const double gather_rate = gather.KeysPerSec(dim);
+  Print(prefix + "gather_keys_per_sec", gather_rate);
+  Print(prefix + "pull_gather_ratio", keys / *pull_s / gather_rate);
   Print(prefix + "pull_cpu_cores", pull_cores);
   return absl::OkStatus();
 }
@@ -444,10 +523,11 @@ absl::Status RunZipf(Context& ctx, const std::vector<uint32_t>& dims) {
   Print("zipf_batches", batches.size());
   Print("zipf_batch_keys", FLAGS_zipf_batch_keys);
   Print("zipf_distinct_keys", static_cast<double>(distinct));
+  const GatherCeiling gather(batches);
   // The same key stream for every dim: each dim has its own table, so each
   // starts empty and sees the same first-touch pattern.
   for (size_t i = 0; i < dims.size(); ++i) {
-    if (absl::Status st = RunZipfDim(ctx, static_cast<uint32_t>(1 + i), dims[i], batches);
+    if (absl::Status st = RunZipfDim(ctx, static_cast<uint32_t>(1 + i), dims[i], batches, gather);
         !st.ok()) {
       return st;
     }
