@@ -3,23 +3,16 @@
 // stream of the same message sizes, measured in the same run, gives the
 // ceiling each figure is compared with. Figures go to stdout as key=value
 // lines; bench/README.md says what each key means.
-#include <poll.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <random>
@@ -28,15 +21,15 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
+#include "bench/bench_util.h"
 #include "gflags/gflags.h"
 #include "net/memory.h"
 #include "glog/logging.h"
@@ -69,34 +62,15 @@ DEFINE_uint64(loopback_bytes, 1'000'000'000,
 DEFINE_int32(loopback_min_messages, 8, "Fewest messages in a loopback measurement.");
 DEFINE_int32(loopback_repeats, 3,
              "Loopback measurements per message size; the best is the ceiling.");
+DEFINE_int32(gather_threads, 2,
+             "Threads of the random-gather ceiling of the Zipf pulls (the machine's two cores).");
+DEFINE_int32(gather_repeats, 3, "Gather ceiling measurements per dim; the best is the ceiling.");
 DEFINE_uint64(seed, 1, "Seed of the key streams.");
 DEFINE_int32(timeout_s, 300,
              "Seconds a request may wait for its reply (generous for runs under valgrind).");
 
 namespace ember::bench {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void Print(const std::string& key, double value) {
-  // Rates are large and a fraction of a key/s means nothing; ratios are small.
-  if (std::fabs(value) >= 1000) {
-    std::printf("%s=%.0f\n", key.c_str(), value);
-  } else {
-    std::printf("%s=%.4g\n", key.c_str(), value);
-  }
-  std::fflush(stdout);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 // Keys are Hash64(slot, id) of the id's eight bytes, as a worker hashes raw
 // feature values; each pattern uses its own slot.
@@ -131,125 +105,6 @@ proto::ShardMap OneServerMap(uint32_t shards) {
   for (uint32_t s = 0; s < shards; ++s) map.add_server_rank(0);
   return map;
 }
-
-void WriteAll(int fd, const std::string& s) {
-  size_t done = 0;
-  while (done < s.size()) {
-    const ssize_t n = write(fd, s.data() + done, s.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    done += static_cast<size_t>(n);
-  }
-}
-
-// The child's whole life: bind, tell the parent the endpoint through `fd`
-// (or "!" and the error), serve until killed.
-[[noreturn]] void ServeInChild(const proto::JobConfig& config, const proto::ShardMap& map, int fd) {
-  auto fail = [fd](const absl::Status& st) {
-    WriteAll(fd, absl::StrCat("!", st.ToString(), "\n"));
-    _exit(1);
-  };
-  absl::StatusOr<std::unique_ptr<net::Transport>> transport =
-      net::CreateTransport(net::TransportOptions{});
-  if (!transport.ok()) fail(transport.status());
-  absl::StatusOr<std::string> endpoint = (*transport)->Bind("tcp://127.0.0.1:0");
-  if (!endpoint.ok()) fail(endpoint.status());
-  ps::ServerOptions so;
-  so.config = config;
-  so.shard_map = map;
-  so.rank = 0;
-  so.node_id = 1;
-  so.dense_offset = 0;
-  so.dense_init = {0.0f};  // the server insists on a dense slice; one float will do
-  absl::StatusOr<std::unique_ptr<ps::Server>> server =
-      ps::Server::Create(std::move(so), std::move(*transport));
-  if (!server.ok()) fail(server.status());
-  WriteAll(fd, *endpoint + "\n");
-  close(fd);
-  const absl::Status st = (*server)->Run();
-  if (!st.ok()) LOG(ERROR) << "server: " << st;
-  _exit(st.ok() ? 0 : 1);
-}
-
-// The server child. Start() must run before the parent has any thread or
-// ZeroMQ context: fork copies only the calling thread, so a lock or a context
-// held elsewhere would be broken in the child. The destructor kills and reaps
-// the child; PR_SET_PDEATHSIG covers the exits that skip it (a CHECK failure,
-// a fatal signal), so no server outlives the bench.
-class ServerProcess {
- public:
-  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const proto::JobConfig& config,
-                                                              const proto::ShardMap& map) {
-    int fds[2];
-    if (pipe(fds) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-    const pid_t parent = getpid();
-    std::fflush(nullptr);  // or the child's copy of unflushed stdio could be written twice
-    const pid_t pid = fork();
-    if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-    if (pid == 0) {
-      close(fds[0]);
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
-      ServeInChild(config, map, fds[1]);
-    }
-    close(fds[1]);
-    auto self = std::unique_ptr<ServerProcess>(new ServerProcess(pid));
-    absl::StatusOr<std::string> line = ReadLine(fds[0], /*timeout_ms=*/120'000);
-    close(fds[0]);
-    if (!line.ok()) return line.status();
-    if (line->empty() || (*line)[0] == '!') {
-      return absl::InternalError(absl::StrCat("server process failed to start: ", line->substr(1)));
-    }
-    self->endpoint_ = *line;
-    return self;
-  }
-
-  ~ServerProcess() { Kill(); }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  const std::string& endpoint() const { return endpoint_; }
-  pid_t pid() const { return pid_; }
-
-  // Kills and reaps the child. Idempotent.
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-  }
-
- private:
-  explicit ServerProcess(pid_t pid) : pid_(pid) {}
-
-  // One '\n'-terminated line from fd, or an error on EOF (the child died) or
-  // timeout (generous: under valgrind the child starts slowly).
-  static absl::StatusOr<std::string> ReadLine(int fd, int timeout_ms) {
-    std::string line;
-    const Clock::time_point t0 = Clock::now();
-    for (;;) {
-      const int left = timeout_ms - static_cast<int>(Since(t0) * 1000);
-      if (left <= 0)
-        return absl::DeadlineExceededError("server process did not report its endpoint");
-      pollfd p{fd, POLLIN, 0};
-      const int r = poll(&p, 1, left);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
-      if (r == 0) continue;
-      char buf[256];
-      const ssize_t n = read(fd, buf, sizeof(buf));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return absl::InternalError("server process exited before reporting its endpoint");
-      line.append(buf, static_cast<size_t>(n));
-      const size_t nl = line.find('\n');
-      if (nl != std::string::npos) return line.substr(0, nl);
-    }
-  }
-
-  pid_t pid_;
-  std::string endpoint_;
-};
 
 // ---------------------------------------------------------------------------
 // The loopback ceiling.
@@ -331,43 +186,6 @@ class Ceilings {
  private:
   std::map<size_t, double> cache_;
 };
-
-// CPU seconds (user + system, all threads) `pid` has used so far, from
-// /proc/<pid>/stat (clock-tick resolution, 10 ms); 0 if unreadable.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // Field 2, the command, may hold spaces; count fields after its ')'.
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
-  const std::vector<absl::string_view> f =
-      absl::StrSplit(absl::string_view(stat).substr(close + 2), ' ');
-  uint64_t utime = 0, stime = 0;  // fields 14 and 15; f[0] is field 3
-  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime))
-    return 0;
-  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
-}
-
-double MonotonicSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
-}
-
-// Peak resident memory of `pid` (VmHWM in /proc/<pid>/status), or 0.
-double PeakRssBytes(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) != 0) continue;
-    uint64_t kb = 0;
-    absl::string_view v = absl::StripAsciiWhitespace(absl::string_view(line).substr(6));
-    if (absl::ConsumeSuffix(&v, "kB") && absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kb)) {
-      return static_cast<double>(kb) * 1024;
-    }
-  }
-  return 0;
-}
 
 // Cores that the worker and the server processes kept busy together over a
 // phase. Near nproc means the phase was CPU-bound (the figure is what this
@@ -495,48 +313,6 @@ absl::Status RunPsLite(Context& ctx) {
 // ---------------------------------------------------------------------------
 // Pattern 2: realistic batches.
 
-// Zipf(s) over {1..n} by rejection-inversion (Hörmann and Derflinger, 1996):
-// invert the integral H of the continuous hat x^-s, round to the nearest
-// integer, and accept unless the point fell in the sliver where the hat
-// exceeds the true mass. O(1) per draw for any n, no tables.
-class ZipfSampler {
- public:
-  ZipfSampler(uint64_t n, double s) : n_(static_cast<double>(n)), s_(s) {
-    h_first_ = H(1.5) - 1.0;  // the mass of k = 1 is h(1) = 1
-    h_last_ = H(n_ + 0.5);
-    quick_accept_ = 2.0 - HInv(H(2.5) - h(2.0));
-  }
-
-  // A value in [1, n].
-  uint64_t operator()(std::mt19937_64& rng) const {
-    for (;;) {
-      const double u01 = static_cast<double>(rng() >> 11) * 0x1.0p-53;
-      const double u = h_last_ + u01 * (h_first_ - h_last_);
-      const double x = HInv(u);
-      const double k = std::clamp(std::floor(x + 0.5), 1.0, n_);
-      if (k - x <= quick_accept_ || u >= H(k + 0.5) - h(k)) return static_cast<uint64_t>(k);
-    }
-  }
-
- private:
-  double h(double x) const { return std::exp(-s_ * std::log(x)); }
-  // H(x) = (x^(1-s) - 1) / (1-s), written so that s -> 1 gives log(x).
-  double H(double x) const {
-    const double lx = std::log(x);
-    return lx * ExpM1OverX((1.0 - s_) * lx);
-  }
-  double HInv(double y) const { return std::exp(y * Log1POverX((1.0 - s_) * y)); }
-  static double ExpM1OverX(double t) {
-    return std::fabs(t) < 1e-8 ? 1.0 + t / 2 : std::expm1(t) / t;
-  }
-  static double Log1POverX(double t) {
-    return std::fabs(t) < 1e-8 ? 1.0 - t / 2 : std::log1p(t) / t;
-  }
-
-  double n_, s_;
-  double h_first_, h_last_, quick_accept_;
-};
-
 struct Batch {
   std::shared_ptr<const std::vector<uint64_t>> keys;  // grouped by (server, shard)
   std::vector<uint32_t> server_begin;
@@ -579,6 +355,76 @@ std::vector<Batch> MakeZipfBatches(const proto::ShardMap& map, size_t* distinct)
   return batches;
 }
 
+// The gather ceiling of a Zipf pull: the keys/s at which --gather_threads
+// threads copy the rows of the batches' keys (`dim` floats each) out of a
+// plain array holding one row per distinct key, into one reply buffer per
+// batch. This is the memory work of a pull with nothing else: no hash lookup,
+// no network, no request. The rows are numbered in order of first
+// appearance, as a server's slabs fill in first-touch order, and the keys are
+// the batches' own (the same Zipf stream, in the same order), so the cache
+// sees the hot rows a pull sees. Thread t takes batches t, t + threads, ...
+// Measured --gather_repeats times; the best is kept (a busy machine only
+// lowers it, so the ratio errs against ember).
+class GatherCeiling {
+ public:
+  explicit GatherCeiling(const std::vector<Batch>& batches) {
+    absl::flat_hash_map<uint64_t, uint32_t> row_of;
+    rows_.resize(batches.size());
+    for (size_t b = 0; b < batches.size(); ++b) {
+      rows_[b].reserve(batches[b].keys->size());
+      for (uint64_t k : *batches[b].keys) {
+        const auto [it, added] = row_of.try_emplace(k, static_cast<uint32_t>(row_of.size()));
+        rows_[b].push_back(it->second);
+      }
+    }
+    distinct_ = row_of.size();
+  }
+
+  double KeysPerSec(uint32_t dim) const {
+    const int threads = std::max(1, FLAGS_gather_threads);
+    // Aligned to a cache line, so that a row of 16 floats is one line: the
+    // server's rows are not aligned, so this errs against ember.
+    const size_t floats = distinct_ * dim;
+    std::unique_ptr<float, decltype(&std::free)> table(
+        static_cast<float*>(std::aligned_alloc(64, (floats * sizeof(float) + 63) / 64 * 64)),
+        &std::free);
+    CHECK(table != nullptr);
+    for (size_t i = 0; i < floats; ++i) table.get()[i] = static_cast<float>(i % 1024);
+    size_t max_batch = 0, keys = 0;
+    for (const auto& r : rows_) {
+      max_batch = std::max(max_batch, r.size());
+      keys += r.size();
+    }
+    std::vector<std::vector<float>> out(threads, std::vector<float>(max_batch * dim, 0.0f));
+    std::vector<double> check(threads, 0);
+    double best = 0;
+    for (int rep = 0; rep < std::max(1, FLAGS_gather_repeats); ++rep) {
+      std::vector<std::thread> pool;
+      const Clock::time_point t0 = Clock::now();
+      for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+          float* o = out[t].data();
+          for (size_t b = t; b < rows_.size(); b += threads) {
+            const std::vector<uint32_t>& r = rows_[b];
+            for (size_t j = 0; j < r.size(); ++j) {
+              std::memcpy(o + j * dim, table.get() + size_t{r[j]} * dim, dim * sizeof(float));
+            }
+            check[t] += o[(r.size() - 1) * dim];  // keeps the copies
+          }
+        });
+      }
+      for (std::thread& th : pool) th.join();
+      best = std::max(best, static_cast<double>(keys) / Since(t0));
+    }
+    if (check[0] < 0) std::fprintf(stderr, "# gather: %g\n", check[0]);
+    return best;
+  }
+
+ private:
+  std::vector<std::vector<uint32_t>> rows_;  // per batch: row numbers of its keys
+  size_t distinct_ = 0;
+};
+
 // Runs ops 0..n-1 with up to FLAGS_inflight outstanding, waiting for the
 // oldest before starting the next, as a worker's pipeline does. `start(i,
 // slot)` starts op i; `slot` (i mod inflight) is free for its buffers.
@@ -608,7 +454,7 @@ absl::StatusOr<double> RunPipelined(worker::PsClient& ps, int n, StartFn start) 
 // (rows exist: the steady state of a long run, whose batches are mostly ids
 // seen before).
 absl::Status RunZipfDim(Context& ctx, uint32_t table, uint32_t dim,
-                        const std::vector<Batch>& batches) {
+                        const std::vector<Batch>& batches, const GatherCeiling& gather) {
   worker::PsClient& ps = ctx.ps;
   const size_t batch_keys = FLAGS_zipf_batch_keys;
   const size_t row_floats = batch_keys * dim;
@@ -652,7 +498,11 @@ absl::Status RunZipfDim(Context& ctx, uint32_t table, uint32_t dim,
   Print(prefix + "push_cpu_cores", push_cores);
   Print(prefix + "pull_keys_per_sec", keys / *pull_s);
   Print(prefix + "pull_bytes_per_sec", bytes / *pull_s);
-  Print(prefix + "pull_bandwidth_ratio", bytes / *pull_s / *ceiling);
+  // Measured after the passes, so that the server's table is already whole
+  // (as in the pull pass) when this process allocates the plain one.
+  const double gather_rate = gather.KeysPerSec(dim);
+  Print(prefix + "gather_keys_per_sec", gather_rate);
+  Print(prefix + "pull_gather_ratio", keys / *pull_s / gather_rate);
   Print(prefix + "pull_cpu_cores", pull_cores);
   return absl::OkStatus();
 }
@@ -673,10 +523,11 @@ absl::Status RunZipf(Context& ctx, const std::vector<uint32_t>& dims) {
   Print("zipf_batches", batches.size());
   Print("zipf_batch_keys", FLAGS_zipf_batch_keys);
   Print("zipf_distinct_keys", static_cast<double>(distinct));
+  const GatherCeiling gather(batches);
   // The same key stream for every dim: each dim has its own table, so each
   // starts empty and sees the same first-touch pattern.
   for (size_t i = 0; i < dims.size(); ++i) {
-    if (absl::Status st = RunZipfDim(ctx, static_cast<uint32_t>(1 + i), dims[i], batches);
+    if (absl::Status st = RunZipfDim(ctx, static_cast<uint32_t>(1 + i), dims[i], batches, gather);
         !st.ok()) {
       return st;
     }
@@ -685,18 +536,6 @@ absl::Status RunZipf(Context& ctx, const std::vector<uint32_t>& dims) {
 }
 
 // ---------------------------------------------------------------------------
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  }
-  return "unknown";
-}
 
 int Main() {
   bool want_pslite = false, want_zipf = false;
@@ -728,7 +567,14 @@ int Main() {
   const proto::JobConfig config = MakeConfig(dims);
   const proto::ShardMap map = OneServerMap(FLAGS_logical_shards);
   // Before any thread or ZeroMQ context exists in this process; see ServerProcess.
-  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(config, map);
+  ps::ServerOptions so;
+  so.config = config;
+  so.shard_map = map;
+  so.rank = 0;
+  so.node_id = 1;
+  so.dense_offset = 0;
+  so.dense_init = {0.0f};  // the server insists on a dense slice; one float will do
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(std::move(so));
   if (!server.ok()) {
     std::fprintf(stderr, "ps_bench: %s\n", server.status().ToString().c_str());
     return 1;

@@ -4,13 +4,8 @@
 // sequential write speed measured in the same run. Figures go to stdout as
 // key=value lines; bench/README.md says what each key means.
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -22,7 +17,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -33,12 +27,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
 #include "absl/time/time.h"
+#include "bench/bench_util.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
 #include "net/client.h"
@@ -98,57 +91,8 @@ constexpr uint32_t kMaxKeysPerMessage = 262144;
 constexpr int32_t kClientNodeId = 1000;
 constexpr double kMB = 1e6;  // every MB in the output is 10^6 bytes
 
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-void Print(const std::string& key, double value) {
-  // Rates are large and a fraction of a key/s means nothing; ratios are small.
-  if (std::fabs(value) >= 1000) {
-    std::printf("%s=%.0f\n", key.c_str(), value);
-  } else {
-    std::printf("%s=%.4g\n", key.c_str(), value);
-  }
-  std::fflush(stdout);
-}
-
 // ---------------------------------------------------------------------------
 // /proc and the file system.
-
-// CPU seconds (user + system, all threads) `pid` has used so far, from
-// /proc/<pid>/stat (clock-tick resolution); 0 if unreadable.
-double CpuSeconds(pid_t pid) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // Field 2, the command, may hold spaces; count fields after its ')'.
-  const size_t close = stat.rfind(')');
-  if (close == std::string::npos || close + 2 >= stat.size()) return 0;
-  const std::vector<absl::string_view> f =
-      absl::StrSplit(absl::string_view(stat).substr(close + 2), ' ');
-  uint64_t utime = 0, stime = 0;  // fields 14 and 15; f[0] is field 3
-  if (f.size() < 13 || !absl::SimpleAtoi(f[11], &utime) || !absl::SimpleAtoi(f[12], &stime))
-    return 0;
-  return static_cast<double>(utime + stime) / sysconf(_SC_CLK_TCK);
-}
-
-// A "<field>: <n> kB" line of /proc/<pid>/status in bytes, or 0.
-double StatusBytes(pid_t pid, absl::string_view field) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    absl::string_view v(line);
-    if (!absl::ConsumePrefix(&v, field) || !absl::ConsumePrefix(&v, ":")) continue;
-    v = absl::StripAsciiWhitespace(v);
-    uint64_t kb = 0;
-    if (absl::ConsumeSuffix(&v, "kB") && absl::SimpleAtoi(absl::StripAsciiWhitespace(v), &kb)) {
-      return static_cast<double>(kb) * 1024;
-    }
-  }
-  return 0;
-}
-
-// Peak resident memory of `pid` (VmHWM), or 0.
-double PeakRssBytes(pid_t pid) { return StatusBytes(pid, "VmHWM"); }
 
 // Bytes allocated on disk under `dir`, as du counts them (st_blocks). Files
 // that vanish during the walk (RocksDB compacting) are skipped.
@@ -223,46 +167,6 @@ absl::StatusOr<double> DiskWriteBytesPerSec(const std::string& dir, uint64_t byt
 
 // ---------------------------------------------------------------------------
 // Keys.
-
-// Zipf(s) over {1..n} by rejection-inversion (Hörmann and Derflinger, 1996),
-// as in ps_bench: O(1) per draw for any n, no tables.
-class ZipfSampler {
- public:
-  ZipfSampler(uint64_t n, double s) : n_(static_cast<double>(n)), s_(s) {
-    h_first_ = H(1.5) - 1.0;  // the mass of k = 1 is h(1) = 1
-    h_last_ = H(n_ + 0.5);
-    quick_accept_ = 2.0 - HInv(H(2.5) - h(2.0));
-  }
-
-  // A value in [1, n].
-  uint64_t operator()(std::mt19937_64& rng) const {
-    for (;;) {
-      const double u01 = static_cast<double>(rng() >> 11) * 0x1.0p-53;
-      const double u = h_last_ + u01 * (h_first_ - h_last_);
-      const double x = HInv(u);
-      const double k = std::clamp(std::floor(x + 0.5), 1.0, n_);
-      if (k - x <= quick_accept_ || u >= H(k + 0.5) - h(k)) return static_cast<uint64_t>(k);
-    }
-  }
-
- private:
-  double h(double x) const { return std::exp(-s_ * std::log(x)); }
-  // H(x) = (x^(1-s) - 1) / (1-s), written so that s -> 1 gives log(x).
-  double H(double x) const {
-    const double lx = std::log(x);
-    return lx * ExpM1OverX((1.0 - s_) * lx);
-  }
-  double HInv(double y) const { return std::exp(y * Log1POverX((1.0 - s_) * y)); }
-  static double ExpM1OverX(double t) {
-    return std::fabs(t) < 1e-8 ? 1.0 + t / 2 : std::expm1(t) / t;
-  }
-  static double Log1POverX(double t) {
-    return std::fabs(t) < 1e-8 ? 1.0 - t / 2 : std::log1p(t) / t;
-  }
-
-  double n_, s_;
-  double h_first_, h_last_, quick_accept_;
-};
 
 // Zipf rank r (1-based) -> key index, a bijection on [0, n): index =
 // (r - 1) * a mod n with a coprime to n. The fill pushes indexes in order, so
@@ -361,129 +265,6 @@ proto::ShardMap MakeShardMap() {
   return map;
 }
 
-void WriteAll(int fd, const std::string& s) {
-  size_t done = 0;
-  while (done < s.size()) {
-    const ssize_t n = write(fd, s.data() + done, s.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    done += static_cast<size_t>(n);
-  }
-}
-
-// The child's whole life: bind, tell the parent the endpoint through `fd`
-// (or "!" and the error), serve until killed.
-[[noreturn]] void ServeInChild(const proto::JobConfig& config, const proto::ShardMap& map,
-                               uint32_t rank, int fd) {
-  auto fail = [fd](const absl::Status& st) {
-    WriteAll(fd, absl::StrCat("!", st.ToString(), "\n"));
-    _exit(1);
-  };
-  absl::StatusOr<std::unique_ptr<net::Transport>> transport =
-      net::CreateTransport(net::TransportOptions{});
-  if (!transport.ok()) fail(transport.status());
-  absl::StatusOr<std::string> endpoint = (*transport)->Bind("tcp://127.0.0.1:0");
-  if (!endpoint.ok()) fail(endpoint.status());
-  ps::ServerOptions so;
-  so.config = config;
-  so.shard_map = map;
-  so.rank = rank;
-  so.node_id = static_cast<int32_t>(1 + rank);
-  so.dense_offset = uint64_t{rank} * kDenseFloatsPerServer;
-  so.dense_init.assign(kDenseFloatsPerServer, 0.0f);
-  so.dense_total = uint64_t{kDenseFloatsPerServer} * FLAGS_servers;
-  absl::StatusOr<std::unique_ptr<ps::Server>> server =
-      ps::Server::Create(std::move(so), std::move(*transport));
-  if (!server.ok()) fail(server.status());
-  WriteAll(fd, *endpoint + "\n");
-  close(fd);
-  const absl::Status st = (*server)->Run();
-  if (!st.ok()) LOG(ERROR) << "server " << rank << ": " << st;
-  _exit(st.ok() ? 0 : 1);
-}
-
-// One server child. Start() must run while the parent has no thread and no
-// ZeroMQ context: fork copies only the calling thread, so a lock or a context
-// held elsewhere would be broken in the child. The destructor kills and reaps
-// the child; PR_SET_PDEATHSIG covers the exits that skip it (a CHECK failure,
-// a fatal signal), so no server outlives the bench.
-class ServerProcess {
- public:
-  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const proto::JobConfig& config,
-                                                              const proto::ShardMap& map,
-                                                              uint32_t rank) {
-    int fds[2];
-    if (pipe(fds) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-    const pid_t parent = getpid();
-    std::fflush(nullptr);  // or the child's copy of unflushed stdio could be written twice
-    const pid_t pid = fork();
-    if (pid < 0) return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
-    if (pid == 0) {
-      close(fds[0]);
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
-      ServeInChild(config, map, rank, fds[1]);
-    }
-    close(fds[1]);
-    auto self = std::unique_ptr<ServerProcess>(new ServerProcess(pid));
-    absl::StatusOr<std::string> line = ReadLine(fds[0], /*timeout_ms=*/120'000);
-    close(fds[0]);
-    if (!line.ok()) return line.status();
-    if (line->empty() || (*line)[0] == '!') {
-      return absl::InternalError(
-          absl::StrCat("server ", rank, " failed to start: ", line->substr(1)));
-    }
-    self->endpoint_ = *line;
-    return self;
-  }
-
-  ~ServerProcess() { Kill(); }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  const std::string& endpoint() const { return endpoint_; }
-  pid_t pid() const { return pid_; }
-
-  // Kills and reaps the child. Idempotent.
-  void Kill() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGKILL);
-    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
-    }
-    pid_ = -1;
-  }
-
- private:
-  explicit ServerProcess(pid_t pid) : pid_(pid) {}
-
-  // One '\n'-terminated line from fd, or an error on EOF (the child died) or
-  // timeout.
-  static absl::StatusOr<std::string> ReadLine(int fd, int timeout_ms) {
-    std::string line;
-    const Clock::time_point t0 = Clock::now();
-    for (;;) {
-      const int left = timeout_ms - static_cast<int>(Since(t0) * 1000);
-      if (left <= 0)
-        return absl::DeadlineExceededError("server process did not report its endpoint");
-      pollfd p{fd, POLLIN, 0};
-      const int r = poll(&p, 1, left);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) return absl::InternalError(absl::StrCat("poll: ", std::strerror(errno)));
-      if (r == 0) continue;
-      char buf[256];
-      const ssize_t n = read(fd, buf, sizeof(buf));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return absl::InternalError("server process exited before reporting its endpoint");
-      line.append(buf, static_cast<size_t>(n));
-      const size_t nl = line.find('\n');
-      if (nl != std::string::npos) return line.substr(0, nl);
-    }
-  }
-
-  pid_t pid_;
-  std::string endpoint_;
-};
-
 // Table 0's storage counters, summed over servers.
 struct TableStats {
   uint64_t resident_rows = 0, spilled_rows = 0, resident_bytes = 0, spilled_bytes = 0;
@@ -501,8 +282,16 @@ class Cluster {
                                                         const proto::ShardMap& map) {
     auto self = std::unique_ptr<Cluster>(new Cluster());
     for (int r = 0; r < FLAGS_servers; ++r) {
-      absl::StatusOr<std::unique_ptr<ServerProcess>> s =
-          ServerProcess::Start(config, map, static_cast<uint32_t>(r));
+      const uint32_t rank = static_cast<uint32_t>(r);
+      ps::ServerOptions so;
+      so.config = config;
+      so.shard_map = map;
+      so.rank = rank;
+      so.node_id = static_cast<int32_t>(1 + rank);
+      so.dense_offset = uint64_t{rank} * kDenseFloatsPerServer;
+      so.dense_init.assign(kDenseFloatsPerServer, 0.0f);
+      so.dense_total = uint64_t{kDenseFloatsPerServer} * FLAGS_servers;
+      absl::StatusOr<std::unique_ptr<ServerProcess>> s = ServerProcess::Start(std::move(so));
       if (!s.ok()) return s.status();
       self->servers_.push_back(std::move(*s));
     }
@@ -640,12 +429,6 @@ class Cluster {
   std::vector<net::PeerId> peers_;
   std::unique_ptr<ps::CheckpointCoordinator> coordinator_;
 };
-
-double MonotonicSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
-}
 
 // Cores the client and the servers kept busy together over a phase: near
 // nproc means the phase was CPU-bound, well below means it waited (on the
@@ -901,18 +684,6 @@ absl::StatusOr<ConfigResult> RunConfig(Run& run, const std::string& name, uint64
   cluster->reset();
   if (!FLAGS_keep) std::filesystem::remove_all(ckpt_dir);
   return result;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const size_t colon = line.find(':');
-      return colon == std::string::npos ? line : line.substr(colon + 2);
-    }
-  }
-  return "unknown";
 }
 
 absl::Status RunAll(Run& run) {
