@@ -97,8 +97,9 @@ else
 fi
 
 echo "== kill -9 of local.sh takes every process with it"
-local_sh killed --config examples/movielens_din.conf --data-dir data/ml --servers 1 --workers 2 --epochs 50 \
-  >"$work/killed.out" 2>&1 &
+# local.sh itself in the background (not a subshell around it), so $! is its pid.
+./launch/local.sh --binary "$ember" --port "$port" --log-dir "$work/logs/killed" --epochs 50 \
+  --config examples/movielens_din.conf --data-dir data/ml --servers 1 --workers 2 >"$work/killed.out" 2>&1 &
 bg=$!
 for _ in $(seq 1 300); do
   grep -q "cluster up" "$work/logs/killed/scheduler.out" 2>/dev/null && break
