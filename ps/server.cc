@@ -174,6 +174,8 @@ class Server::Impl {
       s.rows += h->rows.load(std::memory_order_relaxed);
       s.memory_bytes += h->memory.load(std::memory_order_relaxed);
       for (uint32_t t = 0; t < specs_.size(); ++t) {
+        s.resident_bytes +=
+            h->table_rows[t].load(std::memory_order_relaxed) * storage::ResidentRowCost(*specs_[t]);
         const storage::TierCounters& c = h->store->counters(t);
         s.hits += c.hits.load(std::memory_order_relaxed);
         s.misses += c.misses.load(std::memory_order_relaxed);

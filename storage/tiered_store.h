@@ -3,7 +3,9 @@
 // (SpillStore) below. When resident rows exceed the budget, CLOCK picks cold
 // rows across the handler's shards and moves them to RocksDB (only those that
 // changed since they were last written there); a request that misses in
-// memory reads all its missing rows back with one MultiGet.
+// memory reads all its missing rows back with one MultiGet. Only keys this
+// store has written to RocksDB (a KeyFilter per table) are looked up there:
+// a new key's miss costs no RocksDB read.
 //
 // Rows carry a reset epoch: a row older than its table's current epoch is
 // stale, re-initialised on first touch (resident or spilled) and skipped by
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "storage/key_filter.h"
 #include "storage/sparse_table.h"
 #include "storage/spill_store.h"
 
@@ -106,10 +109,17 @@ class TieredStore {
   int64_t resident_bytes_ = 0;
   size_t clock_cursor_ = 0;  // round robin over (table, local shard)
   SpillStore::Batch pending_;
+  // Per table: every key this store has put into RocksDB (evictions and
+  // Load). A key it does not hold has no RocksDB row: the store wipes
+  // RocksDB at open and only this store writes its shards' keys.
+  std::vector<KeyFilter> spilled_;
   // Scratch for Resolve.
   std::vector<uint32_t> miss_index_, miss_shard_;
   std::vector<uint64_t> miss_key_;
-  std::vector<uint8_t> miss_rows_, miss_found_;
+  std::vector<uint8_t> miss_rows_;
+  std::vector<uint32_t> miss_slot_, read_miss_, read_shard_;
+  std::vector<uint64_t> read_key_;
+  std::vector<uint8_t> read_found_;
 };
 
 }  // namespace ember::storage
