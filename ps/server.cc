@@ -481,7 +481,7 @@ class Server::Impl {
     };
     TieredStore& store = *h->store;
     absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.epoch, req.step, create,
-                                    h->rows_buf.data());
+                                    h->rows_buf.data(), /*touch=*/!req.is_push);
     if (!st.ok()) return st;
     const uint32_t dim = spec.dim();
     uint64_t missing = 0;

@@ -83,7 +83,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                   uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
-                                  uint8_t** rows) {
+                                  uint8_t** rows, bool touch) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();
   TierCounters& ctr = *counters_[t];
@@ -105,7 +105,7 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       spec.InitRow(keys[i], epoch, row);
       TableSpec::Meta(row)->last_step = step;
     }
-    TableSpec::Meta(row)->flags |= kRowRef | kRowPinned;
+    TableSpec::Meta(row)->flags |= touch ? kRowRef | kRowPinned : kRowPinned;
   }
   const size_t misses = miss_index_.size();
   ctr.hits.fetch_add(n - misses, std::memory_order_relaxed);
@@ -171,7 +171,7 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
         Charge(t, 1);
       }
     }
-    if (row != nullptr) TableSpec::Meta(row)->flags |= kRowRef | kRowPinned;
+    if (row != nullptr) TableSpec::Meta(row)->flags |= kRowPinned;  // on probation: no kRowRef
     rows[i] = row;
   }
   ctr.spill_reads.fetch_add(read_back, std::memory_order_relaxed);

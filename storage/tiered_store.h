@@ -66,9 +66,14 @@ class TieredStore {
   // of an epoch older than `epoch` is re-initialised. Evicts cold rows first
   // to make room. Every returned row is pinned until Unpin(); keys may
   // repeat. `create` is called once per key that has no row anywhere.
+  // `touch`: the lookup is a use that earns resident rows CLOCK's second
+  // chance (a PULL; a PUSH follows its pull and says nothing new). A row
+  // that enters memory (created or read back) starts on probation, without
+  // the reference bit: it earns it on its next touching lookup, so a key
+  // used once does not push out one used again and again.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                      uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
-                                     uint8_t** rows);
+                                     uint8_t** rows, bool touch = true);
   void Unpin(uint8_t** rows, size_t n);
 
   // Calls fn(row) for every row of (t, shard) that is not stale for

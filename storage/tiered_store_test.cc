@@ -40,6 +40,8 @@ TEST(TieredStoreTest, EvictsRowsThatAllCarryReferenceBits) {
   };
   resolve(1, 4000);  // one request: pinned, so it may exceed the budget
   EXPECT_EQ(store.resident_rows(0), 4000u);
+  resolve(1, 4000);  // all hits: now every row carries its reference bit
+  EXPECT_EQ(store.counters(0).hits.load(), 4000u);
   resolve(100000, 10);
   EXPECT_LE(store.resident_rows(0), budget_rows);
   EXPECT_EQ(store.counters(0).evictions.load(), 4010u - store.resident_rows(0));
@@ -85,6 +87,44 @@ TEST(TieredStoreTest, RowsLoadedPastTheBudgetAreReadBack) {
   }
   store.Unpin(rows.data(), n);
   EXPECT_EQ(store.counters(0).spill_reads.load(), 90u);
+  std::filesystem::remove_all(dir);
+}
+
+// A row that entered memory once (on probation) goes before a row touched
+// again since it came in; a push (touch = false) earns no second chance.
+TEST(TieredStoreTest, RowsUsedOnceAreEvictedBeforeRowsUsedAgain) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / absl::StrCat("ember-tiered-probation-", getpid())).string();
+  proto::TableConfig tc;
+  tc.set_name("t");
+  tc.set_dim(4);
+  TableSpec spec(tc);
+  SpillStoreOptions so;
+  so.path = dir;
+  so.tables = {"t"};
+  auto spill = SpillStore::Open(so);
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  TieredStore store({&spec}, {0}, 1, 200 * ResidentRowCost(spec), spill->get());
+  auto resolve = [&](uint64_t first, size_t n, bool touch) {
+    std::vector<uint64_t> keys;
+    for (uint64_t k = first; k < first + n; ++k) keys.push_back(k);
+    std::vector<uint32_t> shards(n, 0);
+    std::vector<uint8_t*> rows(n);
+    ASSERT_TRUE(
+        store.Resolve(0, keys.data(), shards.data(), n, 0, 1, [](size_t) { return true; }, rows.data(), touch).ok());
+    store.Unpin(rows.data(), n);
+  };
+  resolve(1, 100, true);      // hot: created...
+  resolve(1, 100, true);      // ...and used again
+  resolve(1001, 100, true);   // cold: created, used once...
+  resolve(1001, 100, false);  // ...and pushed, which is no new use
+  resolve(5001, 100, true);   // 100 new rows: 100 must go
+  EXPECT_EQ(store.resident_rows(0), 200u);
+  const uint64_t reads = store.counters(0).spill_reads.load();
+  resolve(1, 100, true);  // the hot rows are all still resident
+  EXPECT_EQ(store.counters(0).spill_reads.load(), reads);
+  resolve(1001, 100, true);  // the cold ones come back from RocksDB
+  EXPECT_EQ(store.counters(0).spill_reads.load(), reads + 100);
   std::filesystem::remove_all(dir);
 }
 
