@@ -20,8 +20,9 @@ namespace ember::bench {
 absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o) {
   if (o.rows == 0 || o.row_bytes < sizeof(uint64_t) || o.keys_per_call == 0 || o.threads < 1 ||
       o.logical_shards == 0) {
-    return absl::InvalidArgumentError("MultiGet ceiling: rows, row_bytes >= 8, keys_per_call, threads and "
-                                      "logical_shards must be positive");
+    return absl::InvalidArgumentError(
+        "MultiGet ceiling: rows, row_bytes >= 8, keys_per_call, threads and "
+        "logical_shards must be positive");
   }
   storage::SpillStoreOptions so;
   so.path = o.dir;
@@ -72,7 +73,8 @@ absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o
         for (size_t b = 0; b < keys[t].size(); b += o.keys_per_call) {
           const size_t n = std::min(o.keys_per_call, keys[t].size() - b);
           status[t] = db.MultiGet(0, absl::MakeConstSpan(shards[t]).subspan(b, n),
-                                  absl::MakeConstSpan(keys[t]).subspan(b, n), o.row_bytes, out.data(), found.data());
+                                  absl::MakeConstSpan(keys[t]).subspan(b, n), o.row_bytes,
+                                  out.data(), found.data());
           if (!status[t].ok()) return;
           for (size_t i = 0; i < n; ++i) found_rows[t] += found[i];
         }
@@ -80,7 +82,8 @@ absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o
     }
     for (auto& th : pool) th.join();
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   uint64_t found = 0;
   for (int t = 0; t < o.threads; ++t) {
     if (!status[t].ok()) return status[t];
@@ -91,7 +94,8 @@ absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o
   std::filesystem::remove_all(o.dir, ec);
   const uint64_t looked_up = per_thread * o.threads;
   if (found != looked_up) {
-    return absl::InternalError(absl::StrCat("MultiGet ceiling: found ", found, " of ", looked_up, " rows"));
+    return absl::InternalError(
+        absl::StrCat("MultiGet ceiling: found ", found, " of ", looked_up, " rows"));
   }
   return static_cast<double>(found) / seconds;
 }

@@ -19,16 +19,17 @@ struct MultiGetCeilingOptions {
   size_t row_bytes = 0;         // bytes of each row
   uint32_t logical_shards = 1;  // a key's 12-byte RocksDB key starts with its logical shard
   uint64_t block_cache_bytes = 64 << 20;  // storage.block_cache_bytes
-  uint64_t lookups = 0;         // keys looked up in total, uniform over the rows
-  size_t keys_per_call = 1;     // keys per MultiGet
-  int threads = 1;              // threads calling MultiGet at once, lookups split evenly
+  uint64_t lookups = 0;                   // keys looked up in total, uniform over the rows
+  size_t keys_per_call = 1;               // keys per MultiGet
+  int threads = 1;                        // threads calling MultiGet at once, lookups split evenly
   uint64_t seed = 1;
 };
 
 // Writes `rows` rows (batches of 4096, as evictions write them), then times
 // the lookups and returns rows found per second. Every lookup must find its
 // row; a missing row is an error. Blocking.
-[[nodiscard]] absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& options);
+[[nodiscard]] absl::StatusOr<double> MultiGetCeilingRowsPerSec(
+    const MultiGetCeilingOptions& options);
 
 }  // namespace ember::bench
 

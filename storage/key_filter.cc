@@ -23,7 +23,8 @@ inline size_t BlockOf(uint64_t h, size_t n) { return static_cast<size_t>(((h >> 
 
 }  // namespace
 
-KeyFilter::KeyFilter(size_t first_capacity) : first_capacity_(first_capacity < 1 ? 1 : first_capacity) {}
+KeyFilter::KeyFilter(size_t first_capacity)
+    : first_capacity_(first_capacity < 1 ? 1 : first_capacity) {}
 
 void KeyFilter::Add(uint64_t key) {
   if (layers_.empty() || layers_.back().count >= layers_.back().capacity) {
@@ -38,7 +39,8 @@ void KeyFilter::Add(uint64_t key) {
   uint64_t* block = l.words.data() + BlockOf(h, l.blocks) * kWordsPerBlock;
   // Probe bits from the low 54 bits of a second mix, 9 bits each.
   uint64_t bits = Remix(h);
-  for (int i = 0; i < kProbes; ++i, bits >>= 9) block[(bits >> 6) & 7] |= uint64_t{1} << (bits & 63);
+  for (int i = 0; i < kProbes; ++i, bits >>= 9)
+    block[(bits >> 6) & 7] |= uint64_t{1} << (bits & 63);
   ++l.count;
 }
 
