@@ -25,7 +25,8 @@ struct MultiGetCeilingOptions {
   uint64_t seed = 1;
 };
 
-// Writes `rows` rows (batches of 4096, as evictions write them), then times
+// Writes `rows` rows (batches of 4096, as evictions write them), waits
+// until RocksDB has no flush or compaction pending or running, then times
 // the lookups and returns rows found per second. Every lookup must find its
 // row; a missing row is an error. Blocking.
 [[nodiscard]] absl::StatusOr<double> MultiGetCeilingRowsPerSec(

@@ -229,4 +229,17 @@ uint64_t SpillStore::LiveBytes(uint32_t table) const {
   return v;
 }
 
+bool SpillStore::BackgroundWorkPending() const {
+  for (auto* cf : cfs_) {
+    for (const auto& property : {rocksdb::DB::Properties::kMemTableFlushPending,
+                                 rocksdb::DB::Properties::kCompactionPending,
+                                 rocksdb::DB::Properties::kNumRunningFlushes,
+                                 rocksdb::DB::Properties::kNumRunningCompactions}) {
+      uint64_t v = 0;
+      if (db_->GetIntProperty(cf, property, &v) && v > 0) return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace ember::storage
