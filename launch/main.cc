@@ -261,7 +261,8 @@ int RunServer() {
   serving.join();
   const ps::ServerStats s = (*server)->stats();
   LOG(INFO) << "server rank " << reg.rank() << " done: " << s.pulls << " pulls, " << s.pushes << " pushes, " << s.rows
-            << " rows, " << s.errors << " rejected requests";
+            << " rows, " << s.errors << " rejected requests, resident_bytes=" << s.resident_bytes
+            << " hits=" << s.hits << " misses=" << s.misses << " evictions=" << s.evictions;
   (*control)->Leave("server stopped", !run_status.ok());
   if (!run_status.ok()) return ErrorExit(run_status);
   if (!job.ok()) return ErrorExit(job);

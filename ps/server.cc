@@ -191,6 +191,8 @@ class Server::Impl {
       s.rows += h->rows.load(std::memory_order_relaxed);
       s.memory_bytes += h->memory.load(std::memory_order_relaxed);
       for (uint32_t t = 0; t < specs_.size(); ++t) {
+        s.resident_bytes +=
+            h->table_rows[t].load(std::memory_order_relaxed) * storage::ResidentRowCost(*specs_[t]);
         const storage::TierCounters& c = h->store->counters(t);
         s.hits += c.hits.load(std::memory_order_relaxed);
         s.misses += c.misses.load(std::memory_order_relaxed);
@@ -496,7 +498,7 @@ class Server::Impl {
     };
     TieredStore& store = *h->store;
     absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.epoch, req.step, create,
-                                    h->rows_buf.data());
+                                    h->rows_buf.data(), /*touch=*/!req.is_push);
     if (!st.ok()) return st;
     const uint32_t dim = spec.dim();
     uint64_t missing = 0;

@@ -68,6 +68,9 @@ struct ServerStats {
   uint64_t errors = 0;   // requests answered with an error
   uint64_t rows = 0;     // resident rows over all tables
   uint64_t memory_bytes = 0;
+  // Bytes the resident rows are charged against storage.memory_budget_bytes
+  // (row bytes + 16 per row, storage::ResidentRowCost), over all tables.
+  uint64_t resident_bytes = 0;
   uint64_t spilled_rows = 0;  // RocksDB's estimate
   uint64_t hits = 0, misses = 0, evictions = 0;
 };

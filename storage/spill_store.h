@@ -98,6 +98,9 @@ class SpillStore {
   // table.
   uint64_t EstimatedRows(uint32_t table) const;
   uint64_t LiveBytes(uint32_t table) const;
+  // True while a memtable flush or a compaction is pending or running in
+  // any table (a benchmark waits for a quiet RocksDB before timing reads).
+  bool BackgroundWorkPending() const;
 
  private:
   SpillStore() = default;

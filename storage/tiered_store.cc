@@ -29,6 +29,7 @@ TieredStore::TieredStore(std::vector<const TableSpec*> specs, const std::vector<
     for (size_t i = 0; i < shards_.size(); ++i) tables_[t].push_back(std::make_unique<ShardTable>(specs_[t]));
     counters_.push_back(std::make_unique<TierCounters>());
   }
+  spilled_.resize(specs_.size());
   if (spill_) pending_ = spill_->NewBatch();
 }
 
@@ -68,6 +69,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
       const RowMeta* m = reinterpret_cast<const RowMeta*>(row);
       if (m->flags & kRowDirty) {
         batch.Put(t, shards_[local], m->key, row, specs_[t]->row_bytes());
+        spilled_[t].Add(m->key);
         ++written;
       }
     });
@@ -81,7 +83,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                   uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
-                                  uint8_t** rows) {
+                                  uint8_t** rows, bool touch) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();
   TierCounters& ctr = *counters_[t];
@@ -103,21 +105,37 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       spec.InitRow(keys[i], epoch, row);
       TableSpec::Meta(row)->last_step = step;
     }
-    TableSpec::Meta(row)->flags |= kRowRef | kRowPinned;
+    TableSpec::Meta(row)->flags |= touch ? kRowRef | kRowPinned : kRowPinned;
   }
   const size_t misses = miss_index_.size();
   ctr.hits.fetch_add(n - misses, std::memory_order_relaxed);
   if (misses == 0) return absl::OkStatus();
   ctr.misses.fetch_add(misses, std::memory_order_relaxed);
 
-  // Pass 2: one batched read of every missing row.
-  miss_found_.assign(misses, 0);
+  // Pass 2: one batched read of every missing row that RocksDB may hold.
+  // miss_slot_[m]: where miss m's row landed in miss_rows_, or kNotRead.
+  constexpr uint32_t kNotRead = UINT32_MAX;
+  miss_slot_.assign(misses, kNotRead);
   if (spill_ != nullptr) {
-    miss_rows_.resize(misses * row_bytes);
-    absl::Status st = spill_->MultiGet(t, miss_shard_, miss_key_, row_bytes, miss_rows_.data(), miss_found_.data());
+    read_miss_.clear();
+    read_shard_.clear();
+    read_key_.clear();
+    for (size_t m = 0; m < misses; ++m) {
+      if (!spilled_[t].MayContain(miss_key_[m])) continue;
+      read_miss_.push_back(static_cast<uint32_t>(m));
+      read_shard_.push_back(miss_shard_[m]);
+      read_key_.push_back(miss_key_[m]);
+    }
+    const size_t reads = read_miss_.size();
+    miss_rows_.resize(reads * row_bytes);
+    read_found_.assign(reads, 0);
+    absl::Status st = spill_->MultiGet(t, read_shard_, read_key_, row_bytes, miss_rows_.data(), read_found_.data());
     if (!st.ok()) {
       Unpin(rows, n);
       return st;
+    }
+    for (size_t r = 0; r < reads; ++r) {
+      if (read_found_[r]) miss_slot_[read_miss_[r]] = static_cast<uint32_t>(r);
     }
   }
   // Pass 3: room for them, then admit them to memory.
@@ -131,11 +149,11 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
     const size_t i = miss_index_[m];
     ShardTable& tab = table(t, miss_shard_[m]);
     uint8_t* row = nullptr;
-    if (miss_found_[m]) {
+    if (miss_slot_[m] != kNotRead) {
       bool existed;
       row = tab.Emplace(keys[i], &existed);
       if (!existed) {
-        std::memcpy(row, miss_rows_.data() + m * row_bytes, row_bytes);
+        std::memcpy(row, miss_rows_.data() + size_t{miss_slot_[m]} * row_bytes, row_bytes);
         TableSpec::Meta(row)->flags = kRowLive;  // clean: RocksDB holds this copy
         Charge(t, 1);
         ++read_back;
@@ -153,7 +171,7 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
         Charge(t, 1);
       }
     }
-    if (row != nullptr) TableSpec::Meta(row)->flags |= kRowRef | kRowPinned;
+    if (row != nullptr) TableSpec::Meta(row)->flags |= kRowPinned;  // on probation: no kRowRef
     rows[i] = row;
   }
   ctr.spill_reads.fetch_add(read_back, std::memory_order_relaxed);
@@ -251,6 +269,7 @@ absl::Status TieredStore::Load(uint32_t t, uint32_t shard, const uint8_t* src) {
     return absl::OkStatus();
   }
   pending_.Put(t, shard, key, src, row_bytes);
+  spilled_[t].Add(key);
   if (pending_.count() >= kPendingRows) return spill_->Write(&pending_);
   return absl::OkStatus();
 }

@@ -3,7 +3,9 @@
 // (SpillStore) below. When resident rows exceed the budget, CLOCK picks cold
 // rows across the handler's shards and moves them to RocksDB (only those that
 // changed since they were last written there); a request that misses in
-// memory reads all its missing rows back with one MultiGet.
+// memory reads all its missing rows back with one MultiGet. Only keys this
+// store has written to RocksDB (a KeyFilter per table) are looked up there:
+// a new key's miss costs no RocksDB read.
 //
 // Rows carry a reset epoch: a row older than its table's current epoch is
 // stale, re-initialised on first touch (resident or spilled) and skipped by
@@ -22,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "storage/key_filter.h"
 #include "storage/sparse_table.h"
 #include "storage/spill_store.h"
 
@@ -63,9 +66,14 @@ class TieredStore {
   // of an epoch older than `epoch` is re-initialised. Evicts cold rows first
   // to make room. Every returned row is pinned until Unpin(); keys may
   // repeat. `create` is called once per key that has no row anywhere.
+  // `touch`: the lookup is a use that earns resident rows CLOCK's second
+  // chance (a PULL; a PUSH follows its pull and says nothing new). A row
+  // that enters memory (created or read back) starts on probation, without
+  // the reference bit: it earns it on its next touching lookup, so a key
+  // used once does not push out one used again and again.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                      uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
-                                     uint8_t** rows);
+                                     uint8_t** rows, bool touch = true);
   void Unpin(uint8_t** rows, size_t n);
 
   // Calls fn(row) for every row of (t, shard) that is not stale for
@@ -106,10 +114,17 @@ class TieredStore {
   int64_t resident_bytes_ = 0;
   size_t clock_cursor_ = 0;  // round robin over (table, local shard)
   SpillStore::Batch pending_;
+  // Per table: every key this store has put into RocksDB (evictions and
+  // Load). A key it does not hold has no RocksDB row: the store wipes
+  // RocksDB at open and only this store writes its shards' keys.
+  std::vector<KeyFilter> spilled_;
   // Scratch for Resolve.
   std::vector<uint32_t> miss_index_, miss_shard_;
   std::vector<uint64_t> miss_key_;
-  std::vector<uint8_t> miss_rows_, miss_found_;
+  std::vector<uint8_t> miss_rows_;
+  std::vector<uint32_t> miss_slot_, read_miss_, read_shard_;
+  std::vector<uint64_t> read_key_;
+  std::vector<uint8_t> read_found_;
 };
 
 }  // namespace ember::storage
