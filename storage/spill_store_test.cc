@@ -13,7 +13,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class SpillStoreTest : public ::testing::Test {
+class SpillDirTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() / absl::StrCat("ember-spill-test-", getpid(), "-",
@@ -36,7 +36,7 @@ class SpillStoreTest : public ::testing::Test {
 // Two servers (of two jobs, or a job misconfigured) never share a tier: the
 // second is refused while the first holds the lock, and nothing of the
 // first's is touched.
-TEST_F(SpillStoreTest, ADirectoryInUseIsRefused) {
+TEST_F(SpillDirTest, ADirectoryInUseIsRefused) {
   auto first = SpillStore::Open(Options("s"));
   ASSERT_TRUE(first.ok()) << first.status();
   SpillStore::Batch b = (*first)->NewBatch();
@@ -59,7 +59,7 @@ TEST_F(SpillStoreTest, ADirectoryInUseIsRefused) {
 }
 
 // A directory holding files ember did not write is refused and left whole.
-TEST_F(SpillStoreTest, ForeignFilesAreRefusedAndKept) {
+TEST_F(SpillDirTest, ForeignFilesAreRefusedAndKept) {
   fs::create_directories(root_ / "mine");
   std::ofstream(root_ / "mine" / "notes.txt") << "precious";
   auto store = SpillStore::Open(Options("mine"));
@@ -70,7 +70,7 @@ TEST_F(SpillStoreTest, ForeignFilesAreRefusedAndKept) {
 
 // The tier is a cache: closing removes the directory; a dead server's
 // leftovers (lock file present, lock free) are cleared at the next open.
-TEST_F(SpillStoreTest, ClosedRemovesItsDirectoryAndStaleOnesAreReused) {
+TEST_F(SpillDirTest, ClosedRemovesItsDirectoryAndStaleOnesAreReused) {
   {
     auto store = SpillStore::Open(Options("s"));
     ASSERT_TRUE(store.ok()) << store.status();
