@@ -46,9 +46,9 @@
 #include "net/transport.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
+#include "proto/keys.h"
 #include "proto/wire.pb.h"
 #include "ps/checkpoint_coordinator.h"
-#include "ps/keys.h"
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
@@ -290,7 +290,7 @@ struct Batch {
 // Keys [begin, end) of the universe, grouped: one batch of the fill.
 Batch FillBatch(ps::KeyRouter& router, uint64_t begin, uint64_t end) {
   std::vector<uint64_t> keys(end - begin);
-  for (uint64_t i = begin; i < end; ++i) keys[i - begin] = ps::Mix64(i);
+  for (uint64_t i = begin; i < end; ++i) keys[i - begin] = proto::Mix64(i);
   Batch b;
   auto grouped = std::make_shared<std::vector<uint64_t>>();
   router.Group(keys, grouped.get(), &b.server_begin, nullptr);
@@ -320,7 +320,7 @@ std::vector<Batch> MakeZipfBatches(const proto::ShardMap& map, int n, int first_
         ranks.clear();
         while (ranks.size() < batch_keys) ranks.insert(zipf(rng));
         keys.clear();
-        for (uint64_t r : ranks) keys.push_back(ps::Mix64(index_of(r)));
+        for (uint64_t r : ranks) keys.push_back(proto::Mix64(index_of(r)));
         auto grouped = std::make_shared<std::vector<uint64_t>>();
         router.Group(keys, grouped.get(), &batches[b].server_begin, nullptr);
         batches[b].keys = std::move(grouped);

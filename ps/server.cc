@@ -9,7 +9,7 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "net/validate.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 #include "storage/shard_checkpoint.h"
 #include "storage/sparse_table.h"
@@ -311,7 +311,7 @@ class Server::Impl {
     uint32_t prev = UINT32_MAX;
     bool grouped = true;
     for (size_t i = 0; i < req->num_keys; ++i) {
-      const uint32_t s = ShardOf(req->keys[i], L);
+      const uint32_t s = proto::ShardOf(req->keys[i], L);
       if (s == prev) continue;
       const int16_t owner = shard_handler_[s];
       if (owner == kNotMine) {
@@ -405,7 +405,7 @@ class Server::Impl {
         } else {
           const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
           for (size_t i = 0; i < req->num_keys; ++i) {
-            const uint32_t s = ShardOf(req->keys[i], L);
+            const uint32_t s = proto::ShardOf(req->keys[i], L);
             if (shard_handler_[s] == static_cast<int16_t>(h->index)) {
               Process(*req, spec, store.table(req->table, s), i, i + 1);
             }
@@ -434,14 +434,14 @@ class Server::Impl {
       if (sk.empty()) sk.assign(4 * w, 0);
       uint32_t est = UINT32_MAX;
       for (int r = 0; r < 4; ++r) {
-        uint16_t& c = sk[r * w + (Mix64(key ^ kSketchSeeds[r]) & (w - 1))];
+        uint16_t& c = sk[r * w + (proto::Mix64(key ^ kSketchSeeds[r]) & (w - 1))];
         if (c < UINT16_MAX) ++c;
         est = std::min<uint32_t>(est, c);
       }
       return est >= a.min_count();
     }
     // Probability: a hash of (key, step) decides, so that a rerun repeats.
-    const double u = static_cast<double>(Mix64(key ^ Mix64(step)) >> 11) * 0x1.0p-53;
+    const double u = static_cast<double>(proto::Mix64(key ^ proto::Mix64(step)) >> 11) * 0x1.0p-53;
     return u < a.probability();
   }
 
@@ -464,7 +464,7 @@ class Server::Impl {
       }
     } else {
       for (size_t i = 0; i < req.num_keys; ++i) {
-        const uint32_t s = ShardOf(req.keys[i], L);
+        const uint32_t s = proto::ShardOf(req.keys[i], L);
         if (shard_handler_[s] == static_cast<int16_t>(h->index)) add(i, s);
       }
     }

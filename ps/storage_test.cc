@@ -16,8 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "net/client.h"
+#include "proto/keys.h"
 #include "ps/checkpoint_coordinator.h"
-#include "ps/keys.h"
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
@@ -267,7 +267,7 @@ class Traffic {
       // Zipf-like: a power of a uniform concentrates on small indices.
       const double u = std::uniform_real_distribution<double>(0, 1)(rng_);
       const uint64_t idx = static_cast<uint64_t>(std::pow(u, 3.0) * universe_);
-      const uint64_t key = Mix64(idx + 1);
+      const uint64_t key = proto::Mix64(idx + 1);
       if (seen.insert(key).second) keys.push_back(key);
     }
     return keys;
@@ -293,7 +293,7 @@ class Traffic {
 
   std::vector<uint64_t> Universe() const {
     std::vector<uint64_t> keys;
-    for (uint64_t i = 0; i <= universe_; ++i) keys.push_back(Mix64(i + 1));
+    for (uint64_t i = 0; i <= universe_; ++i) keys.push_back(proto::Mix64(i + 1));
     return keys;
   }
 
@@ -475,7 +475,7 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
   c.mutable_storage()->set_keep(10);
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(Mix64(i + 100));
+  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(proto::Mix64(i + 100));
   const std::vector<float> g(keys.size() * kDim, 0.25f);
   std::atomic<bool> stop{false};
   std::atomic<int> pushes{0};
@@ -506,7 +506,7 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
       if (k.first != 0) continue;
       storage::RowMeta meta;
       std::memcpy(&meta, row.data(), sizeof(meta));
-      counts[ShardOf(k.second, kShards) % 2].insert(meta.count);
+      counts[proto::ShardOf(k.second, kShards) % 2].insert(meta.count);
       std::vector<uint8_t> expect(spec.row_bytes());
       spec.InitRow(k.second, 0, expect.data());
       for (uint32_t n = 0; n < meta.count; ++n) {
@@ -591,7 +591,7 @@ TEST(StorageTest, AdmissionByCountAndByProbability) {
   p->set_probability(0.25f);
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(Mix64(i + 7));
+  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(proto::Mix64(i + 7));
   const std::vector<float> g(keys.size() * kDim, 1.0f);
   for (int round = 1; round <= 3; ++round) {
     const std::vector<float> v = s.Pull(0, keys);
@@ -622,8 +622,8 @@ TEST(StorageTest, ExpiryBySteps) {
   c.mutable_storage()->set_memory_budget_bytes(100000);  // some expired rows are in RocksDB
   Servers s(c, 1, dir.path() + "/spill");
   std::vector<uint64_t> old_keys, live_keys;
-  for (uint64_t i = 0; i < 1500; ++i) old_keys.push_back(Mix64(i + 1));
-  for (uint64_t i = 0; i < 300; ++i) live_keys.push_back(Mix64(i + 100000));
+  for (uint64_t i = 0; i < 1500; ++i) old_keys.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 300; ++i) live_keys.push_back(proto::Mix64(i + 100000));
   s.Push(0, old_keys, std::vector<float>(old_keys.size() * kDim, 1.0f));
   const std::vector<float> trained = s.Pull(0, old_keys);
   for (int i = 0; i < 10; ++i) s.Push(0, live_keys, std::vector<float>(live_keys.size() * kDim, 1.0f));
@@ -647,8 +647,8 @@ TEST(StorageTest, ExpiryByLogDays) {
   Servers s(c, 1, dir.path() + "/spill");
   const uint64_t day = 86400, t0 = 1700000000;
   std::vector<uint64_t> a, b;
-  for (uint64_t i = 0; i < 500; ++i) a.push_back(Mix64(i + 1));
-  for (uint64_t i = 0; i < 200; ++i) b.push_back(Mix64(i + 5000));
+  for (uint64_t i = 0; i < 500; ++i) a.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 200; ++i) b.push_back(proto::Mix64(i + 5000));
   s.Push(0, a, std::vector<float>(a.size() * kDim, 1.0f), t0);
   s.Push(0, b, std::vector<float>(b.size() * kDim, 1.0f), t0 + 5 * day);
   auto removed = s.coordinator().Sweep();
@@ -667,7 +667,7 @@ TEST(StorageTest, ResetReinitialisesResidentAndSpilledRows) {
   c.mutable_storage()->set_memory_budget_bytes(60000);  // most rows spill
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(Mix64(i + 3));
+  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(proto::Mix64(i + 3));
   for (int i = 0; i < 3; ++i) s.Push(0, keys, std::vector<float>(keys.size() * kDim, 0.5f));
   s.Push(1, keys, std::vector<float>(keys.size() * 3, 0.5f));
   const std::vector<float> trained1 = s.Pull(1, keys);

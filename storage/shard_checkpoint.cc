@@ -7,8 +7,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "ps/keys.h"
 #include "absl/time/clock.h"
+#include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 
 namespace ember::storage {
@@ -291,9 +291,9 @@ absl::Status RestorePlan::Verify(uint64_t* rows, uint64_t* bytes) const {
       }
       for (uint64_t i = 0; i < b.rows(); ++i) {
         const RowMeta* m = reinterpret_cast<const RowMeta*>(buf.data() + i * row_bytes);
-        if (ps::ShardOf(m->key, L) != shard) {
+        if (proto::ShardOf(m->key, L) != shard) {
           return absl::DataLossError(absl::StrCat(link.dir, "/", b.file(), ": block of table ", t, " shard ", shard,
-                                                  " holds key ", m->key, " of shard ", ps::ShardOf(m->key, L)));
+                                                  " holds key ", m->key, " of shard ", proto::ShardOf(m->key, L)));
         }
       }
       *rows += b.rows();
