@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -228,6 +229,45 @@ std::string Frame(uint32_t version, const std::string& payload) {
   put(Crc32c(payload.data(), payload.size()), 4);
   put(payload.size(), 8);
   return s + payload;
+}
+
+// The walk touches no file itself: the visitor says what each directory holds.
+TEST(WalkCheckpointChainTest, FollowsParentsBesideTheFirstDirectory) {
+  const std::map<std::string, ChainLink> links = {
+      {"root/ckpt-00000009", {9, 7}}, {"root/ckpt-00000007", {7, 3}}, {"root/ckpt-00000003", {3, 0}}};
+  std::vector<std::string> seen;
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000009/", [&](const std::string& dir) -> absl::StatusOr<ChainLink> {
+    seen.push_back(fs::path(dir).lexically_normal().string());
+    if (!seen.back().empty() && seen.back().back() == '/') seen.back().pop_back();
+    auto it = links.find(seen.back());
+    if (it == links.end()) return absl::NotFoundError(dir);
+    return it->second;
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(seen, (std::vector<std::string>{"root/ckpt-00000009", "root/ckpt-00000007", "root/ckpt-00000003"}));
+}
+
+TEST(WalkCheckpointChainTest, AParentNotOlderIsDataLossAndEndsTheWalk) {
+  int visits = 0;
+  // Each directory claims a parent newer than itself: without the check this
+  // would never end.
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000005", [&](const std::string&) -> absl::StatusOr<ChainLink> {
+    ++visits;
+    return ChainLink{5, 5};
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Contains(std::string(st.message()), "names parent 5, which is not older"));
+  EXPECT_EQ(visits, 1);
+}
+
+TEST(WalkCheckpointChainTest, AVisitErrorEndsTheWalk) {
+  int visits = 0;
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000005", [&](const std::string&) -> absl::StatusOr<ChainLink> {
+    if (++visits == 2) return absl::NotFoundError("gone");
+    return ChainLink{5, 4};
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(visits, 2);
 }
 
 using ManifestTest = TempDirTest;

@@ -167,11 +167,9 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
   const proto::JobConfig& config = *target.config;
   const uint32_t L = config.cluster().num_logical_shards();
   const uint64_t fingerprint = ConfigFingerprint(config, target.dense_total);
-  const std::string root = std::filesystem::path(dir).parent_path().string();
 
   // The checkpoint, then ancestors while any block still needs its parent.
-  std::string at = dir;
-  for (;;) {
+  absl::Status walked = WalkCheckpointChain(dir, [&](const std::string& at) -> absl::StatusOr<ChainLink> {
     absl::StatusOr<proto::CheckpointManifest> m = ReadManifest(at);
     if (!m.ok()) return m.status();
     if (m->num_logical_shards() != L) {
@@ -205,15 +203,14 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
     }
     bool needs_parent = false;
     for (const auto& b : m->blocks()) needs_parent |= b.delta();
-    const uint64_t parent = m->parent_id();
-    plan.chain_.insert(plan.chain_.begin(), Link{at, std::move(*m)});
-    if (!needs_parent) break;
-    if (parent == 0) {
+    const ChainLink link{m->id(), needs_parent ? m->parent_id() : 0};
+    if (needs_parent && link.parent_id == 0) {
       return absl::DataLossError(absl::StrCat("checkpoint ", at, " has incremental blocks but no parent"));
     }
-    at = (std::filesystem::path(root) / CheckpointDirName(parent)).string();
-    if (plan.chain_.size() > 10000) return absl::DataLossError("checkpoint chain too long (a cycle?)");
-  }
+    plan.chain_.insert(plan.chain_.begin(), Link{at, std::move(*m)});
+    return link;
+  });
+  if (!walked.ok()) return walked;
 
   // Index each link's blocks, then pick each owned shard's blocks.
   std::vector<absl::flat_hash_map<uint64_t, int>> index(plan.chain_.size());
