@@ -958,12 +958,12 @@ absl::Status RunAll(Run& run) {
     if (!r.ok()) return r.status();
     nobudget = std::move(*r);
     if (nobudget.table_bytes == 0) {
-      // Rows of 24 B metadata + dim weights + dim Adagrad accumulators, plus
+      // Rows of 32 B metadata + dim weights + dim Adagrad accumulators, plus
       // 16 B of index (storage::ResidentRowCost).
-      nobudget.table_bytes = FLAGS_keys * (24 + 8 * uint64_t(FLAGS_dim) + 16);
+      nobudget.table_bytes = FLAGS_keys * (sizeof(storage::RowMeta) + 8 * uint64_t(FLAGS_dim) + 16);
       std::fprintf(stderr,
                    "# WARNING: STATS reported no resident rows; table_bytes is the "
-                   "estimate keys x (24 + 8 x dim + 16)\n");
+                   "estimate keys x (32 + 8 x dim + 16)\n");
     }
     Print("table_bytes", nobudget.table_bytes);
   }

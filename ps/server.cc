@@ -43,7 +43,7 @@ struct Request {
   const float* grads = nullptr;
   float* out = nullptr;  // PULL: num_keys x dim, owned by reply's frame
   // PUSH: this push's server step; PULL: the step counter at dispatch.
-  uint32_t step = 0;
+  uint64_t step = 0;
   uint32_t epoch = 0;     // the table's reset epoch at dispatch
   uint16_t log_day = 0;   // PUSH: day of the batch's newest log timestamp, 0 if none
   // Set on a park order instead of a PULL/PUSH (see Server::Impl::Park).
@@ -426,7 +426,7 @@ class Server::Impl {
 
   // A push of a key without a row: count it, and say whether it is admitted
   // now.
-  bool Admit(Handler* h, uint32_t t, uint64_t key, uint32_t step) {
+  bool Admit(Handler* h, uint32_t t, uint64_t key, uint64_t step) {
     const proto::AdmissionConfig& a = opt_.config.tables(t).admission();
     if (a.min_count() > 1) {
       std::vector<uint16_t>& sk = h->sketch[t];
@@ -671,7 +671,7 @@ class Server::Impl {
       src.dense = &dense;
       src.push_seq = push_seq_.load();
       src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
-      const uint32_t cut = src.push_seq;
+      const uint64_t cut = src.push_seq;
       part = storage::WriteCheckpointPart(q.dir(), src);
       if (part.ok()) {
         clean_since_id_ = q.id();
@@ -719,7 +719,7 @@ class Server::Impl {
         dense_state_ = std::move(dense.state);
         const std::vector<uint32_t> epochs = plan->epochs();
         for (size_t t = 0; t < table_epoch_.size(); ++t) table_epoch_[t].store(epochs[t]);
-        const uint32_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
+        const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
         push_seq_.store(seq);
         clean_since_id_ = plan->manifest().id();
         clean_cut_step_ = seq;
@@ -765,7 +765,7 @@ class Server::Impl {
   // The expiry sweep; handlers must be parked. Also drops rows made stale by
   // a reset. Returns the rows removed.
   absl::StatusOr<uint64_t> SweepParked() {
-    const uint32_t now_step = push_seq_.load();
+    const uint64_t now_step = push_seq_.load();
     const uint32_t now_day = log_day_.load();
     uint64_t removed = 0;
     for (uint32_t t = 0; t < specs_.size(); ++t) {
@@ -873,14 +873,14 @@ class Server::Impl {
   std::vector<float> dense_w_, dense_state_;  // I/O thread only
   size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
   std::atomic<bool> stop_{false};
-  std::atomic<uint32_t> push_seq_{0};
+  std::atomic<uint64_t> push_seq_{0};
   std::atomic<uint16_t> log_day_{0};                 // newest log day pushed
   std::vector<std::atomic<uint32_t>> table_epoch_;   // reset epoch per table
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
   // I/O thread only (handlers parked): checkpoint bookkeeping.
   uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_step_ are new since this checkpoint
-  uint32_t clean_cut_step_ = 0;
+  uint64_t clean_cut_step_ = 0;
   storage::Tombstones tombstones_;  // rows removed since that checkpoint
   std::atomic<uint64_t> pulls_{0}, pushes_{0}, pulled_keys_{0}, pushed_keys_{0}, errors_{0};
 };

@@ -512,7 +512,8 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
       for (uint32_t n = 0; n < meta.count; ++n) {
         spec.rule().Apply(storage::TableSpec::Weights(expect.data()), spec.State(expect.data()), g.data(), kDim);
       }
-      torn += std::memcmp(row.data() + 24, expect.data() + 24, spec.row_bytes() - 24) != 0;
+      constexpr size_t kMeta = sizeof(storage::RowMeta);
+      torn += std::memcmp(row.data() + kMeta, expect.data() + kMeta, spec.row_bytes() - kMeta) != 0;
     }
     EXPECT_EQ(torn, 0u) << ckpt << ": rows whose weights and state are not those of their push count";
     EXPECT_EQ(counts[0].size(), 1u) << ckpt << ": a server's checkpoint cuts its push stream at one point";
@@ -638,6 +639,55 @@ TEST(StorageTest, ExpiryBySteps) {
   const std::vector<float> again = s.Pull(0, {old_keys[0]});
   ExpectSameBits(again, fresh, "expired key re-initialised");
   EXPECT_NE(std::memcmp(trained.data(), fresh.data(), kDim * 4), 0);
+}
+
+// A server whose push counter crosses 2^32 (here: restored from a checkpoint
+// whose manifest says 2^32 - 3) still judges rows by their true step. With a
+// 32-bit counter the steps wrapped: rows pushed after the wrap looked older
+// than the incremental cut and were left out of the delta, and a row pushed
+// 2^32 steps ago looked 4 steps old and did not expire.
+TEST(StorageTest, PushCounterPast2To32) {
+  Scratch dir;
+  proto::JobConfig c = BaseConfig();
+  c.mutable_tables(0)->mutable_expiry()->set_after_steps(5);
+  const std::string root = dir.path() + "/ckpt";
+  std::vector<uint64_t> a, b1, b2;
+  for (uint64_t i = 0; i < 200; ++i) a.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 150; ++i) b1.push_back(proto::Mix64(i + 10000));
+  for (uint64_t i = 0; i < 100; ++i) b2.push_back(proto::Mix64(i + 20000));
+  auto ones = [](const std::vector<uint64_t>& k) { return std::vector<float>(k.size() * kDim, 1.0f); };
+  std::string base;
+  {
+    Servers s(c, 1, dir.path() + "/spill-a");
+    s.Push(0, a, ones(a));  // step 1
+    base = Save(s, root, false);
+  }
+  auto m = storage::ReadManifest(base);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const uint64_t start = (uint64_t{1} << 32) - 3;
+  m->set_push_seq(start);
+  ASSERT_TRUE(storage::WriteManifest(base, *m).ok());
+
+  Servers s(c, 1, dir.path() + "/spill-b");
+  ASSERT_TRUE(s.coordinator().Restore(base).ok());
+  s.Push(0, b1, ones(b1));                          // step 2^32 - 2
+  for (int i = 0; i < 7; ++i) s.Push(0, b2, ones(b2));  // steps 2^32 - 1 .. 2^32 + 5
+  const std::string delta = Save(s, root, true);
+  auto dm = storage::ReadManifest(delta);
+  ASSERT_TRUE(dm.ok()) << dm.status();
+  EXPECT_EQ(dm->push_seq(), start + 8);
+  uint64_t delta_rows = 0;
+  for (const auto& blk : dm->blocks()) {
+    EXPECT_TRUE(blk.delta());
+    if (blk.table() == 0) delta_rows += blk.rows();
+  }
+  EXPECT_EQ(delta_rows, b1.size() + b2.size()) << "every row pushed after the base's cut, and only those";
+
+  // a: last pushed 2^32 + 4 steps ago; b1: 7 steps ago; b2: now.
+  auto removed = s.coordinator().Sweep();
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, a.size() + b1.size());
+  EXPECT_EQ(s.ResidentRows(0), b2.size());
 }
 
 TEST(StorageTest, ExpiryByLogDays) {

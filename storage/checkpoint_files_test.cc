@@ -694,7 +694,7 @@ TEST_F(CheckpointRootTest, BrokenChainIsKeptButDoesNotCount) {
 
 class InspectCheckpointTest : public TempDirTest {
  protected:
-  // One table (dim 2, Adagrad: 2 state floats, row_bytes 24 + 16 = 40), a
+  // One table (dim 2, Adagrad: 2 state floats, row_bytes 32 + 16 = 48), a
   // block of 3 rows and 1 tombstone, an empty block, and a dense block.
   void SetUp() override {
     TempDirTest::SetUp();
@@ -709,7 +709,7 @@ class InspectCheckpointTest : public TempDirTest {
     t->set_name("user");
     t->set_dim(2);
     t->set_state_floats(2);
-    t->set_row_bytes(40);
+    t->set_row_bytes(48);
     t->set_optimizer("ADAGRAD");
     t->set_rows(3);
 
@@ -724,18 +724,19 @@ class InspectCheckpointTest : public TempDirTest {
     b->set_file("t0-r0.rows");
     b->set_offset((*w)->BeginBlock());
     for (int r = 0; r < 3; ++r) {
-      char row[40] = {0};
-      const uint64_t key = 42 + r;
-      const uint32_t count = 10 + r, last_step = 100 + r, epoch = 0;
+      // The row layout of docs/checkpoint_format.md, spelled out.
+      char row[48] = {0};
+      const uint64_t key = 42 + r, last_step = (uint64_t{1} << 32) + 100 + r;
+      const uint32_t count = 10 + r, epoch = 0;
       const uint16_t flags = 0, last_day = 19000;
       const float f[4] = {0.5f + r, -1.25f, 0.1f, 0.2f};
       std::memcpy(row, &key, 8);
       std::memcpy(row + 8, &count, 4);
-      std::memcpy(row + 12, &last_step, 4);
-      std::memcpy(row + 16, &epoch, 4);
-      std::memcpy(row + 20, &flags, 2);
-      std::memcpy(row + 22, &last_day, 2);
-      std::memcpy(row + 24, f, 16);
+      std::memcpy(row + 12, &epoch, 4);
+      std::memcpy(row + 16, &last_step, 8);
+      std::memcpy(row + 24, &flags, 2);
+      std::memcpy(row + 26, &last_day, 2);
+      std::memcpy(row + 32, f, 16);
       ASSERT_TRUE((*w)->Append(row, sizeof(row)).ok());
     }
     const uint64_t tomb = 7;
@@ -775,8 +776,8 @@ TEST_F(InspectCheckpointTest, PrintsAndVerifies) {
   ASSERT_TRUE(st.ok()) << st << "\n" << text;
   EXPECT_TRUE(Contains(text, "t0-r0.rows"));
   EXPECT_TRUE(Contains(text, "blocks: 2 (2 full, 0 delta)"));
-  EXPECT_TRUE(Contains(text, "rows 3, tombstones 1, bytes 128"));
-  EXPECT_TRUE(Contains(text, "key 42 count 10 last_step 100 epoch 0 last_day 19000"));
+  EXPECT_TRUE(Contains(text, "rows 3, tombstones 1, bytes 152"));
+  EXPECT_TRUE(Contains(text, "key 42 count 10 last_step 4294967396 epoch 0 last_day 19000"));
   EXPECT_TRUE(Contains(text, "weights [0.5 -1.25]"));
   EXPECT_TRUE(Contains(text, "state   [0.1 0.2]"));
   EXPECT_TRUE(Contains(text, "key 43"));

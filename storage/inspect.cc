@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -14,13 +15,14 @@
 #include "google/protobuf/text_format.h"
 #include "proto/checkpoint.pb.h"
 #include "storage/checkpoint_files.h"
+#include "storage/sparse_table.h"
 
 namespace ember::storage {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "checkpoint files are little-endian");
 
-constexpr size_t kRowMetaBytes = 24;
+constexpr size_t kRowMetaBytes = sizeof(RowMeta);
 constexpr int kListFirst = 4;       // blocks shown of each kind
 constexpr int kPrintProblems = 20;  // block failures printed one by one
 constexpr int kSampleFloats = 8;
@@ -224,9 +226,11 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
     for (uint64_t r = 0; r < n; ++r) {
       const char* row = buf.data() + r * ct.row_bytes();
       const char* w = row + kRowMetaBytes;
-      out << "    key " << Load<uint64_t>(row) << " count " << Load<uint32_t>(row + 8) << " last_step "
-          << Load<uint32_t>(row + 12) << " epoch " << Load<uint32_t>(row + 16) << " last_day "
-          << Load<uint16_t>(row + 22) << "\n"
+      out << "    key " << Load<uint64_t>(row + offsetof(RowMeta, key)) << " count "
+          << Load<uint32_t>(row + offsetof(RowMeta, count)) << " last_step "
+          << Load<uint64_t>(row + offsetof(RowMeta, last_step)) << " epoch "
+          << Load<uint32_t>(row + offsetof(RowMeta, epoch)) << " last_day "
+          << Load<uint16_t>(row + offsetof(RowMeta, last_day)) << "\n"
           << "      weights " << Floats(w, ct.dim()) << "\n"
           << "      state   " << Floats(w + 4 * ct.dim(), ct.state_floats()) << "\n";
     }

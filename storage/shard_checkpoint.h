@@ -43,10 +43,10 @@ struct SaveSource {
   std::vector<uint32_t> epochs;      // per table; older rows are stale and skipped
   // Delta: only rows with last_step > cut_step, plus `tombstones`.
   bool delta = false;
-  uint32_t cut_step = 0;
+  uint64_t cut_step = 0;
   const Tombstones* tombstones = nullptr;
   const DenseSlice* dense = nullptr;
-  uint32_t push_seq = 0;
+  uint64_t push_seq = 0;
   uint64_t bytes_per_sec = 0;  // write rate limit, 0 = none
 };
 

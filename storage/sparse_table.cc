@@ -71,7 +71,8 @@ TableSpec::TableSpec(const proto::TableConfig& config)
 }
 
 void TableSpec::InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const {
-  *Meta(row) = RowMeta{key, 0, 0, epoch, static_cast<uint16_t>(kRowLive | kRowDirty), 0};
+  *Meta(row) = RowMeta{.key = key, .count = 0, .epoch = epoch, .last_step = 0,
+                       .flags = static_cast<uint16_t>(kRowLive | kRowDirty), .last_day = 0, .reserved = 0};
   if (row_bytes_ > sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float)) {
     // Padding: zero, so that files holding rows are deterministic.
     std::memset(State(row) + state_floats_, 0, row_bytes_ - sizeof(RowMeta) - (dim_ + state_floats_) * sizeof(float));

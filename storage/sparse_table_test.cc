@@ -19,9 +19,9 @@ proto::TableConfig Adagrad(uint32_t dim) {
 TEST(SparseTableTest, RowLayout) {
   TableSpec spec(Adagrad(3));
   EXPECT_EQ(spec.state_floats(), 3u);
-  EXPECT_EQ(spec.row_bytes(), 24u + 24u);
+  EXPECT_EQ(spec.row_bytes(), 32u + 24u);
   TableSpec odd(Adagrad(1));
-  EXPECT_EQ(odd.row_bytes(), 32u);
+  EXPECT_EQ(odd.row_bytes(), 40u);  // 32 + 4 + 4
 }
 
 TEST(SparseTableTest, CreateFindEraseAcrossSlabs) {

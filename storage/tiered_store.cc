@@ -80,7 +80,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 }
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                  uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
+                                  uint32_t epoch, uint64_t step, const std::function<bool(size_t)>& create,
                                   uint8_t** rows) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();

@@ -64,7 +64,7 @@ class TieredStore {
   // to make room. Every returned row is pinned until Unpin(); keys may
   // repeat. `create` is called once per key that has no row anywhere.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                     uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
+                                     uint32_t epoch, uint64_t step, const std::function<bool(size_t)>& create,
                                      uint8_t** rows);
   void Unpin(uint8_t** rows, size_t n);
 
