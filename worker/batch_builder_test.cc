@@ -272,9 +272,28 @@ TEST(BatchBuilderTest, CreateRejectsBadShardMaps) {
   EXPECT_FALSE(BatchBuilder::Create(bad, ShardMap(8, 2), 2).ok());
 }
 
-TEST(BatchBuilderDeathTest, ConstructorChecksInputs) {
-  proto::ShardMap map = ShardMap(8, 2);
-  map.set_server_rank(0, 5);
+// The shard map arrives over the network, so a bad one is a status from
+// Create (naming the shard and the problem), never a crash.
+TEST(BatchBuilderTest, CreateRefusesABadShardMap) {
+  const proto::JobConfig config = Config();
+  ASSERT_TRUE(BatchBuilder::Create(config, ShardMap(8, 2), 2).ok());
+
+  proto::ShardMap rank_too_high = ShardMap(8, 2);
+  rank_too_high.set_server_rank(3, 5);
+  absl::StatusOr<std::unique_ptr<BatchBuilder>> b = BatchBuilder::Create(config, rank_too_high, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(b.status().message().find("shard 3 is on server 5 of only 2"), std::string::npos) << b.status();
+
+  proto::ShardMap short_map = ShardMap(8, 2);
+  short_map.mutable_server_rank()->RemoveLast();
+  b = BatchBuilder::Create(config, short_map, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("7 server ranks for 8 logical shards"), std::string::npos) << b.status();
+
+  b = BatchBuilder::Create(config, ShardMap(0, 2), 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("num_logical_shards must be >= 1"), std::string::npos) << b.status();
 }
 
 double ThreadSeconds() {
