@@ -44,7 +44,7 @@ struct Request {
   float* out = nullptr;  // PULL: num_keys x dim, owned by reply's frame
   // PUSH: this push's server step; PULL: the step counter at dispatch.
   uint64_t step = 0;
-  uint32_t epoch = 0;     // the table's reset epoch at dispatch
+  uint32_t generation = 0;  // the table's reset generation at dispatch
   uint16_t log_day = 0;   // PUSH: day of the batch's newest log timestamp, 0 if none
   // Set on a park order instead of a PULL/PUSH (see Server::Impl::Park).
   std::shared_ptr<struct Park> park;
@@ -107,7 +107,7 @@ class Server::Impl {
       specs.push_back(specs_.back().get());
       names.push_back(t.name());
     }
-    table_epoch_ = std::vector<std::atomic<uint32_t>>(specs_.size());
+    table_generation_ = std::vector<std::atomic<uint32_t>>(specs_.size());
     const proto::StorageConfig& sc = opt_.config.storage();
     const uint64_t budget = sc.memory_budget_bytes();
     if (budget > 0) {
@@ -361,7 +361,7 @@ class Server::Impl {
         if (req->log_day > log_day_.load(std::memory_order_relaxed)) log_day_.store(req->log_day);
       }
     }
-    req->epoch = table_epoch_[h.table()].load(std::memory_order_relaxed);
+    req->generation = table_generation_[h.table()].load(std::memory_order_relaxed);
     req->msg = std::move(m);
 
     std::vector<Handler*> involved;
@@ -478,7 +478,7 @@ class Server::Impl {
       return Admit(h, t, h->keys[j], req.step);
     };
     TieredStore& store = *h->store;
-    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.epoch, req.step, create,
+    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.generation, req.step, create,
                                     h->rows_buf.data());
     if (!st.ok()) return st;
     const uint32_t dim = spec.dim();
@@ -534,12 +534,12 @@ class Server::Impl {
       }
       for (const size_t limit = std::min(end, i + kRowAhead); next_row < limit; ++next_row) {
         bool created;
-        uint8_t* r = table.FindOrCreate(req.keys[next_row], req.epoch, &created);
+        uint8_t* r = table.FindOrCreate(req.keys[next_row], req.generation, &created);
         if (created) {
           TableSpec::Meta(r)->last_step = req.step;
-        } else if (TableSpec::Meta(r)->epoch < req.epoch) {
+        } else if (TableSpec::Meta(r)->generation < req.generation) {
           // Stale since a RESET_TABLE: re-drawn on first touch.
-          spec.InitRow(req.keys[next_row], req.epoch, r);
+          spec.InitRow(req.keys[next_row], req.generation, r);
           TableSpec::Meta(r)->last_step = req.step;
         }
         for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, 1);
@@ -662,7 +662,7 @@ class Server::Impl {
       src.num_logical_shards = static_cast<uint32_t>(shard_handler_.size());
       src.specs = Specs();
       src.stores = Stores();
-      for (const auto& e : table_epoch_) src.epochs.push_back(e.load());
+      for (const auto& e : table_generation_) src.generations.push_back(e.load());
       // Incremental only on the checkpoint this server is known clean against.
       src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
       src.cut_step = clean_cut_step_;
@@ -717,8 +717,8 @@ class Server::Impl {
         }
         dense_w_ = std::move(dense.weights);
         dense_state_ = std::move(dense.state);
-        const std::vector<uint32_t> epochs = plan->epochs();
-        for (size_t t = 0; t < table_epoch_.size(); ++t) table_epoch_[t].store(epochs[t]);
+        const std::vector<uint32_t> generations = plan->generations();
+        for (size_t t = 0; t < table_generation_.size(); ++t) table_generation_[t].store(generations[t]);
         const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
         push_seq_.store(seq);
         clean_since_id_ = plan->manifest().id();
@@ -739,13 +739,13 @@ class Server::Impl {
     if (t >= specs_.size()) {
       return Fail(m, proto::UNKNOWN_TABLE, absl::StrCat("RESET_TABLE: table ", t, " does not exist"));
     }
-    // O(1): requests dispatched from now on carry the new epoch, and every
+    // O(1): requests dispatched from now on carry the new generation, and every
     // row of an older one is re-drawn when they touch it.
-    const uint32_t e = table_epoch_[t].fetch_add(1) + 1;
-    LOG(INFO) << "server " << opt_.rank << ": table '" << specs_[t]->config().name() << "' reset to epoch " << e;
+    const uint32_t e = table_generation_[t].fetch_add(1) + 1;
+    LOG(INFO) << "server " << opt_.rank << ": table '" << specs_[t]->config().name() << "' reset to generation " << e;
     net::Message r = net::MakeReply(m);
     r.header.set_sender(opt_.node_id);
-    r.header.mutable_reset_reply()->set_epoch(e);
+    r.header.mutable_reset_reply()->set_generation(e);
     Reply(std::move(r));
   }
 
@@ -770,7 +770,7 @@ class Server::Impl {
     uint64_t removed = 0;
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       const proto::ExpiryConfig& x = opt_.config.tables(t).expiry();
-      const uint32_t epoch = table_epoch_[t].load();
+      const uint32_t generation = table_generation_[t].load();
       auto expired = [&](const storage::RowMeta& r) {
         if (x.after_steps() > 0 && now_step - r.last_step > x.after_steps()) return true;
         return x.after_days() > 0 && r.last_day > 0 && now_day > r.last_day && now_day - r.last_day > x.after_days();
@@ -781,7 +781,7 @@ class Server::Impl {
         for (uint32_t s : store.shards()) {
           std::vector<uint64_t> gone;
           uint64_t stale = 0;
-          if (absl::Status st = store.Sweep(t, s, epoch, expired, &gone, &stale); !st.ok()) return st;
+          if (absl::Status st = store.Sweep(t, s, generation, expired, &gone, &stale); !st.ok()) return st;
           removed += gone.size() + stale;
           expired_rows += gone.size();
           if (!gone.empty()) {
@@ -808,7 +808,7 @@ class Server::Impl {
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       proto::TableStatsProto* ts = p.add_tables();
       ts->set_name(specs_[t]->config().name());
-      ts->set_epoch(table_epoch_[t].load());
+      ts->set_generation(table_generation_[t].load());
       const uint64_t cost = storage::ResidentRowCost(*specs_[t]);
       for (const auto& h : handlers_) {
         const storage::TierCounters& c = h->store->counters(t);
@@ -875,7 +875,7 @@ class Server::Impl {
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> push_seq_{0};
   std::atomic<uint16_t> log_day_{0};                 // newest log day pushed
-  std::vector<std::atomic<uint32_t>> table_epoch_;   // reset epoch per table
+  std::vector<std::atomic<uint32_t>> table_generation_;   // reset generation per table
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
   // I/O thread only (handlers parked): checkpoint bookkeeping.

@@ -721,10 +721,10 @@ TEST(StorageTest, ResetReinitialisesResidentAndSpilledRows) {
   for (int i = 0; i < 3; ++i) s.Push(0, keys, std::vector<float>(keys.size() * kDim, 0.5f));
   s.Push(1, keys, std::vector<float>(keys.size() * 3, 0.5f));
   const std::vector<float> trained1 = s.Pull(1, keys);
-  auto epoch = s.coordinator().ResetTable(0);
-  ASSERT_TRUE(epoch.ok()) << epoch.status();
-  EXPECT_EQ(*epoch, 1u);
-  // Every row of table 0 reads as a fresh draw for epoch 1; table 1 keeps its.
+  auto generation = s.coordinator().ResetTable(0);
+  ASSERT_TRUE(generation.ok()) << generation.status();
+  EXPECT_EQ(*generation, 1u);
+  // Every row of table 0 reads as a fresh draw for generation 1; table 1 keeps its.
   const std::vector<float> after = s.Pull(0, keys);
   std::vector<float> expect(keys.size() * kDim);
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -753,7 +753,7 @@ TEST(StorageTest, ResetReinitialisesResidentAndSpilledRows) {
   auto m = s.coordinator().Save(dir.path() + "/ckpt", false, false);
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->tables(0).rows(), 2u);
-  EXPECT_EQ(m->tables(0).epoch(), 2u);
+  EXPECT_EQ(m->tables(0).generation(), 2u);
 }
 
 }  // namespace

@@ -204,7 +204,7 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
     const proto::CheckpointTable& ct = m.tables(t);
     const TableSum& s = sums[t];
     out << "table " << t << " '" << ct.name() << "': dim " << ct.dim() << ", " << ct.optimizer() << ", state_floats "
-        << ct.state_floats() << ", row_bytes " << ct.row_bytes() << ", epoch " << ct.epoch() << "\n"
+        << ct.state_floats() << ", row_bytes " << ct.row_bytes() << ", generation " << ct.generation() << "\n"
         << "  blocks " << s.blocks << " (" << s.delta_blocks << " delta), rows " << s.rows << ", tombstones "
         << s.tombstones << ", bytes " << s.bytes;
     if (ct.rows() != s.rows) out << "  (manifest table says rows " << ct.rows() << ")";
@@ -228,8 +228,8 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
       const char* w = row + kRowMetaBytes;
       out << "    key " << Load<uint64_t>(row + offsetof(RowMeta, key)) << " count "
           << Load<uint32_t>(row + offsetof(RowMeta, count)) << " last_step "
-          << Load<uint64_t>(row + offsetof(RowMeta, last_step)) << " epoch "
-          << Load<uint32_t>(row + offsetof(RowMeta, epoch)) << " last_day "
+          << Load<uint64_t>(row + offsetof(RowMeta, last_step)) << " generation "
+          << Load<uint32_t>(row + offsetof(RowMeta, generation)) << " last_day "
           << Load<uint16_t>(row + offsetof(RowMeta, last_day)) << "\n"
           << "      weights " << Floats(w, ct.dim()) << "\n"
           << "      state   " << Floats(w + 4 * ct.dim(), ct.state_floats()) << "\n";

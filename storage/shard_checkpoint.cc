@@ -35,7 +35,7 @@ absl::StatusOr<proto::CheckpointPart> WriteCheckpointPart(const std::string& dir
   part.set_server_rank(src.rank);
   part.set_delta(src.delta);
   part.set_push_seq(src.push_seq);
-  for (uint32_t e : src.epochs) part.add_table_epoch(e);
+  for (uint32_t g : src.generations) part.add_table_generation(g);
 
   // Owned shards in order, with the store that holds each.
   std::vector<std::pair<uint32_t, TieredStore*>> shards;
@@ -59,7 +59,7 @@ absl::StatusOr<proto::CheckpointPart> WriteCheckpointPart(const std::string& dir
       b->set_offset(w.BeginBlock());
       uint64_t rows = 0;
       absl::Status append;
-      absl::Status st = store->ForEachRow(t, shard, src.epochs[t], [&](const uint8_t* row) {
+      absl::Status st = store->ForEachRow(t, shard, src.generations[t], [&](const uint8_t* row) {
         if (!append.ok()) return;
         const RowMeta* m = reinterpret_cast<const RowMeta*>(row);
         if (src.delta && m->last_step <= src.cut_step) return;
@@ -149,8 +149,8 @@ proto::CheckpointManifest MergeParts(const proto::JobConfig& config, uint64_t de
       any_delta |= b.delta();
     }
     for (const auto& d : p.dense()) *m.add_dense() = d;
-    for (int t = 0; t < p.table_epoch_size() && t < m.tables_size(); ++t) {
-      m.mutable_tables(t)->set_epoch(std::max(m.tables(t).epoch(), p.table_epoch(t)));
+    for (int t = 0; t < p.table_generation_size() && t < m.tables_size(); ++t) {
+      m.mutable_tables(t)->set_generation(std::max(m.tables(t).generation(), p.table_generation(t)));
     }
     m.set_push_seq(std::max(m.push_seq(), p.push_seq()));
   }
@@ -265,9 +265,9 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
   return plan;
 }
 
-std::vector<uint32_t> RestorePlan::epochs() const {
+std::vector<uint32_t> RestorePlan::generations() const {
   std::vector<uint32_t> e;
-  for (const auto& t : manifest().tables()) e.push_back(t.epoch());
+  for (const auto& t : manifest().tables()) e.push_back(t.generation());
   return e;
 }
 
@@ -311,7 +311,7 @@ absl::Status RestorePlan::Verify(uint64_t* rows, uint64_t* bytes) const {
 
 absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
   *rows = 0;
-  const std::vector<uint32_t> epoch = epochs();
+  const std::vector<uint32_t> generation = generations();
   absl::flat_hash_map<uint32_t, TieredStore*> owner;
   for (TieredStore* s : target_.stores) {
     for (uint32_t shard : s->shards()) owner[shard] = s;
@@ -337,7 +337,7 @@ absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
       }
       for (uint64_t i = 0; i < b.rows(); ++i) {
         const uint8_t* row = reinterpret_cast<const uint8_t*>(buf.data()) + i * row_bytes;
-        if (reinterpret_cast<const RowMeta*>(row)->epoch < epoch[t]) continue;  // stale since a reset
+        if (reinterpret_cast<const RowMeta*>(row)->generation < generation[t]) continue;  // stale since a reset
         if (absl::Status st = store->Load(t, shard, row); !st.ok()) return st;
         ++*rows;
       }

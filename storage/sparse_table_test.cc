@@ -79,8 +79,8 @@ TEST(SparseTableTest, NewRowIsInitialisedFromKey) {
   uint8_t* rb = b.FindOrCreate(123, 0, &created);
   EXPECT_EQ(std::memcmp(TableSpec::Weights(ra), TableSpec::Weights(rb), 8 * sizeof(float)), 0);
   EXPECT_EQ(spec.State(ra)[7], 0.25f);
-  uint8_t* other_epoch = b.FindOrCreate(124, 3, &created);
-  EXPECT_EQ(TableSpec::Meta(other_epoch)->epoch, 3u);
+  uint8_t* other_generation = b.FindOrCreate(124, 3, &created);
+  EXPECT_EQ(TableSpec::Meta(other_generation)->generation, 3u);
 }
 
 }  // namespace
