@@ -42,8 +42,8 @@ struct Request {
   size_t num_keys = 0;
   const float* grads = nullptr;
   float* out = nullptr;  // PULL: num_keys x dim, owned by reply's frame
-  // PUSH: this push's server step; PULL: the step counter at dispatch.
-  uint64_t step = 0;
+  // PUSH: this push's number (push_seq_ after it); PULL: push_seq_ at dispatch.
+  uint64_t push_seq = 0;
   uint32_t generation = 0;  // the table's reset generation at dispatch
   uint16_t log_day = 0;   // PUSH: day of the batch's newest log timestamp, 0 if none
   // Set on a park order instead of a PULL/PUSH (see Server::Impl::Park).
@@ -351,9 +351,9 @@ class Server::Impl {
       req->reply.frames.push_back(net::Frame::Borrow(out, out.get(), floats * sizeof(float)));
       pulls_.fetch_add(1, std::memory_order_relaxed);
       pulled_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
-      req->step = push_seq_.load(std::memory_order_relaxed);
+      req->push_seq = push_seq_.load(std::memory_order_relaxed);
     } else {
-      req->step = push_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
+      req->push_seq = push_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
       pushes_.fetch_add(1, std::memory_order_relaxed);
       pushed_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
       if (h.log_time() > 0) {
@@ -426,7 +426,7 @@ class Server::Impl {
 
   // A push of a key without a row: count it, and say whether it is admitted
   // now.
-  bool Admit(Handler* h, uint32_t t, uint64_t key, uint64_t step) {
+  bool Admit(Handler* h, uint32_t t, uint64_t key, uint64_t push_seq) {
     const proto::AdmissionConfig& a = opt_.config.tables(t).admission();
     if (a.min_count() > 1) {
       std::vector<uint16_t>& sk = h->sketch[t];
@@ -440,8 +440,8 @@ class Server::Impl {
       }
       return est >= a.min_count();
     }
-    // Probability: a hash of (key, step) decides, so that a rerun repeats.
-    const double u = static_cast<double>(proto::Mix64(key ^ proto::Mix64(step)) >> 11) * 0x1.0p-53;
+    // Probability: a hash of (key, push_seq) decides, so that a rerun repeats.
+    const double u = static_cast<double>(proto::Mix64(key ^ proto::Mix64(push_seq)) >> 11) * 0x1.0p-53;
     return u < a.probability();
   }
 
@@ -475,10 +475,10 @@ class Server::Impl {
     auto create = [&](size_t j) {
       if (!admission) return true;
       if (!req.is_push) return false;
-      return Admit(h, t, h->keys[j], req.step);
+      return Admit(h, t, h->keys[j], req.push_seq);
     };
     TieredStore& store = *h->store;
-    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.generation, req.step, create,
+    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.generation, req.push_seq, create,
                                     h->rows_buf.data());
     if (!st.ok()) return st;
     const uint32_t dim = spec.dim();
@@ -505,7 +505,7 @@ class Server::Impl {
         rule.Apply(TableSpec::Weights(row), spec.State(row), req.grads + size_t{h->positions[j]} * dim, dim);
         storage::RowMeta* meta = TableSpec::Meta(row);
         ++meta->count;
-        meta->last_step = req.step;
+        meta->last_push_seq = req.push_seq;
         if (req.log_day) meta->last_day = req.log_day;
         meta->flags |= storage::kRowDirty;
       }
@@ -536,11 +536,11 @@ class Server::Impl {
         bool created;
         uint8_t* r = table.FindOrCreate(req.keys[next_row], req.generation, &created);
         if (created) {
-          TableSpec::Meta(r)->last_step = req.step;
+          TableSpec::Meta(r)->last_push_seq = req.push_seq;
         } else if (TableSpec::Meta(r)->generation < req.generation) {
           // Stale since a RESET_TABLE: re-drawn on first touch.
           spec.InitRow(req.keys[next_row], req.generation, r);
-          TableSpec::Meta(r)->last_step = req.step;
+          TableSpec::Meta(r)->last_push_seq = req.push_seq;
         }
         for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, 1);
         rows[next_row % kRowAhead] = r;
@@ -560,7 +560,7 @@ class Server::Impl {
       rule.Apply(TableSpec::Weights(row), spec.State(row), req.grads + i * dim, dim);
       storage::RowMeta* meta = TableSpec::Meta(row);
       ++meta->count;
-      meta->last_step = req.step;
+      meta->last_push_seq = req.push_seq;
       if (req.log_day) meta->last_day = req.log_day;
     }
   }
@@ -665,7 +665,7 @@ class Server::Impl {
       for (const auto& e : table_generation_) src.generations.push_back(e.load());
       // Incremental only on the checkpoint this server is known clean against.
       src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
-      src.cut_step = clean_cut_step_;
+      src.cut_push_seq = clean_cut_push_seq_;
       src.tombstones = &tombstones_;
       const storage::DenseSlice dense = CopyDense();
       src.dense = &dense;
@@ -675,7 +675,7 @@ class Server::Impl {
       part = storage::WriteCheckpointPart(q.dir(), src);
       if (part.ok()) {
         clean_since_id_ = q.id();
-        clean_cut_step_ = cut;
+        clean_cut_push_seq_ = cut;
         tombstones_.clear();
       } else {
         clean_since_id_ = 0;  // the next checkpoint must be full
@@ -722,7 +722,7 @@ class Server::Impl {
         const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
         push_seq_.store(seq);
         clean_since_id_ = plan->manifest().id();
-        clean_cut_step_ = seq;
+        clean_cut_push_seq_ = seq;
         tombstones_.clear();
         LOG(INFO) << "server " << opt_.rank << ": restored " << rows << " rows from " << q.dir();
       }
@@ -765,14 +765,14 @@ class Server::Impl {
   // The expiry sweep; handlers must be parked. Also drops rows made stale by
   // a reset. Returns the rows removed.
   absl::StatusOr<uint64_t> SweepParked() {
-    const uint64_t now_step = push_seq_.load();
+    const uint64_t now_push_seq = push_seq_.load();
     const uint32_t now_day = log_day_.load();
     uint64_t removed = 0;
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       const proto::ExpiryConfig& x = opt_.config.tables(t).expiry();
       const uint32_t generation = table_generation_[t].load();
       auto expired = [&](const storage::RowMeta& r) {
-        if (x.after_steps() > 0 && now_step - r.last_step > x.after_steps()) return true;
+        if (x.after_pushes() > 0 && now_push_seq - r.last_push_seq > x.after_pushes()) return true;
         return x.after_days() > 0 && r.last_day > 0 && now_day > r.last_day && now_day - r.last_day > x.after_days();
       };
       for (auto& h : handlers_) {
@@ -879,8 +879,8 @@ class Server::Impl {
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
   // I/O thread only (handlers parked): checkpoint bookkeeping.
-  uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_step_ are new since this checkpoint
-  uint64_t clean_cut_step_ = 0;
+  uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_push_seq_ are new since this checkpoint
+  uint64_t clean_cut_push_seq_ = 0;
   storage::Tombstones tombstones_;  // rows removed since that checkpoint
   std::atomic<uint64_t> pulls_{0}, pushes_{0}, pulled_keys_{0}, pushed_keys_{0}, errors_{0};
 };

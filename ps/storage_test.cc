@@ -399,7 +399,7 @@ TEST(StorageTest, RoundTripIntoFreshServers) {
 TEST(StorageTest, BasePlusThreeIncrementsRestoresExactly) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
-  c.mutable_tables(0)->mutable_expiry()->set_after_steps(15);  // the sweeps leave tombstones
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(15);  // the sweeps leave tombstones
   c.mutable_storage()->set_memory_budget_bytes(400000);
   const std::string root = dir.path() + "/ckpt";
   Traffic traffic(5);
@@ -616,10 +616,10 @@ TEST(StorageTest, AdmissionByCountAndByProbability) {
   EXPECT_LT(admitted, keys.size() / 2);
 }
 
-TEST(StorageTest, ExpiryBySteps) {
+TEST(StorageTest, ExpiryByPushes) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
-  c.mutable_tables(0)->mutable_expiry()->set_after_steps(5);
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(5);
   c.mutable_storage()->set_memory_budget_bytes(100000);  // some expired rows are in RocksDB
   Servers s(c, 1, dir.path() + "/spill");
   std::vector<uint64_t> old_keys, live_keys;
@@ -642,14 +642,14 @@ TEST(StorageTest, ExpiryBySteps) {
 }
 
 // A server whose push counter crosses 2^32 (here: restored from a checkpoint
-// whose manifest says 2^32 - 3) still judges rows by their true step. With a
-// 32-bit counter the steps wrapped: rows pushed after the wrap looked older
+// whose manifest says 2^32 - 3) still judges rows by their true push_seq. With a
+// 32-bit counter the push_seq wrapped: rows pushed after the wrap looked older
 // than the incremental cut and were left out of the delta, and a row pushed
-// 2^32 steps ago looked 4 steps old and did not expire.
+// 2^32 pushes ago looked 4 pushes old and did not expire.
 TEST(StorageTest, PushCounterPast2To32) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
-  c.mutable_tables(0)->mutable_expiry()->set_after_steps(5);
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(5);
   const std::string root = dir.path() + "/ckpt";
   std::vector<uint64_t> a, b1, b2;
   for (uint64_t i = 0; i < 200; ++i) a.push_back(proto::Mix64(i + 1));
@@ -659,7 +659,7 @@ TEST(StorageTest, PushCounterPast2To32) {
   std::string base;
   {
     Servers s(c, 1, dir.path() + "/spill-a");
-    s.Push(0, a, ones(a));  // step 1
+    s.Push(0, a, ones(a));  // push_seq 1
     base = Save(s, root, false);
   }
   auto m = storage::ReadManifest(base);
@@ -670,8 +670,8 @@ TEST(StorageTest, PushCounterPast2To32) {
 
   Servers s(c, 1, dir.path() + "/spill-b");
   ASSERT_TRUE(s.coordinator().Restore(base).ok());
-  s.Push(0, b1, ones(b1));                          // step 2^32 - 2
-  for (int i = 0; i < 7; ++i) s.Push(0, b2, ones(b2));  // steps 2^32 - 1 .. 2^32 + 5
+  s.Push(0, b1, ones(b1));                              // push_seq 2^32 - 2
+  for (int i = 0; i < 7; ++i) s.Push(0, b2, ones(b2));  // push_seq 2^32 - 1 .. 2^32 + 5
   const std::string delta = Save(s, root, true);
   auto dm = storage::ReadManifest(delta);
   ASSERT_TRUE(dm.ok()) << dm.status();
@@ -683,7 +683,7 @@ TEST(StorageTest, PushCounterPast2To32) {
   }
   EXPECT_EQ(delta_rows, b1.size() + b2.size()) << "every row pushed after the base's cut, and only those";
 
-  // a: last pushed 2^32 + 4 steps ago; b1: 7 steps ago; b2: now.
+  // a: last pushed 2^32 + 4 pushes ago; b1: 7 pushes ago; b2: now.
   auto removed = s.coordinator().Sweep();
   ASSERT_TRUE(removed.ok()) << removed.status();
   EXPECT_EQ(*removed, a.size() + b1.size());

@@ -28,7 +28,7 @@ namespace ember::storage {
 
 // Bumped whenever a file's byte layout changes; a manifest of another version
 // is refused.
-inline constexpr uint32_t kCheckpointFormatVersion = 2;  // 2: 32-byte RowMeta, 64-bit last_step
+inline constexpr uint32_t kCheckpointFormatVersion = 2;  // 2: 32-byte RowMeta, 64-bit last push_seq
 inline constexpr char kManifestName[] = "MANIFEST";
 
 // CRC-32C (Castagnoli) of data[0, n), continuing from `crc` (0 to start).

@@ -726,14 +726,14 @@ class InspectCheckpointTest : public TempDirTest {
     for (int r = 0; r < 3; ++r) {
       // The row layout of docs/checkpoint_format.md, spelled out.
       char row[48] = {0};
-      const uint64_t key = 42 + r, last_step = (uint64_t{1} << 32) + 100 + r;
+      const uint64_t key = 42 + r, last_push_seq = (uint64_t{1} << 32) + 100 + r;
       const uint32_t count = 10 + r, generation = 0;
       const uint16_t flags = 0, last_day = 19000;
       const float f[4] = {0.5f + r, -1.25f, 0.1f, 0.2f};
       std::memcpy(row, &key, 8);
       std::memcpy(row + 8, &count, 4);
       std::memcpy(row + 12, &generation, 4);
-      std::memcpy(row + 16, &last_step, 8);
+      std::memcpy(row + 16, &last_push_seq, 8);
       std::memcpy(row + 24, &flags, 2);
       std::memcpy(row + 26, &last_day, 2);
       std::memcpy(row + 32, f, 16);
@@ -777,7 +777,7 @@ TEST_F(InspectCheckpointTest, PrintsAndVerifies) {
   EXPECT_TRUE(Contains(text, "t0-r0.rows"));
   EXPECT_TRUE(Contains(text, "blocks: 2 (2 full, 0 delta)"));
   EXPECT_TRUE(Contains(text, "rows 3, tombstones 1, bytes 152"));
-  EXPECT_TRUE(Contains(text, "key 42 count 10 last_step 4294967396 generation 0 last_day 19000"));
+  EXPECT_TRUE(Contains(text, "key 42 count 10 last_push_seq 4294967396 generation 0 last_day 19000"));
   EXPECT_TRUE(Contains(text, "weights [0.5 -1.25]"));
   EXPECT_TRUE(Contains(text, "state   [0.1 0.2]"));
   EXPECT_TRUE(Contains(text, "key 43"));

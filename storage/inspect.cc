@@ -227,8 +227,8 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
       const char* row = buf.data() + r * ct.row_bytes();
       const char* w = row + kRowMetaBytes;
       out << "    key " << Load<uint64_t>(row + offsetof(RowMeta, key)) << " count "
-          << Load<uint32_t>(row + offsetof(RowMeta, count)) << " last_step "
-          << Load<uint64_t>(row + offsetof(RowMeta, last_step)) << " generation "
+          << Load<uint32_t>(row + offsetof(RowMeta, count)) << " last_push_seq "
+          << Load<uint64_t>(row + offsetof(RowMeta, last_push_seq)) << " generation "
           << Load<uint32_t>(row + offsetof(RowMeta, generation)) << " last_day "
           << Load<uint16_t>(row + offsetof(RowMeta, last_day)) << "\n"
           << "      weights " << Floats(w, ct.dim()) << "\n"

@@ -62,7 +62,7 @@ absl::StatusOr<proto::CheckpointPart> WriteCheckpointPart(const std::string& dir
       absl::Status st = store->ForEachRow(t, shard, src.generations[t], [&](const uint8_t* row) {
         if (!append.ok()) return;
         const RowMeta* m = reinterpret_cast<const RowMeta*>(row);
-        if (src.delta && m->last_step <= src.cut_step) return;
+        if (src.delta && m->last_push_seq <= src.cut_push_seq) return;
         std::memcpy(scratch.data(), row, row_bytes);
         reinterpret_cast<RowMeta*>(scratch.data())->flags = 0;  // in-memory only
         append = w.Append(scratch.data(), row_bytes);

@@ -41,9 +41,9 @@ struct SaveSource {
   std::vector<const TableSpec*> specs;
   std::vector<TieredStore*> stores;  // together they own this server's shards
   std::vector<uint32_t> generations;  // per table reset generation; older rows are stale and skipped
-  // Delta: only rows with last_step > cut_step, plus `tombstones`.
+  // Delta: only rows with last_push_seq > cut_push_seq, plus `tombstones`.
   bool delta = false;
-  uint64_t cut_step = 0;
+  uint64_t cut_push_seq = 0;
   const Tombstones* tombstones = nullptr;
   const DenseSlice* dense = nullptr;
   uint64_t push_seq = 0;

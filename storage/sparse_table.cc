@@ -71,7 +71,7 @@ TableSpec::TableSpec(const proto::TableConfig& config)
 }
 
 void TableSpec::InitRow(uint64_t key, uint32_t generation, uint8_t* row) const {
-  *Meta(row) = RowMeta{.key = key, .count = 0, .generation = generation, .last_step = 0,
+  *Meta(row) = RowMeta{.key = key, .count = 0, .generation = generation, .last_push_seq = 0,
                        .flags = static_cast<uint16_t>(kRowLive | kRowDirty), .last_day = 0, .reserved = 0};
   if (row_bytes_ > sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float)) {
     // Padding: zero, so that files holding rows are deterministic.

@@ -22,14 +22,14 @@
 namespace ember::storage {
 
 // The first 32 bytes of every row, in memory, in RocksDB and in checkpoint
-// files (docs/checkpoint_format.md). last_step is 64-bit: a 32-bit push
-// counter wraps after 2^32 pushes (hours at a busy server) and incremental
-// checkpoints and step expiry would then misjudge rows.
+// files (docs/checkpoint_format.md). last_push_seq is 64-bit: a 32-bit
+// push counter wraps after 2^32 pushes (hours at a busy server) and
+// incremental checkpoints and push-count expiry would then misjudge rows.
 struct RowMeta {
   uint64_t key;
   uint32_t count;      // gradient pushes that touched the row
   uint32_t generation;  // table reset generation the row was initialised in
-  uint64_t last_step;  // server push step of the last push (or of creation)
+  uint64_t last_push_seq;  // the server's push_seq at the last push (or at creation)
   uint16_t flags;      // kRow* bits; only meaningful in memory
   uint16_t last_day;   // log day (unix seconds / 86400) of the last push; 0 = none
   uint32_t reserved;   // 0; spells out the padding so that rows on disk are deterministic

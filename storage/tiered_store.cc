@@ -80,7 +80,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 }
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                  uint32_t generation, uint64_t step, const std::function<bool(size_t)>& create,
+                                  uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
                                   uint8_t** rows) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();
@@ -101,7 +101,7 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
     }
     if (Stale(row, generation)) {
       spec.InitRow(keys[i], generation, row);
-      TableSpec::Meta(row)->last_step = step;
+      TableSpec::Meta(row)->last_push_seq = push_seq;
     }
     TableSpec::Meta(row)->flags |= kRowRef | kRowPinned;
   }
@@ -142,14 +142,14 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       }
       if (Stale(row, generation)) {
         spec.InitRow(keys[i], generation, row);
-        TableSpec::Meta(row)->last_step = step;
+        TableSpec::Meta(row)->last_push_seq = push_seq;
       }
     } else {
       row = tab.Find(keys[i]);  // a repeated key created earlier in this loop
       if (row == nullptr && create(i)) {
         bool created;
         row = tab.FindOrCreate(keys[i], generation, &created);
-        TableSpec::Meta(row)->last_step = step;
+        TableSpec::Meta(row)->last_push_seq = push_seq;
         Charge(t, 1);
       }
     }

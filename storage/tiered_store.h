@@ -59,12 +59,12 @@ class TieredStore {
 
   // Resolves keys[0, n) of table t (keys[i] in logical shard shards[i]) to
   // rows: resident, read back from RocksDB, or created (InitRow for `generation`,
-  // last_step = `step`) if create(i) says so; else rows[i] = nullptr. A row
+  // last_push_seq = `push_seq`) if create(i) says so; else rows[i] = nullptr. A row
   // of a generation older than `generation` is re-initialised. Evicts cold rows first
   // to make room. Every returned row is pinned until Unpin(); keys may
   // repeat. `create` is called once per key that has no row anywhere.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                     uint32_t generation, uint64_t step, const std::function<bool(size_t)>& create,
+                                     uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
                                      uint8_t** rows);
   void Unpin(uint8_t** rows, size_t n);
 
