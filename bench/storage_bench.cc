@@ -52,6 +52,7 @@
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
+#include "storage/sparse_table.h"
 
 DEFINE_uint64(keys, 4'000'000,
               "Distinct keys in the table. Key i is Mix64(i); the fill pushes each once.");
