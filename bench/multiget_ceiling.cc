@@ -12,7 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 #include "storage/spill_store.h"
 
 namespace ember::bench {
@@ -38,9 +38,9 @@ absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o
     std::vector<uint8_t> row(o.row_bytes, 0x5a);
     storage::SpillStore::Batch batch = db.NewBatch();
     for (uint64_t i = 0; i < o.rows; ++i) {
-      const uint64_t key = ps::Mix64(i);
+      const uint64_t key = proto::Mix64(i);
       std::memcpy(row.data(), &key, sizeof key);
-      batch.Put(0, ps::ShardOf(key, o.logical_shards), key, row.data(), row.size());
+      batch.Put(0, proto::ShardOf(key, o.logical_shards), key, row.data(), row.size());
       if (batch.count() >= 4096) {
         if (absl::Status st = db.Write(&batch); !st.ok()) return st;
       }
@@ -60,9 +60,9 @@ absl::StatusOr<double> MultiGetCeilingRowsPerSec(const MultiGetCeilingOptions& o
     std::mt19937_64 rng(o.seed + t);
     std::uniform_int_distribution<uint64_t> pick(0, o.rows - 1);
     for (uint64_t i = 0; i < per_thread; ++i) {
-      const uint64_t key = ps::Mix64(pick(rng));
+      const uint64_t key = proto::Mix64(pick(rng));
       keys[t].push_back(key);
-      shards[t].push_back(ps::ShardOf(key, o.logical_shards));
+      shards[t].push_back(proto::ShardOf(key, o.logical_shards));
     }
   }
   std::vector<absl::Status> status(o.threads);

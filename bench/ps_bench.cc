@@ -35,8 +35,8 @@
 #include "glog/logging.h"
 #include "net/transport.h"
 #include "proto/config.pb.h"
+#include "proto/keys.h"
 #include "proto/wire.pb.h"
-#include "ps/keys.h"
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "worker/ps_client.h"
@@ -77,7 +77,7 @@ namespace {
 uint64_t KeyOf(uint32_t slot, uint64_t id) {
   char bytes[8];
   std::memcpy(bytes, &id, 8);
-  return ps::Hash64(slot, std::string_view(bytes, 8));
+  return proto::Hash64(slot, std::string_view(bytes, 8));
 }
 
 // ---------------------------------------------------------------------------

@@ -40,9 +40,9 @@
 #include "net/transport.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
+#include "proto/keys.h"
 #include "proto/wire.pb.h"
 #include "ps/checkpoint_coordinator.h"
-#include "ps/keys.h"
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
@@ -196,7 +196,7 @@ struct Batch {
 // Keys [begin, end) of the universe, grouped: one batch of the fill.
 Batch FillBatch(ps::KeyRouter& router, uint64_t begin, uint64_t end) {
   std::vector<uint64_t> keys(end - begin);
-  for (uint64_t i = begin; i < end; ++i) keys[i - begin] = ps::Mix64(i);
+  for (uint64_t i = begin; i < end; ++i) keys[i - begin] = proto::Mix64(i);
   Batch b;
   auto grouped = std::make_shared<std::vector<uint64_t>>();
   router.Group(keys, grouped.get(), &b.server_begin, nullptr);
@@ -226,7 +226,7 @@ std::vector<Batch> MakeZipfBatches(const proto::ShardMap& map, int n, int first_
         ranks.clear();
         while (ranks.size() < batch_keys) ranks.insert(zipf(rng));
         keys.clear();
-        for (uint64_t r : ranks) keys.push_back(ps::Mix64(index_of(r)));
+        for (uint64_t r : ranks) keys.push_back(proto::Mix64(index_of(r)));
         auto grouped = std::make_shared<std::vector<uint64_t>>();
         router.Group(keys, grouped.get(), &batches[b].server_begin, nullptr);
         batches[b].keys = std::move(grouped);
@@ -765,12 +765,12 @@ absl::Status RunAll(Run& run) {
     if (!r.ok()) return r.status();
     nobudget = std::move(*r);
     if (nobudget.table_bytes == 0) {
-      // Rows of 24 B metadata + dim weights + dim Adagrad accumulators, plus
+      // Rows of 32 B metadata + dim weights + dim Adagrad accumulators, plus
       // 16 B of index (storage::ResidentRowCost).
-      nobudget.table_bytes = FLAGS_keys * (24 + 8 * uint64_t(FLAGS_dim) + 16);
+      nobudget.table_bytes = FLAGS_keys * (sizeof(storage::RowMeta) + 8 * uint64_t(FLAGS_dim) + 16);
       std::fprintf(stderr,
                    "# WARNING: STATS reported no resident rows; table_bytes is the "
-                   "estimate keys x (24 + 8 x dim + 16)\n");
+                   "estimate keys x (32 + 8 x dim + 16)\n");
     }
     Print("table_bytes", nobudget.table_bytes);
   }

@@ -17,7 +17,7 @@
 #include "datasets/convert_internal.h"
 #include "glog/logging.h"
 #include "proto/config.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::datasets {
 namespace internal {
@@ -141,7 +141,7 @@ absl::Status BadLines::Add(const std::string& path, int64_t line, std::string_vi
   return absl::OkStatus();
 }
 
-uint64_t Mix(uint64_t x) { return ps::Mix64(x + 0x9e3779b97f4a7c15ULL); }
+uint64_t Mix(uint64_t x) { return proto::Mix64(x + 0x9e3779b97f4a7c15ULL); }
 
 double RowUnit(uint64_t seed, uint64_t row) {
   return static_cast<double>(Mix(Mix(seed) ^ row) >> 11) * 0x1.0p-53;

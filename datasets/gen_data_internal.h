@@ -19,7 +19,7 @@
 #include "absl/status/statusor.h"
 #include "datasets/gen_data.h"
 #include "datasets/text_io.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::datasets::internal {
 
@@ -51,9 +51,9 @@ enum Domain : uint64_t {
 };
 
 inline uint64_t EntityHash(uint64_t seed, Domain domain, uint64_t id, uint64_t j = 0) {
-  uint64_t h = ps::Mix64(seed + domain * 0x9e3779b97f4a7c15ULL);
-  h = ps::Mix64(h ^ id);
-  return ps::Mix64(h ^ (j * 0xd6e8feb86659fd93ULL + 0x632be59bd9b4e019ULL));
+  uint64_t h = proto::Mix64(seed + domain * 0x9e3779b97f4a7c15ULL);
+  h = proto::Mix64(h ^ id);
+  return proto::Mix64(h ^ (j * 0xd6e8feb86659fd93ULL + 0x632be59bd9b4e019ULL));
 }
 
 inline double UnitFromHash(uint64_t h) { return static_cast<double>(h >> 11) * 0x1.0p-53; }
@@ -62,7 +62,7 @@ inline double UnitFromHash(uint64_t h) { return static_cast<double>(h >> 11) * 0
 // uniforms derived from it).
 inline double NormalFromHash(uint64_t h) {
   const double u1 = (static_cast<double>(h >> 11) + 0.5) * 0x1.0p-53;  // (0, 1)
-  const double u2 = UnitFromHash(ps::Mix64(h ^ 0xa0761d6478bd642fULL));
+  const double u2 = UnitFromHash(proto::Mix64(h ^ 0xa0761d6478bd642fULL));
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2 * kPi * u2);
 }
 

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "glog/logging.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::datasets {
 namespace {
@@ -28,7 +28,7 @@ Random::Random(uint64_t seed) {
   uint64_t x = seed;
   for (uint64_t& s : s_) {  // SplitMix64: never leaves the state all zero
     x += 0x9e3779b97f4a7c15ULL;
-    s = ps::Mix64(x);
+    s = proto::Mix64(x);
   }
 }
 

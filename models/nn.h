@@ -99,7 +99,8 @@ void DiceBackward(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef
 
 // ---------------------------------------------------------------------------
 // Row-wise softmax; y may alias x. Backward: dx = y * (dy - rowsum(dy * y));
-// dx may alias dy.
+// dx may alias dy. Aliased or not, and whatever the buffers' alignment, the
+// results are the same bits (one scalar kernel, sums in index order).
 template <typename T>
 void SoftmaxForward(ConstMatrixRef<T> x, MatrixRef<T> y);
 template <typename T>

@@ -220,6 +220,12 @@ TEST_F(NnTest, SoftmaxValuesAndGradient) {
   std::vector<double> inplace = x;
   SoftmaxForward<double>(ConstMat(inplace.data(), b, n), Mat(inplace.data(), b, n));
   EXPECT_EQ(inplace, y);
+  // Nor does the buffers' alignment change a bit (x and y one and three
+  // doubles past an aligned start).
+  std::vector<double> shifted_x(b * n + 1), shifted_y(b * n + 3);
+  std::copy(x.begin(), x.end(), shifted_x.begin() + 1);
+  SoftmaxForward<double>(ConstMat(shifted_x.data() + 1, b, n), Mat(shifted_y.data() + 3, b, n));
+  EXPECT_EQ(std::vector<double>(shifted_y.begin() + 3, shifted_y.end()), y);
 }
 
 TEST_F(NnTest, SoftmaxIsStableForLargeLogits) {

@@ -104,8 +104,6 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
     const uint32_t w = a.sketch_width();
     if (w < 1024 || w > (1u << 28) || (w & (w - 1)) != 0)
       return Invalid(f + ".admission.sketch_width", "must be a power of two in [1024, 2^28]");
-    if (t.expiry().after_steps() > UINT32_MAX)
-      return Invalid(f + ".expiry.after_steps", "must fit in 32 bits (rows keep a 32-bit step)");
   }
   const StorageConfig& sc = config.storage();
   if (sc.memory_budget_bytes() > 0 && sc.spill_path().empty())

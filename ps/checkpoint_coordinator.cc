@@ -109,9 +109,9 @@ absl::StatusOr<uint32_t> CheckpointCoordinator::ResetTable(uint32_t table) {
   h.mutable_reset()->set_table(table);
   absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
   if (!replies.ok()) return replies.status();
-  uint32_t epoch = 0;
-  for (const net::Message& r : *replies) epoch = std::max(epoch, r.header.reset_reply().epoch());
-  return epoch;
+  uint32_t generation = 0;
+  for (const net::Message& r : *replies) generation = std::max(generation, r.header.reset_reply().generation());
+  return generation;
 }
 
 absl::StatusOr<uint64_t> CheckpointCoordinator::Sweep() {

@@ -52,7 +52,7 @@ class CheckpointCoordinator {
   // Returns the rows loaded over all servers.
   [[nodiscard]] absl::StatusOr<uint64_t> Restore(const std::string& dir);
 
-  // RESET_TABLE on every server; returns the new epoch.
+  // RESET_TABLE on every server; returns the new generation.
   [[nodiscard]] absl::StatusOr<uint32_t> ResetTable(uint32_t table);
   // SWEEP on every server; returns rows removed.
   [[nodiscard]] absl::StatusOr<uint64_t> Sweep();

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::ps {
 
@@ -19,7 +19,7 @@ KeyRouter::KeyRouter(const proto::ShardMap& shard_map, uint32_t num_servers) : n
 }
 
 uint32_t KeyRouter::ServerOf(uint64_t key) const {
-  return server_of_[ShardOf(key, static_cast<uint32_t>(server_of_.size()))];
+  return server_of_[proto::ShardOf(key, static_cast<uint32_t>(server_of_.size()))];
 }
 
 void KeyRouter::Group(absl::Span<const uint64_t> keys, std::vector<uint64_t>* grouped,
@@ -29,7 +29,7 @@ void KeyRouter::Group(absl::Span<const uint64_t> keys, std::vector<uint64_t>* gr
   std::fill(count_.begin(), count_.end(), 0u);
   shard_of_key_.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const uint32_t r = shard_rank_[ShardOf(keys[i], L)];
+    const uint32_t r = shard_rank_[proto::ShardOf(keys[i], L)];
     shard_of_key_[i] = r;
     ++count_[r + 1];
   }

@@ -4,7 +4,7 @@
 #include <set>
 
 #include "gtest/gtest.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::ps {
 namespace {
@@ -27,7 +27,7 @@ TEST(RoutingTest, GroupsByServerThenShard) {
   for (uint32_t s = 0; s < S; ++s) {
     uint32_t prev_shard = 0;
     for (uint32_t i = begin[s]; i < begin[s + 1]; ++i) {
-      const uint32_t shard = ShardOf(grouped[i], L);
+      const uint32_t shard = proto::ShardOf(grouped[i], L);
       EXPECT_EQ(map.server_rank(shard), s);
       EXPECT_GE(shard, prev_shard);
       prev_shard = shard;
@@ -48,36 +48,6 @@ TEST(RoutingTest, ServerWithoutKeysGetsEmptyRange) {
   router.Group(keys, &grouped, &begin, nullptr);
   EXPECT_EQ(begin[1], begin[2]);
   EXPECT_LE(begin[0], begin[1]);
-}
-
-TEST(KeysTest, ShardsSpreadSequentialKeys) {
-  std::vector<int> count(16);
-  for (uint64_t k = 0; k < 16000; ++k) ++count[ShardOf(k, 16)];
-  for (int c : count) EXPECT_NEAR(c, 1000, 150);
-  EXPECT_EQ(Hash64(1, "abc"), Hash64(1, "abc"));
-  EXPECT_NE(Hash64(1, "abc"), Hash64(2, "abc"));
-  EXPECT_NE(Hash64(1, "abc"), Hash64(1, "abd"));
-  EXPECT_NE(Hash64(1, ""), Hash64(1, std::string_view("\0", 1)));
-}
-
-// Keys and shards are part of the checkpoint format: these values must never
-// change.
-TEST(KeysTest, GoldenValues) {
-  struct {
-    uint32_t slot;
-    const char* value;
-    uint64_t key;
-  } golden[] = {
-      {3, "", 0x038196b5b0c91985ULL},
-      {3, "a", 0x2f74f4b47fe394e5ULL},
-      {3, "abc", 0x91c0e23274d3b0eeULL},
-      {3, "12345678", 0x5e749ec3806778cdULL},
-      {3, "item_4711", 0xc9f3b1ed515e3cb9ULL},
-      {3, "a somewhat longer value", 0xe34f22f6abab00a6ULL},
-  };
-  for (const auto& g : golden) EXPECT_EQ(Hash64(g.slot, g.value), g.key) << g.value;
-  EXPECT_EQ(ShardOf(0, 1024), 0u);
-  EXPECT_EQ(ShardOf(123456789, 1024), 761u);
 }
 
 }  // namespace

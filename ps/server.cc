@@ -10,7 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "net/validate.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 #include "storage/shard_checkpoint.h"
 #include "storage/sparse_table.h"
@@ -43,9 +43,9 @@ struct Request {
   size_t num_keys = 0;
   const float* grads = nullptr;
   float* out = nullptr;  // PULL: num_keys x dim, owned by reply's frame
-  // PUSH: this push's server step; PULL: the step counter at dispatch.
-  uint32_t step = 0;
-  uint32_t epoch = 0;     // the table's reset epoch at dispatch
+  // PUSH: this push's number (push_seq_ after it); PULL: push_seq_ at dispatch.
+  uint64_t push_seq = 0;
+  uint32_t generation = 0;  // the table's reset generation at dispatch
   uint16_t log_day = 0;   // PUSH: day of the batch's newest log timestamp, 0 if none
   // Set on a park order instead of a PULL/PUSH (see Server::Impl::Park).
   std::shared_ptr<struct Park> park;
@@ -124,7 +124,7 @@ class Server::Impl {
       specs.push_back(specs_.back().get());
       names.push_back(t.name());
     }
-    table_epoch_ = std::vector<std::atomic<uint32_t>>(specs_.size());
+    table_generation_ = std::vector<std::atomic<uint32_t>>(specs_.size());
     const proto::StorageConfig& sc = opt_.config.storage();
     const uint64_t budget = sc.memory_budget_bytes();
     if (budget > 0) {
@@ -330,7 +330,7 @@ class Server::Impl {
     uint32_t prev = UINT32_MAX;
     bool grouped = true;
     for (size_t i = 0; i < req->num_keys; ++i) {
-      const uint32_t s = ShardOf(req->keys[i], L);
+      const uint32_t s = proto::ShardOf(req->keys[i], L);
       if (s == prev) continue;
       const int16_t owner = shard_handler_[s];
       if (owner == kNotMine) {
@@ -370,9 +370,9 @@ class Server::Impl {
       req->reply.frames.push_back(net::Frame::Borrow(out, out.get(), floats * sizeof(float)));
       pulls_.fetch_add(1, std::memory_order_relaxed);
       pulled_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
-      req->step = push_seq_.load(std::memory_order_relaxed);
+      req->push_seq = push_seq_.load(std::memory_order_relaxed);
     } else {
-      req->step = push_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
+      req->push_seq = push_seq_.fetch_add(1, std::memory_order_relaxed) + 1;
       pushes_.fetch_add(1, std::memory_order_relaxed);
       pushed_keys_.fetch_add(req->num_keys, std::memory_order_relaxed);
       if (h.log_time() > 0) {
@@ -380,7 +380,7 @@ class Server::Impl {
         if (req->log_day > log_day_.load(std::memory_order_relaxed)) log_day_.store(req->log_day);
       }
     }
-    req->epoch = table_epoch_[h.table()].load(std::memory_order_relaxed);
+    req->generation = table_generation_[h.table()].load(std::memory_order_relaxed);
     req->msg = std::move(m);
 
     std::vector<Handler*> involved;
@@ -424,7 +424,7 @@ class Server::Impl {
         } else {
           const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
           for (size_t i = 0; i < req->num_keys; ++i) {
-            const uint32_t s = ShardOf(req->keys[i], L);
+            const uint32_t s = proto::ShardOf(req->keys[i], L);
             if (shard_handler_[s] == static_cast<int16_t>(h->index)) {
               Process(*req, spec, store.table(req->table, s), i, i + 1);
             }
@@ -445,7 +445,7 @@ class Server::Impl {
 
   // A push of a key without a row: count it, and say whether it is admitted
   // now.
-  bool Admit(Handler* h, uint32_t t, uint64_t key, uint32_t step) {
+  bool Admit(Handler* h, uint32_t t, uint64_t key, uint64_t push_seq) {
     const proto::AdmissionConfig& a = opt_.config.tables(t).admission();
     if (a.min_count() > 1) {
       std::vector<uint16_t>& sk = h->sketch[t];
@@ -453,14 +453,14 @@ class Server::Impl {
       if (sk.empty()) sk.assign(4 * w, 0);
       uint32_t est = UINT32_MAX;
       for (int r = 0; r < 4; ++r) {
-        uint16_t& c = sk[r * w + (Mix64(key ^ kSketchSeeds[r]) & (w - 1))];
+        uint16_t& c = sk[r * w + (proto::Mix64(key ^ kSketchSeeds[r]) & (w - 1))];
         if (c < UINT16_MAX) ++c;
         est = std::min<uint32_t>(est, c);
       }
       return est >= a.min_count();
     }
-    // Probability: a hash of (key, step) decides, so that a rerun repeats.
-    const double u = static_cast<double>(Mix64(key ^ Mix64(step)) >> 11) * 0x1.0p-53;
+    // Probability: a hash of (key, push_seq) decides, so that a rerun repeats.
+    const double u = static_cast<double>(proto::Mix64(key ^ proto::Mix64(push_seq)) >> 11) * 0x1.0p-53;
     return u < a.probability();
   }
 
@@ -483,7 +483,7 @@ class Server::Impl {
       }
     } else {
       for (size_t i = 0; i < req.num_keys; ++i) {
-        const uint32_t s = ShardOf(req.keys[i], L);
+        const uint32_t s = proto::ShardOf(req.keys[i], L);
         if (shard_handler_[s] == static_cast<int16_t>(h->index)) add(i, s);
       }
     }
@@ -494,10 +494,10 @@ class Server::Impl {
     auto create = [&](size_t j) {
       if (!admission) return true;
       if (!req.is_push) return false;
-      return Admit(h, t, h->keys[j], req.step);
+      return Admit(h, t, h->keys[j], req.push_seq);
     };
     TieredStore& store = *h->store;
-    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.epoch, req.step, create,
+    absl::Status st = store.Resolve(t, h->keys.data(), h->shards.data(), n, req.generation, req.push_seq, create,
                                     h->rows_buf.data(), /*touch=*/!req.is_push);
     if (!st.ok()) return st;
     const uint32_t dim = spec.dim();
@@ -524,7 +524,7 @@ class Server::Impl {
         rule.Apply(TableSpec::Weights(row), spec.State(row), req.grads + size_t{h->positions[j]} * dim, dim);
         storage::RowMeta* meta = TableSpec::Meta(row);
         ++meta->count;
-        meta->last_step = req.step;
+        meta->last_push_seq = req.push_seq;
         if (req.log_day) meta->last_day = req.log_day;
         meta->flags |= storage::kRowDirty;
       }
@@ -553,12 +553,12 @@ class Server::Impl {
       }
       for (const size_t limit = std::min(end, i + kRowAhead); next_row < limit; ++next_row) {
         bool created;
-        uint8_t* r = table.FindOrCreate(req.keys[next_row], req.epoch, &created);
+        uint8_t* r = table.FindOrCreate(req.keys[next_row], req.generation, &created);
         // A new row was just written (it is in cache); an existing one is
         // not read here, only prefetched: it is read kRowAhead keys later,
         // in row(). Reading its meta here stalled every key on a memory
         // miss (~60% of a zipf16 pull's handler samples).
-        if (created) TableSpec::Meta(r)->last_step = req.step;
+        if (created) TableSpec::Meta(r)->last_push_seq = req.push_seq;
         for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, 1);
         rows[next_row % kRowAhead] = r;
       }
@@ -566,10 +566,10 @@ class Server::Impl {
     // Key i's row, looked up by advance(i) or earlier.
     auto row_of = [&](size_t i) {
       uint8_t* r = rows[i % kRowAhead];
-      if (TableSpec::Meta(r)->epoch < req.epoch) {
+      if (TableSpec::Meta(r)->generation < req.generation) {
         // Stale since a RESET_TABLE: re-drawn on first touch.
-        spec.InitRow(req.keys[i], req.epoch, r);
-        TableSpec::Meta(r)->last_step = req.step;
+        spec.InitRow(req.keys[i], req.generation, r);
+        TableSpec::Meta(r)->last_push_seq = req.push_seq;
       }
       return r;
     };
@@ -587,7 +587,7 @@ class Server::Impl {
       rule.Apply(TableSpec::Weights(row), spec.State(row), req.grads + i * dim, dim);
       storage::RowMeta* meta = TableSpec::Meta(row);
       ++meta->count;
-      meta->last_step = req.step;
+      meta->last_push_seq = req.push_seq;
       if (req.log_day) meta->last_day = req.log_day;
     }
   }
@@ -689,20 +689,20 @@ class Server::Impl {
       src.num_logical_shards = static_cast<uint32_t>(shard_handler_.size());
       src.specs = Specs();
       src.stores = Stores();
-      for (const auto& e : table_epoch_) src.epochs.push_back(e.load());
+      for (const auto& e : table_generation_) src.generations.push_back(e.load());
       // Incremental only on the checkpoint this server is known clean against.
       src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
-      src.cut_step = clean_cut_step_;
+      src.cut_push_seq = clean_cut_push_seq_;
       src.tombstones = &tombstones_;
       const storage::DenseSlice dense = CopyDense();
       src.dense = &dense;
       src.push_seq = push_seq_.load();
       src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
-      const uint32_t cut = src.push_seq;
+      const uint64_t cut = src.push_seq;
       part = storage::WriteCheckpointPart(q.dir(), src);
       if (part.ok()) {
         clean_since_id_ = q.id();
-        clean_cut_step_ = cut;
+        clean_cut_push_seq_ = cut;
         tombstones_.clear();
       } else {
         clean_since_id_ = 0;  // the next checkpoint must be full
@@ -744,12 +744,12 @@ class Server::Impl {
         }
         dense_w_ = std::move(dense.weights);
         dense_state_ = std::move(dense.state);
-        const std::vector<uint32_t> epochs = plan->epochs();
-        for (size_t t = 0; t < table_epoch_.size(); ++t) table_epoch_[t].store(epochs[t]);
-        const uint32_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
+        const std::vector<uint32_t> generations = plan->generations();
+        for (size_t t = 0; t < table_generation_.size(); ++t) table_generation_[t].store(generations[t]);
+        const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
         push_seq_.store(seq);
         clean_since_id_ = plan->manifest().id();
-        clean_cut_step_ = seq;
+        clean_cut_push_seq_ = seq;
         tombstones_.clear();
         LOG(INFO) << "server " << opt_.rank << ": restored " << rows << " rows from " << q.dir();
       }
@@ -766,13 +766,13 @@ class Server::Impl {
     if (t >= specs_.size()) {
       return Fail(m, proto::UNKNOWN_TABLE, absl::StrCat("RESET_TABLE: table ", t, " does not exist"));
     }
-    // O(1): requests dispatched from now on carry the new epoch, and every
+    // O(1): requests dispatched from now on carry the new generation, and every
     // row of an older one is re-drawn when they touch it.
-    const uint32_t e = table_epoch_[t].fetch_add(1) + 1;
-    LOG(INFO) << "server " << opt_.rank << ": table '" << specs_[t]->config().name() << "' reset to epoch " << e;
+    const uint32_t e = table_generation_[t].fetch_add(1) + 1;
+    LOG(INFO) << "server " << opt_.rank << ": table '" << specs_[t]->config().name() << "' reset to generation " << e;
     net::Message r = net::MakeReply(m);
     r.header.set_sender(opt_.node_id);
-    r.header.mutable_reset_reply()->set_epoch(e);
+    r.header.mutable_reset_reply()->set_generation(e);
     Reply(std::move(r));
   }
 
@@ -792,14 +792,14 @@ class Server::Impl {
   // The expiry sweep; handlers must be parked. Also drops rows made stale by
   // a reset. Returns the rows removed.
   absl::StatusOr<uint64_t> SweepParked() {
-    const uint32_t now_step = push_seq_.load();
+    const uint64_t now_push_seq = push_seq_.load();
     const uint32_t now_day = log_day_.load();
     uint64_t removed = 0;
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       const proto::ExpiryConfig& x = opt_.config.tables(t).expiry();
-      const uint32_t epoch = table_epoch_[t].load();
+      const uint32_t generation = table_generation_[t].load();
       auto expired = [&](const storage::RowMeta& r) {
-        if (x.after_steps() > 0 && now_step - r.last_step > x.after_steps()) return true;
+        if (x.after_pushes() > 0 && now_push_seq - r.last_push_seq > x.after_pushes()) return true;
         return x.after_days() > 0 && r.last_day > 0 && now_day > r.last_day && now_day - r.last_day > x.after_days();
       };
       for (auto& h : handlers_) {
@@ -808,7 +808,7 @@ class Server::Impl {
         for (uint32_t s : store.shards()) {
           std::vector<uint64_t> gone;
           uint64_t stale = 0;
-          if (absl::Status st = store.Sweep(t, s, epoch, expired, &gone, &stale); !st.ok()) return st;
+          if (absl::Status st = store.Sweep(t, s, generation, expired, &gone, &stale); !st.ok()) return st;
           removed += gone.size() + stale;
           expired_rows += gone.size();
           if (!gone.empty()) {
@@ -835,7 +835,7 @@ class Server::Impl {
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       proto::TableStatsProto* ts = p.add_tables();
       ts->set_name(specs_[t]->config().name());
-      ts->set_epoch(table_epoch_[t].load());
+      ts->set_generation(table_generation_[t].load());
       const uint64_t cost = storage::ResidentRowCost(*specs_[t]);
       for (const auto& h : handlers_) {
         const storage::TierCounters& c = h->store->counters(t);
@@ -900,14 +900,14 @@ class Server::Impl {
   std::vector<float> dense_w_, dense_state_;  // I/O thread only
   size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
   std::atomic<bool> stop_{false};
-  std::atomic<uint32_t> push_seq_{0};
+  std::atomic<uint64_t> push_seq_{0};
   std::atomic<uint16_t> log_day_{0};                 // newest log day pushed
-  std::vector<std::atomic<uint32_t>> table_epoch_;   // reset epoch per table
+  std::vector<std::atomic<uint32_t>> table_generation_;   // reset generation per table
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
   // I/O thread only (handlers parked): checkpoint bookkeeping.
-  uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_step_ are new since this checkpoint
-  uint32_t clean_cut_step_ = 0;
+  uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_push_seq_ are new since this checkpoint
+  uint64_t clean_cut_push_seq_ = 0;
   storage::Tombstones tombstones_;  // rows removed since that checkpoint
   std::atomic<uint64_t> pulls_{0}, pushes_{0}, pulled_keys_{0}, pushed_keys_{0}, errors_{0};
 };

@@ -14,7 +14,7 @@
 // tier (storage::TieredStore). SAVE, RESTORE and SWEEP park every handler
 // behind the requests already queued (so a checkpoint is one cut of the push
 // stream: pushes that arrive meanwhile wait) and run on the I/O thread.
-// RESET_TABLE bumps the table's epoch: requests dispatched after it see
+// RESET_TABLE bumps the table's generation: requests dispatched after it see
 // every older row as stale and re-initialise it on first touch.
 #ifndef EMBER_PS_SERVER_H_
 #define EMBER_PS_SERVER_H_

@@ -5,7 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "net/client.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 #include "ps/routing.h"
 #include "storage/sparse_table.h"
 
@@ -62,7 +62,7 @@ class ServerTest : public ::testing::Test {
     std::vector<uint64_t> keys;
     while (keys.size() < n) {
       uint64_t k = rng();
-      if (ShardOf(k, 16) % 2 == 0) keys.push_back(k);
+      if (proto::ShardOf(k, 16) % 2 == 0) keys.push_back(k);
     }
     return keys;
   }
@@ -183,7 +183,7 @@ TEST_F(ServerTest, MalformedRequestsGetErrorRepliesAndServerKeepsServing) {
   // A key of another server's shard: the whole push is refused, nothing applied.
   std::vector<uint64_t> mixed = keys;
   uint64_t foreign = 0;
-  while (ShardOf(foreign, 16) % 2 == 0) ++foreign;
+  while (proto::ShardOf(foreign, 16) % 2 == 0) ++foreign;
   std::vector<float> before = PullValues(0, 4, keys);
   mixed.push_back(foreign);
   absl::Status ps = Push(0, 4, mixed, std::vector<float>(mixed.size() * 4, 1.0f));

@@ -16,8 +16,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "net/client.h"
+#include "proto/keys.h"
 #include "ps/checkpoint_coordinator.h"
-#include "ps/keys.h"
 #include "ps/routing.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
@@ -267,7 +267,7 @@ class Traffic {
       // Zipf-like: a power of a uniform concentrates on small indices.
       const double u = std::uniform_real_distribution<double>(0, 1)(rng_);
       const uint64_t idx = static_cast<uint64_t>(std::pow(u, 3.0) * universe_);
-      const uint64_t key = Mix64(idx + 1);
+      const uint64_t key = proto::Mix64(idx + 1);
       if (seen.insert(key).second) keys.push_back(key);
     }
     return keys;
@@ -293,7 +293,7 @@ class Traffic {
 
   std::vector<uint64_t> Universe() const {
     std::vector<uint64_t> keys;
-    for (uint64_t i = 0; i <= universe_; ++i) keys.push_back(Mix64(i + 1));
+    for (uint64_t i = 0; i <= universe_; ++i) keys.push_back(proto::Mix64(i + 1));
     return keys;
   }
 
@@ -399,7 +399,7 @@ TEST(StorageTest, RoundTripIntoFreshServers) {
 TEST(StorageTest, BasePlusThreeIncrementsRestoresExactly) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
-  c.mutable_tables(0)->mutable_expiry()->set_after_steps(15);  // the sweeps leave tombstones
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(15);  // the sweeps leave tombstones
   c.mutable_storage()->set_memory_budget_bytes(400000);
   const std::string root = dir.path() + "/ckpt";
   Traffic traffic(5);
@@ -475,7 +475,7 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
   c.mutable_storage()->set_keep(10);
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(Mix64(i + 100));
+  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(proto::Mix64(i + 100));
   const std::vector<float> g(keys.size() * kDim, 0.25f);
   std::atomic<bool> stop{false};
   std::atomic<int> pushes{0};
@@ -506,13 +506,14 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
       if (k.first != 0) continue;
       storage::RowMeta meta;
       std::memcpy(&meta, row.data(), sizeof(meta));
-      counts[ShardOf(k.second, kShards) % 2].insert(meta.count);
+      counts[proto::ShardOf(k.second, kShards) % 2].insert(meta.count);
       std::vector<uint8_t> expect(spec.row_bytes());
       spec.InitRow(k.second, 0, expect.data());
       for (uint32_t n = 0; n < meta.count; ++n) {
         spec.rule().Apply(storage::TableSpec::Weights(expect.data()), spec.State(expect.data()), g.data(), kDim);
       }
-      torn += std::memcmp(row.data() + 24, expect.data() + 24, spec.row_bytes() - 24) != 0;
+      constexpr size_t kMeta = sizeof(storage::RowMeta);
+      torn += std::memcmp(row.data() + kMeta, expect.data() + kMeta, spec.row_bytes() - kMeta) != 0;
     }
     EXPECT_EQ(torn, 0u) << ckpt << ": rows whose weights and state are not those of their push count";
     EXPECT_EQ(counts[0].size(), 1u) << ckpt << ": a server's checkpoint cuts its push stream at one point";
@@ -591,7 +592,7 @@ TEST(StorageTest, AdmissionByCountAndByProbability) {
   p->set_probability(0.25f);
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(Mix64(i + 7));
+  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(proto::Mix64(i + 7));
   const std::vector<float> g(keys.size() * kDim, 1.0f);
   for (int round = 1; round <= 3; ++round) {
     const std::vector<float> v = s.Pull(0, keys);
@@ -615,15 +616,15 @@ TEST(StorageTest, AdmissionByCountAndByProbability) {
   EXPECT_LT(admitted, keys.size() / 2);
 }
 
-TEST(StorageTest, ExpiryBySteps) {
+TEST(StorageTest, ExpiryByPushes) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
-  c.mutable_tables(0)->mutable_expiry()->set_after_steps(5);
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(5);
   c.mutable_storage()->set_memory_budget_bytes(100000);  // some expired rows are in RocksDB
   Servers s(c, 1, dir.path() + "/spill");
   std::vector<uint64_t> old_keys, live_keys;
-  for (uint64_t i = 0; i < 1500; ++i) old_keys.push_back(Mix64(i + 1));
-  for (uint64_t i = 0; i < 300; ++i) live_keys.push_back(Mix64(i + 100000));
+  for (uint64_t i = 0; i < 1500; ++i) old_keys.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 300; ++i) live_keys.push_back(proto::Mix64(i + 100000));
   s.Push(0, old_keys, std::vector<float>(old_keys.size() * kDim, 1.0f));
   const std::vector<float> trained = s.Pull(0, old_keys);
   for (int i = 0; i < 10; ++i) s.Push(0, live_keys, std::vector<float>(live_keys.size() * kDim, 1.0f));
@@ -640,6 +641,55 @@ TEST(StorageTest, ExpiryBySteps) {
   EXPECT_NE(std::memcmp(trained.data(), fresh.data(), kDim * 4), 0);
 }
 
+// A server whose push counter crosses 2^32 (here: restored from a checkpoint
+// whose manifest says 2^32 - 3) still judges rows by their true push_seq. With a
+// 32-bit counter the push_seq wrapped: rows pushed after the wrap looked older
+// than the incremental cut and were left out of the delta, and a row pushed
+// 2^32 pushes ago looked 4 pushes old and did not expire.
+TEST(StorageTest, PushCounterPast2To32) {
+  Scratch dir;
+  proto::JobConfig c = BaseConfig();
+  c.mutable_tables(0)->mutable_expiry()->set_after_pushes(5);
+  const std::string root = dir.path() + "/ckpt";
+  std::vector<uint64_t> a, b1, b2;
+  for (uint64_t i = 0; i < 200; ++i) a.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 150; ++i) b1.push_back(proto::Mix64(i + 10000));
+  for (uint64_t i = 0; i < 100; ++i) b2.push_back(proto::Mix64(i + 20000));
+  auto ones = [](const std::vector<uint64_t>& k) { return std::vector<float>(k.size() * kDim, 1.0f); };
+  std::string base;
+  {
+    Servers s(c, 1, dir.path() + "/spill-a");
+    s.Push(0, a, ones(a));  // push_seq 1
+    base = Save(s, root, false);
+  }
+  auto m = storage::ReadManifest(base);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const uint64_t start = (uint64_t{1} << 32) - 3;
+  m->set_push_seq(start);
+  ASSERT_TRUE(storage::WriteManifest(base, *m).ok());
+
+  Servers s(c, 1, dir.path() + "/spill-b");
+  ASSERT_TRUE(s.coordinator().Restore(base).ok());
+  s.Push(0, b1, ones(b1));                              // push_seq 2^32 - 2
+  for (int i = 0; i < 7; ++i) s.Push(0, b2, ones(b2));  // push_seq 2^32 - 1 .. 2^32 + 5
+  const std::string delta = Save(s, root, true);
+  auto dm = storage::ReadManifest(delta);
+  ASSERT_TRUE(dm.ok()) << dm.status();
+  EXPECT_EQ(dm->push_seq(), start + 8);
+  uint64_t delta_rows = 0;
+  for (const auto& blk : dm->blocks()) {
+    EXPECT_TRUE(blk.delta());
+    if (blk.table() == 0) delta_rows += blk.rows();
+  }
+  EXPECT_EQ(delta_rows, b1.size() + b2.size()) << "every row pushed after the base's cut, and only those";
+
+  // a: last pushed 2^32 + 4 pushes ago; b1: 7 pushes ago; b2: now.
+  auto removed = s.coordinator().Sweep();
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, a.size() + b1.size());
+  EXPECT_EQ(s.ResidentRows(0), b2.size());
+}
+
 TEST(StorageTest, ExpiryByLogDays) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
@@ -647,8 +697,8 @@ TEST(StorageTest, ExpiryByLogDays) {
   Servers s(c, 1, dir.path() + "/spill");
   const uint64_t day = 86400, t0 = 1700000000;
   std::vector<uint64_t> a, b;
-  for (uint64_t i = 0; i < 500; ++i) a.push_back(Mix64(i + 1));
-  for (uint64_t i = 0; i < 200; ++i) b.push_back(Mix64(i + 5000));
+  for (uint64_t i = 0; i < 500; ++i) a.push_back(proto::Mix64(i + 1));
+  for (uint64_t i = 0; i < 200; ++i) b.push_back(proto::Mix64(i + 5000));
   s.Push(0, a, std::vector<float>(a.size() * kDim, 1.0f), t0);
   s.Push(0, b, std::vector<float>(b.size() * kDim, 1.0f), t0 + 5 * day);
   auto removed = s.coordinator().Sweep();
@@ -667,14 +717,14 @@ TEST(StorageTest, ResetReinitialisesResidentAndSpilledRows) {
   c.mutable_storage()->set_memory_budget_bytes(60000);  // most rows spill
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
-  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(Mix64(i + 3));
+  for (uint64_t i = 0; i < 2000; ++i) keys.push_back(proto::Mix64(i + 3));
   for (int i = 0; i < 3; ++i) s.Push(0, keys, std::vector<float>(keys.size() * kDim, 0.5f));
   s.Push(1, keys, std::vector<float>(keys.size() * 3, 0.5f));
   const std::vector<float> trained1 = s.Pull(1, keys);
-  auto epoch = s.coordinator().ResetTable(0);
-  ASSERT_TRUE(epoch.ok()) << epoch.status();
-  EXPECT_EQ(*epoch, 1u);
-  // Every row of table 0 reads as a fresh draw for epoch 1; table 1 keeps its.
+  auto generation = s.coordinator().ResetTable(0);
+  ASSERT_TRUE(generation.ok()) << generation.status();
+  EXPECT_EQ(*generation, 1u);
+  // Every row of table 0 reads as a fresh draw for generation 1; table 1 keeps its.
   const std::vector<float> after = s.Pull(0, keys);
   std::vector<float> expect(keys.size() * kDim);
   for (size_t i = 0; i < keys.size(); ++i) {
@@ -703,7 +753,7 @@ TEST(StorageTest, ResetReinitialisesResidentAndSpilledRows) {
   auto m = s.coordinator().Save(dir.path() + "/ckpt", false, false);
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(m->tables(0).rows(), 2u);
-  EXPECT_EQ(m->tables(0).epoch(), 2u);
+  EXPECT_EQ(m->tables(0).generation(), 2u);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "storage/fd.h"
 
 namespace ember::scheduler {
 namespace {
@@ -79,12 +80,6 @@ absl::StatusOr<std::vector<std::string>> ListGlob(const std::string& pattern) {
   return files;
 }
 
-// Closes a file descriptor when it goes out of scope.
-struct FdCloser {
-  int fd;
-  ~FdCloser() { close(fd); }
-};
-
 proto::Chunk MakeChunk(uint64_t id, const std::string& path, uint64_t begin, uint64_t end,
                        uint64_t first_line, bool gzip) {
   proto::Chunk c;
@@ -100,9 +95,9 @@ proto::Chunk MakeChunk(uint64_t id, const std::string& path, uint64_t begin, uin
 // Appends the chunks of the plain file `path`.
 absl::Status CutPlainFile(const std::string& path, uint64_t chunk_bytes,
                           std::vector<proto::Chunk>* chunks) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const storage::Fd owned(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const int fd = owned.get();
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open data file ", path));
-  FdCloser closer{fd};
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);  // only a hint
 
   constexpr size_t kBufferBytes = size_t{4} << 20;

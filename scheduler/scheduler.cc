@@ -147,22 +147,22 @@ class Scheduler::Impl {
     net::Message m;
     for (;;) {
       absl::StatusOr<bool> got = transport_->Recv(&m, absl::Milliseconds(100));
-      if (!got.ok()) return Fail(got.status());
+      if (!got.ok()) return AbortJob(got.status());
       if (*got) {
         absl::Status st = Handle(std::move(m));
-        if (!st.ok()) return Fail(st);
+        if (!st.ok()) return AbortJob(st);
       }
       const absl::Time now = absl::Now();
       if (!registered_) {
         if (now > register_deadline) {
-          return Fail(absl::DeadlineExceededError(
+          return AbortJob(absl::DeadlineExceededError(
               absl::StrCat("only ", nodes_.size(), " of ", cc.num_servers() + cc.num_workers(),
                            " nodes registered within cluster.register_timeout_ms=", cc.register_timeout_ms())));
         }
         continue;
       }
       absl::Status st = CheckHeartbeats(now);
-      if (!st.ok()) return Fail(st);
+      if (!st.ok()) return AbortJob(st);
       if (phase_.kind() == proto::TRAIN && now - last_progress_ >= absl::Milliseconds(opt_.config.train().report_interval_ms())) {
         PrintProgress(now);
       }
@@ -582,7 +582,7 @@ class Scheduler::Impl {
 
   // Tells every node the job failed, answers the calls it is holding, and
   // gives the messages a moment to leave.
-  absl::Status Fail(const absl::Status& why) {
+  absl::Status AbortJob(const absl::Status& why) {
     LOG(ERROR) << "job failed: " << why;
     for (net::Message& m : pending_register_) Send(net::MakeErrorReply(m, proto::JOB_FAILED, std::string(why.message())));
     for (net::Message& m : pending_phase_done_) Send(net::MakeErrorReply(m, proto::JOB_FAILED, std::string(why.message())));

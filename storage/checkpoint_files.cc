@@ -21,6 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "storage/fd.h"
 
 namespace ember::storage {
 namespace {
@@ -106,8 +107,6 @@ uint64_t GetU64(const char* p) {
   return v;
 }
 
-std::string Hex(uint32_t v) { return absl::StrCat("0x", absl::Hex(v, absl::kZeroPad8)); }
-
 // MANIFEST frame: magic, format version, payload CRC-32C, payload length.
 constexpr char kMagic[8] = {'E', 'M', 'B', 'E', 'R', 'C', 'K', 'P'};
 constexpr size_t kFrameHeader = 8 + 4 + 4 + 8;
@@ -145,25 +144,6 @@ absl::Status PreadAll(int fd, char* p, size_t n, uint64_t offset, const std::str
   return absl::OkStatus();
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error close() may carry (deferred write errors).
-  int Close() {
-    int r = ::close(fd_);
-    fd_ = -1;
-    return r;
-  }
-
- private:
-  int fd_;
-};
 
 // Data file names are plain relative paths inside the checkpoint directory: a
 // manifest must not point outside it.
@@ -250,6 +230,8 @@ uint64_t ConfigFingerprint(const proto::JobConfig& config, uint64_t dense_total)
   }
   return h;
 }
+
+std::string CrcHex(uint32_t crc) { return absl::StrCat("0x", absl::Hex(crc, absl::kZeroPad8)); }
 
 std::string CheckpointDirName(uint64_t id) {
   char buf[32];
@@ -348,7 +330,7 @@ absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir) {
   const uint32_t actual = Crc32c(payload, length);
   if (actual != crc) {
     return absl::DataLossError(
-        absl::StrCat(path, ": checksum mismatch (crc ", Hex(actual), ", header says ", Hex(crc), ")"));
+        absl::StrCat(path, ": checksum mismatch (crc ", CrcHex(actual), ", header says ", CrcHex(crc), ")"));
   }
   proto::CheckpointManifest manifest;
   if (!manifest.ParseFromArray(payload, static_cast<int>(length))) {
@@ -404,6 +386,27 @@ std::vector<proto::CheckpointSummary> ListCheckpoints(const std::string& root) {
   return out;
 }
 
+absl::Status WalkCheckpointChain(const std::string& dir,
+                                 absl::FunctionRef<absl::StatusOr<ChainLink>(const std::string& dir)> visit) {
+  fs::path here = fs::path(dir).lexically_normal();
+  if (!here.has_filename()) here = here.parent_path();  // "ckpt-00000007/"
+  const fs::path root = here.parent_path();
+  std::string at = dir;
+  uint64_t id = 0;  // the id `at` stands for; 0 until the first visit says
+  for (;;) {
+    absl::StatusOr<ChainLink> link = visit(at);
+    if (!link.ok()) return link.status();
+    if (id == 0) id = link->id;
+    if (link->parent_id == 0) return absl::OkStatus();
+    if (link->parent_id >= id) {
+      return absl::DataLossError(
+          absl::StrCat(at, ": checkpoint ", id, " names parent ", link->parent_id, ", which is not older"));
+    }
+    id = link->parent_id;
+    at = (root / CheckpointDirName(id)).string();
+  }
+}
+
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& root) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) return absl::NotFoundError(absl::StrCat(root, ": no such directory"));
@@ -432,23 +435,15 @@ absl::Status PruneCheckpoints(const std::string& root, uint32_t keep) {
   for (auto it = all.rbegin(); it != all.rend() && kept < keep; ++it) {
     if (!it->complete()) continue;
     if (newest_complete == 0) newest_complete = it->id();
-    bool whole = true;
-    uint64_t id = it->id();
-    while (id != 0) {
+    // The summaries already hold each manifest's parent: no need to reread.
+    const absl::Status chain = WalkCheckpointChain(it->dir(), [&](const std::string& dir) -> absl::StatusOr<ChainLink> {
+      const uint64_t id = CheckpointIdOf(fs::path(dir).filename().string());
       needed.insert(id);
       auto p = by_id.find(id);
-      if (p == by_id.end() || !p->second->complete()) {
-        whole = false;
-        break;
-      }
-      const uint64_t parent = p->second->parent_id();
-      if (parent >= id) {  // malformed: parents are older
-        whole = false;
-        break;
-      }
-      id = parent;
-    }
-    if (whole) ++kept;
+      if (p == by_id.end() || !p->second->complete()) return absl::NotFoundError(absl::StrCat(dir, ": unusable"));
+      return ChainLink{id, p->second->parent_id()};
+    });
+    if (chain.ok()) ++kept;
   }
   if (newest_complete == 0) return absl::OkStatus();  // nothing complete: maybe a first save in progress
 
@@ -497,7 +492,7 @@ absl::Status VerifyFile(const std::string& dir, const proto::CheckpointFile& fil
   }
   if (crc != file.crc32c()) {
     return absl::DataLossError(absl::StrCat(path, ": checksum mismatch at offset 0 (whole file of ", file.size(),
-                                            " bytes: crc ", Hex(crc), ", manifest says ", Hex(file.crc32c()), ")"));
+                                            " bytes: crc ", CrcHex(crc), ", manifest says ", CrcHex(file.crc32c()), ")"));
   }
   return absl::OkStatus();
 }
@@ -526,7 +521,7 @@ absl::Status ReadBlock(const std::string& dir, const std::string& file, uint64_t
   const uint32_t actual = Crc32c(out->data(), out->size());
   if (actual != crc) {
     return absl::DataLossError(absl::StrCat(path, ": checksum mismatch at offset ", offset, " (block of ", bytes,
-                                            " bytes: crc ", Hex(actual), ", manifest says ", Hex(crc), ")"));
+                                            " bytes: crc ", CrcHex(actual), ", manifest says ", CrcHex(crc), ")"));
   }
   return absl::OkStatus();
 }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "proto/checkpoint.pb.h"
@@ -27,12 +28,14 @@ namespace ember::storage {
 
 // Bumped whenever a file's byte layout changes; a manifest of another version
 // is refused.
-inline constexpr uint32_t kCheckpointFormatVersion = 1;
+inline constexpr uint32_t kCheckpointFormatVersion = 2;  // 2: 32-byte RowMeta, 64-bit last push_seq
 inline constexpr char kManifestName[] = "MANIFEST";
 
 // CRC-32C (Castagnoli) of data[0, n), continuing from `crc` (0 to start).
 // Same values as RocksDB's and ext4's crc32c. Hardware (SSE4.2) path.
 uint32_t Crc32c(const void* data, size_t n, uint32_t crc = 0);
+// A checksum as errors and `ember inspect` print it: "0x0000abcd".
+std::string CrcHex(uint32_t crc);
 
 // A fingerprint of what a checkpoint's bytes depend on: each table's name,
 // dim and optimizer kind (the row layout), num_logical_shards and the dense
@@ -54,6 +57,21 @@ uint64_t CheckpointIdOf(const std::string& dir_name);
 // version. NOT_FOUND without a MANIFEST, DATA_LOSS for a damaged one,
 // FAILED_PRECONDITION for another format version; the message names the file.
 [[nodiscard]] absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir);
+
+// One checkpoint of a chain, as a visitor of WalkCheckpointChain reports it.
+struct ChainLink {
+  uint64_t id = 0;         // the checkpoint's id
+  uint64_t parent_id = 0;  // the next one to visit; 0 ends the walk
+};
+// Follows a checkpoint's chain of parents: the one walk that restore, pruning
+// and `ember inspect` share. Calls visit(dir) on `dir`, then on the directory
+// of each parent it names (ckpt-<parent_id> beside `dir`), until a visit
+// returns parent_id 0. A visit's error ends the walk and is returned. A parent
+// that is not older than its child (by directory name; for `dir` itself, by
+// the id its visit reports) ends the walk with DATA_LOSS naming both, so the
+// walk always ends. Blocking (as long as the visits); thread-safe if `visit` is.
+[[nodiscard]] absl::Status WalkCheckpointChain(
+    const std::string& dir, absl::FunctionRef<absl::StatusOr<ChainLink>(const std::string& dir)> visit);
 
 // The ckpt-* directories under `root`, by id. Those without a readable
 // manifest are listed with complete = false and the reason.

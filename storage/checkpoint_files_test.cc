@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -228,6 +229,45 @@ std::string Frame(uint32_t version, const std::string& payload) {
   put(Crc32c(payload.data(), payload.size()), 4);
   put(payload.size(), 8);
   return s + payload;
+}
+
+// The walk touches no file itself: the visitor says what each directory holds.
+TEST(WalkCheckpointChainTest, FollowsParentsBesideTheFirstDirectory) {
+  const std::map<std::string, ChainLink> links = {
+      {"root/ckpt-00000009", {9, 7}}, {"root/ckpt-00000007", {7, 3}}, {"root/ckpt-00000003", {3, 0}}};
+  std::vector<std::string> seen;
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000009/", [&](const std::string& dir) -> absl::StatusOr<ChainLink> {
+    seen.push_back(fs::path(dir).lexically_normal().string());
+    if (!seen.back().empty() && seen.back().back() == '/') seen.back().pop_back();
+    auto it = links.find(seen.back());
+    if (it == links.end()) return absl::NotFoundError(dir);
+    return it->second;
+  });
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(seen, (std::vector<std::string>{"root/ckpt-00000009", "root/ckpt-00000007", "root/ckpt-00000003"}));
+}
+
+TEST(WalkCheckpointChainTest, AParentNotOlderIsDataLossAndEndsTheWalk) {
+  int visits = 0;
+  // Each directory claims a parent newer than itself: without the check this
+  // would never end.
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000005", [&](const std::string&) -> absl::StatusOr<ChainLink> {
+    ++visits;
+    return ChainLink{5, 5};
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+  EXPECT_TRUE(Contains(std::string(st.message()), "names parent 5, which is not older"));
+  EXPECT_EQ(visits, 1);
+}
+
+TEST(WalkCheckpointChainTest, AVisitErrorEndsTheWalk) {
+  int visits = 0;
+  absl::Status st = WalkCheckpointChain("root/ckpt-00000005", [&](const std::string&) -> absl::StatusOr<ChainLink> {
+    if (++visits == 2) return absl::NotFoundError("gone");
+    return ChainLink{5, 4};
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(visits, 2);
 }
 
 using ManifestTest = TempDirTest;
@@ -654,7 +694,7 @@ TEST_F(CheckpointRootTest, BrokenChainIsKeptButDoesNotCount) {
 
 class InspectCheckpointTest : public TempDirTest {
  protected:
-  // One table (dim 2, Adagrad: 2 state floats, row_bytes 24 + 16 = 40), a
+  // One table (dim 2, Adagrad: 2 state floats, row_bytes 32 + 16 = 48), a
   // block of 3 rows and 1 tombstone, an empty block, and a dense block.
   void SetUp() override {
     TempDirTest::SetUp();
@@ -669,7 +709,7 @@ class InspectCheckpointTest : public TempDirTest {
     t->set_name("user");
     t->set_dim(2);
     t->set_state_floats(2);
-    t->set_row_bytes(40);
+    t->set_row_bytes(48);
     t->set_optimizer("ADAGRAD");
     t->set_rows(3);
 
@@ -684,18 +724,19 @@ class InspectCheckpointTest : public TempDirTest {
     b->set_file("t0-r0.rows");
     b->set_offset((*w)->BeginBlock());
     for (int r = 0; r < 3; ++r) {
-      char row[40] = {0};
-      const uint64_t key = 42 + r;
-      const uint32_t count = 10 + r, last_step = 100 + r, epoch = 0;
+      // The row layout of docs/checkpoint_format.md, spelled out.
+      char row[48] = {0};
+      const uint64_t key = 42 + r, last_push_seq = (uint64_t{1} << 32) + 100 + r;
+      const uint32_t count = 10 + r, generation = 0;
       const uint16_t flags = 0, last_day = 19000;
       const float f[4] = {0.5f + r, -1.25f, 0.1f, 0.2f};
       std::memcpy(row, &key, 8);
       std::memcpy(row + 8, &count, 4);
-      std::memcpy(row + 12, &last_step, 4);
-      std::memcpy(row + 16, &epoch, 4);
-      std::memcpy(row + 20, &flags, 2);
-      std::memcpy(row + 22, &last_day, 2);
-      std::memcpy(row + 24, f, 16);
+      std::memcpy(row + 12, &generation, 4);
+      std::memcpy(row + 16, &last_push_seq, 8);
+      std::memcpy(row + 24, &flags, 2);
+      std::memcpy(row + 26, &last_day, 2);
+      std::memcpy(row + 32, f, 16);
       ASSERT_TRUE((*w)->Append(row, sizeof(row)).ok());
     }
     const uint64_t tomb = 7;
@@ -735,8 +776,8 @@ TEST_F(InspectCheckpointTest, PrintsAndVerifies) {
   ASSERT_TRUE(st.ok()) << st << "\n" << text;
   EXPECT_TRUE(Contains(text, "t0-r0.rows"));
   EXPECT_TRUE(Contains(text, "blocks: 2 (2 full, 0 delta)"));
-  EXPECT_TRUE(Contains(text, "rows 3, tombstones 1, bytes 128"));
-  EXPECT_TRUE(Contains(text, "key 42 count 10 last_step 100 epoch 0 last_day 19000"));
+  EXPECT_TRUE(Contains(text, "rows 3, tombstones 1, bytes 152"));
+  EXPECT_TRUE(Contains(text, "key 42 count 10 last_push_seq 4294967396 generation 0 last_day 19000"));
   EXPECT_TRUE(Contains(text, "weights [0.5 -1.25]"));
   EXPECT_TRUE(Contains(text, "state   [0.1 0.2]"));
   EXPECT_TRUE(Contains(text, "key 43"));

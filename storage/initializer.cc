@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::storage {
 namespace {
@@ -14,10 +14,10 @@ inline float Unit(uint64_t bits) { return (static_cast<float>(bits >> 40) + 0.5f
 
 void InitWeights(const proto::InitializerConfig& config, uint64_t key, uint64_t stream, float* w, size_t n) {
   const float scale = config.scale();
-  uint64_t state = ps::Mix64(key ^ ps::Mix64(config.seed() + 0x632be59bd9b4e019ULL * (stream + 1)));
+  uint64_t state = proto::Mix64(key ^ proto::Mix64(config.seed() + 0x632be59bd9b4e019ULL * (stream + 1)));
   auto next = [&state]() {
     state += 0x9e3779b97f4a7c15ULL;
-    return ps::Mix64(state);
+    return proto::Mix64(state);
   };
   switch (config.kind()) {
     case proto::InitializerConfig::ZERO:

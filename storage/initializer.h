@@ -12,7 +12,7 @@
 namespace ember::storage {
 
 // Writes n initial weights for `key` (its `stream` selects an independent
-// sequence, e.g. the reset epoch) into w.
+// sequence, e.g. the reset generation) into w.
 void InitWeights(const proto::InitializerConfig& config, uint64_t key, uint64_t stream, float* w, size_t n);
 
 }  // namespace ember::storage

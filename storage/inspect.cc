@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -14,13 +15,14 @@
 #include "google/protobuf/text_format.h"
 #include "proto/checkpoint.pb.h"
 #include "storage/checkpoint_files.h"
+#include "storage/sparse_table.h"
 
 namespace ember::storage {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "checkpoint files are little-endian");
 
-constexpr size_t kRowMetaBytes = 24;
+constexpr size_t kRowMetaBytes = sizeof(RowMeta);
 constexpr int kListFirst = 4;       // blocks shown of each kind
 constexpr int kPrintProblems = 20;  // block failures printed one by one
 constexpr int kSampleFloats = 8;
@@ -62,8 +64,6 @@ std::string Floats(const char* p, uint32_t n) {
   return s + "]";
 }
 
-std::string Hex(uint32_t v) { return absl::StrCat("0x", absl::Hex(v, absl::kZeroPad8)); }
-
 // Bytes of a shard block, or 0 with *error set when it cannot be computed.
 uint64_t ShardBlockBytes(const proto::CheckpointManifest& m, const proto::ShardBlock& b, std::string* error) {
   if (b.table() >= static_cast<uint32_t>(m.tables_size())) {
@@ -87,28 +87,25 @@ void PrintChain(const std::string& dir, const proto::CheckpointManifest& m, std:
     return;
   }
   out << "chain:\n";
-  const std::filesystem::path root = std::filesystem::path(dir).lexically_normal().parent_path();
+  bool first = true;
   uint64_t child = m.id();
-  uint64_t id = m.parent_id();
-  while (id != 0) {
-    if (id >= child) {
-      problems->Add(
-          absl::DataLossError(absl::StrCat(dir, ": checkpoint ", child, " names parent ", id, ", which is not older")));
-      return;
+  absl::Status st = WalkCheckpointChain(dir, [&](const std::string& at) -> absl::StatusOr<ChainLink> {
+    if (first) {  // `m` is dir's manifest, already read
+      first = false;
+      return ChainLink{m.id(), m.parent_id()};
     }
-    const std::string pdir = (root / CheckpointDirName(id)).string();
-    absl::StatusOr<proto::CheckpointManifest> pm = ReadManifest(pdir);
+    absl::StatusOr<proto::CheckpointManifest> pm = ReadManifest(at);
     if (!pm.ok()) {
-      out << "  " << pdir << ": unusable\n";
-      problems->Add(
-          absl::Status(pm.status().code(), absl::StrCat("parent of checkpoint ", child, ": ", pm.status().message())));
-      return;
+      out << "  " << at << ": unusable\n";
+      return absl::Status(pm.status().code(),
+                          absl::StrCat("parent of checkpoint ", child, ": ", pm.status().message()));
     }
-    out << "  " << pdir << ": " << (pm->parent_id() == 0 ? "full" : absl::StrCat("delta on ", pm->parent_id())) << ", "
+    out << "  " << at << ": " << (pm->parent_id() == 0 ? "full" : absl::StrCat("delta on ", pm->parent_id())) << ", "
         << pm->blocks_size() << " blocks\n";
-    child = id;
-    id = pm->parent_id();
-  }
+    child = pm->id();
+    return ChainLink{pm->id(), pm->parent_id()};
+  });
+  if (!st.ok()) problems->Add(std::move(st));
 }
 
 }  // namespace
@@ -143,7 +140,7 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
   out << "files: " << m.files_size() << "\n";
   for (const proto::CheckpointFile& f : m.files()) {
     absl::Status st = VerifyFile(dir, f, /*check_crc=*/true);
-    out << "  " << f.name() << "  " << f.size() << " bytes  crc " << Hex(f.crc32c()) << "  "
+    out << "  " << f.name() << "  " << f.size() << " bytes  crc " << CrcHex(f.crc32c()) << "  "
         << (st.ok() ? "ok" : "FAILED") << "\n";
     if (!st.ok()) problems.Add(st);
   }
@@ -164,7 +161,7 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
     const proto::ShardBlock& b = m.blocks(i);
     out << "  table " << b.table() << " shard " << b.shard() << (b.delta() ? " delta" : " full") << "  " << b.file()
         << " @" << b.offset() << "  rows " << b.rows() << "  tombstones " << b.tombstones() << "  crc "
-        << Hex(b.crc32c()) << "\n";
+        << CrcHex(b.crc32c()) << "\n";
   }
   if (m.blocks_size() > kListFirst) out << "  ... " << m.blocks_size() - kListFirst << " more\n";
 
@@ -207,7 +204,7 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
     const proto::CheckpointTable& ct = m.tables(t);
     const TableSum& s = sums[t];
     out << "table " << t << " '" << ct.name() << "': dim " << ct.dim() << ", " << ct.optimizer() << ", state_floats "
-        << ct.state_floats() << ", row_bytes " << ct.row_bytes() << ", epoch " << ct.epoch() << "\n"
+        << ct.state_floats() << ", row_bytes " << ct.row_bytes() << ", generation " << ct.generation() << "\n"
         << "  blocks " << s.blocks << " (" << s.delta_blocks << " delta), rows " << s.rows << ", tombstones "
         << s.tombstones << ", bytes " << s.bytes;
     if (ct.rows() != s.rows) out << "  (manifest table says rows " << ct.rows() << ")";
@@ -229,9 +226,11 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
     for (uint64_t r = 0; r < n; ++r) {
       const char* row = buf.data() + r * ct.row_bytes();
       const char* w = row + kRowMetaBytes;
-      out << "    key " << Load<uint64_t>(row) << " count " << Load<uint32_t>(row + 8) << " last_step "
-          << Load<uint32_t>(row + 12) << " epoch " << Load<uint32_t>(row + 16) << " last_day "
-          << Load<uint16_t>(row + 22) << "\n"
+      out << "    key " << Load<uint64_t>(row + offsetof(RowMeta, key)) << " count "
+          << Load<uint32_t>(row + offsetof(RowMeta, count)) << " last_push_seq "
+          << Load<uint64_t>(row + offsetof(RowMeta, last_push_seq)) << " generation "
+          << Load<uint32_t>(row + offsetof(RowMeta, generation)) << " last_day "
+          << Load<uint16_t>(row + offsetof(RowMeta, last_day)) << "\n"
           << "      weights " << Floats(w, ct.dim()) << "\n"
           << "      state   " << Floats(w + 4 * ct.dim(), ct.state_floats()) << "\n";
     }
@@ -245,7 +244,7 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
   for (int i = 0; i < std::min(m.dense_size(), kListFirst); ++i) {
     const proto::DenseBlock& d = m.dense(i);
     out << "  [" << d.offset() << ", " << d.offset() + d.length() << ") trained " << d.trained() << "  " << d.file()
-        << " @" << d.file_offset() << "  " << d.bytes() << " bytes  crc " << Hex(d.crc32c()) << "\n";
+        << " @" << d.file_offset() << "  " << d.bytes() << " bytes  crc " << CrcHex(d.crc32c()) << "\n";
   }
   if (m.dense_size() > kListFirst) out << "  ... " << m.dense_size() - kListFirst << " more\n";
   for (const proto::DenseBlock& d : m.dense()) {

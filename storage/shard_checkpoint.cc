@@ -7,8 +7,8 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
-#include "ps/keys.h"
 #include "absl/time/clock.h"
+#include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 
 namespace ember::storage {
@@ -35,7 +35,7 @@ absl::StatusOr<proto::CheckpointPart> WriteCheckpointPart(const std::string& dir
   part.set_server_rank(src.rank);
   part.set_delta(src.delta);
   part.set_push_seq(src.push_seq);
-  for (uint32_t e : src.epochs) part.add_table_epoch(e);
+  for (uint32_t g : src.generations) part.add_table_generation(g);
 
   // Owned shards in order, with the store that holds each.
   std::vector<std::pair<uint32_t, TieredStore*>> shards;
@@ -59,10 +59,10 @@ absl::StatusOr<proto::CheckpointPart> WriteCheckpointPart(const std::string& dir
       b->set_offset(w.BeginBlock());
       uint64_t rows = 0;
       absl::Status append;
-      absl::Status st = store->ForEachRow(t, shard, src.epochs[t], [&](const uint8_t* row) {
+      absl::Status st = store->ForEachRow(t, shard, src.generations[t], [&](const uint8_t* row) {
         if (!append.ok()) return;
         const RowMeta* m = reinterpret_cast<const RowMeta*>(row);
-        if (src.delta && m->last_step <= src.cut_step) return;
+        if (src.delta && m->last_push_seq <= src.cut_push_seq) return;
         std::memcpy(scratch.data(), row, row_bytes);
         reinterpret_cast<RowMeta*>(scratch.data())->flags = 0;  // in-memory only
         append = w.Append(scratch.data(), row_bytes);
@@ -149,8 +149,8 @@ proto::CheckpointManifest MergeParts(const proto::JobConfig& config, uint64_t de
       any_delta |= b.delta();
     }
     for (const auto& d : p.dense()) *m.add_dense() = d;
-    for (int t = 0; t < p.table_epoch_size() && t < m.tables_size(); ++t) {
-      m.mutable_tables(t)->set_epoch(std::max(m.tables(t).epoch(), p.table_epoch(t)));
+    for (int t = 0; t < p.table_generation_size() && t < m.tables_size(); ++t) {
+      m.mutable_tables(t)->set_generation(std::max(m.tables(t).generation(), p.table_generation(t)));
     }
     m.set_push_seq(std::max(m.push_seq(), p.push_seq()));
   }
@@ -167,11 +167,9 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
   const proto::JobConfig& config = *target.config;
   const uint32_t L = config.cluster().num_logical_shards();
   const uint64_t fingerprint = ConfigFingerprint(config, target.dense_total);
-  const std::string root = std::filesystem::path(dir).parent_path().string();
 
   // The checkpoint, then ancestors while any block still needs its parent.
-  std::string at = dir;
-  for (;;) {
+  absl::Status walked = WalkCheckpointChain(dir, [&](const std::string& at) -> absl::StatusOr<ChainLink> {
     absl::StatusOr<proto::CheckpointManifest> m = ReadManifest(at);
     if (!m.ok()) return m.status();
     if (m->num_logical_shards() != L) {
@@ -205,15 +203,14 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
     }
     bool needs_parent = false;
     for (const auto& b : m->blocks()) needs_parent |= b.delta();
-    const uint64_t parent = m->parent_id();
-    plan.chain_.insert(plan.chain_.begin(), Link{at, std::move(*m)});
-    if (!needs_parent) break;
-    if (parent == 0) {
+    const ChainLink link{m->id(), needs_parent ? m->parent_id() : 0};
+    if (needs_parent && link.parent_id == 0) {
       return absl::DataLossError(absl::StrCat("checkpoint ", at, " has incremental blocks but no parent"));
     }
-    at = (std::filesystem::path(root) / CheckpointDirName(parent)).string();
-    if (plan.chain_.size() > 10000) return absl::DataLossError("checkpoint chain too long (a cycle?)");
-  }
+    plan.chain_.insert(plan.chain_.begin(), Link{at, std::move(*m)});
+    return link;
+  });
+  if (!walked.ok()) return walked;
 
   // Index each link's blocks, then pick each owned shard's blocks.
   std::vector<absl::flat_hash_map<uint64_t, int>> index(plan.chain_.size());
@@ -268,9 +265,9 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
   return plan;
 }
 
-std::vector<uint32_t> RestorePlan::epochs() const {
+std::vector<uint32_t> RestorePlan::generations() const {
   std::vector<uint32_t> e;
-  for (const auto& t : manifest().tables()) e.push_back(t.epoch());
+  for (const auto& t : manifest().tables()) e.push_back(t.generation());
   return e;
 }
 
@@ -291,9 +288,9 @@ absl::Status RestorePlan::Verify(uint64_t* rows, uint64_t* bytes) const {
       }
       for (uint64_t i = 0; i < b.rows(); ++i) {
         const RowMeta* m = reinterpret_cast<const RowMeta*>(buf.data() + i * row_bytes);
-        if (ps::ShardOf(m->key, L) != shard) {
+        if (proto::ShardOf(m->key, L) != shard) {
           return absl::DataLossError(absl::StrCat(link.dir, "/", b.file(), ": block of table ", t, " shard ", shard,
-                                                  " holds key ", m->key, " of shard ", ps::ShardOf(m->key, L)));
+                                                  " holds key ", m->key, " of shard ", proto::ShardOf(m->key, L)));
         }
       }
       *rows += b.rows();
@@ -314,7 +311,7 @@ absl::Status RestorePlan::Verify(uint64_t* rows, uint64_t* bytes) const {
 
 absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
   *rows = 0;
-  const std::vector<uint32_t> epoch = epochs();
+  const std::vector<uint32_t> generation = generations();
   absl::flat_hash_map<uint32_t, TieredStore*> owner;
   for (TieredStore* s : target_.stores) {
     for (uint32_t shard : s->shards()) owner[shard] = s;
@@ -340,7 +337,7 @@ absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
       }
       for (uint64_t i = 0; i < b.rows(); ++i) {
         const uint8_t* row = reinterpret_cast<const uint8_t*>(buf.data()) + i * row_bytes;
-        if (reinterpret_cast<const RowMeta*>(row)->epoch < epoch[t]) continue;  // stale since a reset
+        if (reinterpret_cast<const RowMeta*>(row)->generation < generation[t]) continue;  // stale since a reset
         if (absl::Status st = store->Load(t, shard, row); !st.ok()) return st;
         ++*rows;
       }

@@ -40,13 +40,13 @@ struct SaveSource {
   uint32_t num_logical_shards = 0;
   std::vector<const TableSpec*> specs;
   std::vector<TieredStore*> stores;  // together they own this server's shards
-  std::vector<uint32_t> epochs;      // per table; older rows are stale and skipped
-  // Delta: only rows with last_step > cut_step, plus `tombstones`.
+  std::vector<uint32_t> generations;  // per table reset generation; older rows are stale and skipped
+  // Delta: only rows with last_push_seq > cut_push_seq, plus `tombstones`.
   bool delta = false;
-  uint32_t cut_step = 0;
+  uint64_t cut_push_seq = 0;
   const Tombstones* tombstones = nullptr;
   const DenseSlice* dense = nullptr;
-  uint32_t push_seq = 0;
+  uint64_t push_seq = 0;
   uint64_t bytes_per_sec = 0;  // write rate limit, 0 = none
 };
 
@@ -85,8 +85,8 @@ class RestorePlan {
   [[nodiscard]] absl::Status Apply(DenseSlice* dense, uint64_t* rows) const;
 
   const proto::CheckpointManifest& manifest() const { return chain_.back().manifest; }
-  // The table epochs and push counter the checkpoint was taken at.
-  std::vector<uint32_t> epochs() const;
+  // The table generations and push counter the checkpoint was taken at.
+  std::vector<uint32_t> generations() const;
 
  private:
   struct Link {

@@ -70,14 +70,15 @@ TableSpec::TableSpec(const proto::TableConfig& config)
   row_bytes_ = (sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float) + 7) & ~size_t{7};
 }
 
-void TableSpec::InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const {
-  *Meta(row) = RowMeta{key, 0, 0, epoch, static_cast<uint16_t>(kRowLive | kRowDirty), 0};
+void TableSpec::InitRow(uint64_t key, uint32_t generation, uint8_t* row) const {
+  *Meta(row) = RowMeta{.key = key, .count = 0, .generation = generation, .last_push_seq = 0,
+                       .flags = static_cast<uint16_t>(kRowLive | kRowDirty), .last_day = 0, .reserved = 0};
   if (row_bytes_ > sizeof(RowMeta) + (dim_ + state_floats_) * sizeof(float)) {
     // Padding: zero, so that files holding rows are deterministic.
     std::memset(State(row) + state_floats_, 0, row_bytes_ - sizeof(RowMeta) - (dim_ + state_floats_) * sizeof(float));
   }
   float* w = Weights(row);
-  InitWeights(config_.initializer(), key, epoch, w, dim_);
+  InitWeights(config_.initializer(), key, generation, w, dim_);
   rule_.InitState(w, State(row), dim_);
 }
 
@@ -96,11 +97,11 @@ uint8_t* ShardTable::Find(uint64_t key) {
   return it == index_.end() ? nullptr : RowAt(it->second);
 }
 
-uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t epoch, bool* created) {
+uint8_t* ShardTable::FindOrCreate(uint64_t key, uint32_t generation, bool* created) {
   bool existed;
   uint8_t* row = Emplace(key, &existed);
   *created = !existed;
-  if (!existed) spec_->InitRow(key, epoch, row);
+  if (!existed) spec_->InitRow(key, generation, row);
   return row;
 }
 

@@ -21,17 +21,20 @@
 
 namespace ember::storage {
 
-// The first 24 bytes of every row, in memory, in RocksDB and in checkpoint
-// files (docs/checkpoint_format.md).
+// The first 32 bytes of every row, in memory, in RocksDB and in checkpoint
+// files (docs/checkpoint_format.md). last_push_seq is 64-bit: a 32-bit
+// push counter wraps after 2^32 pushes (hours at a busy server) and
+// incremental checkpoints and push-count expiry would then misjudge rows.
 struct RowMeta {
   uint64_t key;
   uint32_t count;      // gradient pushes that touched the row
-  uint32_t last_step;  // server push step of the last push (or of creation)
-  uint32_t epoch;      // reset epoch the row was initialised in
+  uint32_t generation;  // table reset generation the row was initialised in
+  uint64_t last_push_seq;  // the server's push_seq at the last push (or at creation)
   uint16_t flags;      // kRow* bits; only meaningful in memory
   uint16_t last_day;   // log day (unix seconds / 86400) of the last push; 0 = none
+  uint32_t reserved;   // 0; spells out the padding so that rows on disk are deterministic
 };
-static_assert(sizeof(RowMeta) == 24);
+static_assert(sizeof(RowMeta) == 32);
 
 // RowMeta::flags bits.
 inline constexpr uint16_t kRowLive = 1;    // the slot holds a row
@@ -77,8 +80,8 @@ class TableSpec {
   const OptimizerRule& rule() const { return rule_; }
 
   // Fills a fresh row for `key`: meta (flags live and dirty), initial
-  // weights for reset epoch `epoch`, optimizer state.
-  void InitRow(uint64_t key, uint32_t epoch, uint8_t* row) const;
+  // weights for reset generation `generation`, optimizer state.
+  void InitRow(uint64_t key, uint32_t generation, uint8_t* row) const;
 
   static RowMeta* Meta(uint8_t* row) { return reinterpret_cast<RowMeta*>(row); }
   static float* Weights(uint8_t* row) { return reinterpret_cast<float*>(row + sizeof(RowMeta)); }
@@ -104,9 +107,9 @@ class ShardTable {
   // Starts loading the index slot of `key` into cache (a hint; no effect on
   // contents).
   void PrefetchIndex(uint64_t key) const { index_.prefetch(key); }
-  // The row of `key`, created and initialised (for reset epoch `epoch`) if
+  // The row of `key`, created and initialised (for reset generation `generation`) if
   // absent; *created tells which.
-  uint8_t* FindOrCreate(uint64_t key, uint32_t epoch, bool* created);
+  uint8_t* FindOrCreate(uint64_t key, uint32_t generation, bool* created);
   // The row of `key`: existing (*existed = true) or a new slot whose bytes the
   // caller must fill entirely (with kRowLive set in its flags).
   uint8_t* Emplace(uint64_t key, bool* existed);

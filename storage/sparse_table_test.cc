@@ -19,9 +19,9 @@ proto::TableConfig Adagrad(uint32_t dim) {
 TEST(SparseTableTest, RowLayout) {
   TableSpec spec(Adagrad(3));
   EXPECT_EQ(spec.state_floats(), 3u);
-  EXPECT_EQ(spec.row_bytes(), 24u + 24u);
+  EXPECT_EQ(spec.row_bytes(), 32u + 24u);
   TableSpec odd(Adagrad(1));
-  EXPECT_EQ(odd.row_bytes(), 32u);
+  EXPECT_EQ(odd.row_bytes(), 40u);  // 32 + 4 + 4
 }
 
 TEST(SparseTableTest, CreateFindEraseAcrossSlabs) {
@@ -79,8 +79,8 @@ TEST(SparseTableTest, NewRowIsInitialisedFromKey) {
   uint8_t* rb = b.FindOrCreate(123, 0, &created);
   EXPECT_EQ(std::memcmp(TableSpec::Weights(ra), TableSpec::Weights(rb), 8 * sizeof(float)), 0);
   EXPECT_EQ(spec.State(ra)[7], 0.25f);
-  uint8_t* other_epoch = b.FindOrCreate(124, 3, &created);
-  EXPECT_EQ(TableSpec::Meta(other_epoch)->epoch, 3u);
+  uint8_t* other_generation = b.FindOrCreate(124, 3, &created);
+  EXPECT_EQ(TableSpec::Meta(other_generation)->generation, 3u);
 }
 
 }  // namespace

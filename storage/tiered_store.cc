@@ -13,8 +13,8 @@ constexpr size_t kPendingRows = 4096;
 // enough that the hands of all shards advance together, like one clock.
 constexpr size_t kClockQuantum = 64;
 
-inline bool Stale(const uint8_t* row, uint32_t epoch) {
-  return reinterpret_cast<const RowMeta*>(row)->epoch < epoch;
+inline bool Stale(const uint8_t* row, uint32_t generation) {
+  return reinterpret_cast<const RowMeta*>(row)->generation < generation;
 }
 
 }  // namespace
@@ -82,7 +82,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 }
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                  uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
+                                  uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
                                   uint8_t** rows, bool touch) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();
@@ -101,9 +101,9 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       miss_key_.push_back(keys[i]);
       continue;
     }
-    if (Stale(row, epoch)) {
-      spec.InitRow(keys[i], epoch, row);
-      TableSpec::Meta(row)->last_step = step;
+    if (Stale(row, generation)) {
+      spec.InitRow(keys[i], generation, row);
+      TableSpec::Meta(row)->last_push_seq = push_seq;
     }
     TableSpec::Meta(row)->flags |= touch ? kRowRef | kRowPinned : kRowPinned;
   }
@@ -158,16 +158,16 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
         Charge(t, 1);
         ++read_back;
       }
-      if (Stale(row, epoch)) {
-        spec.InitRow(keys[i], epoch, row);
-        TableSpec::Meta(row)->last_step = step;
+      if (Stale(row, generation)) {
+        spec.InitRow(keys[i], generation, row);
+        TableSpec::Meta(row)->last_push_seq = push_seq;
       }
     } else {
       row = tab.Find(keys[i]);  // a repeated key created earlier in this loop
       if (row == nullptr && create(i)) {
         bool created;
-        row = tab.FindOrCreate(keys[i], epoch, &created);
-        TableSpec::Meta(row)->last_step = step;
+        row = tab.FindOrCreate(keys[i], generation, &created);
+        TableSpec::Meta(row)->last_push_seq = push_seq;
         Charge(t, 1);
       }
     }
@@ -184,11 +184,11 @@ void TieredStore::Unpin(uint8_t** rows, size_t n) {
   }
 }
 
-absl::Status TieredStore::ForEachRow(uint32_t t, uint32_t shard, uint32_t epoch,
+absl::Status TieredStore::ForEachRow(uint32_t t, uint32_t shard, uint32_t generation,
                                      const std::function<void(const uint8_t*)>& fn) {
   ShardTable& tab = table(t, shard);
   tab.ForEach([&](uint64_t, uint8_t* row) {
-    if (!Stale(row, epoch)) fn(row);
+    if (!Stale(row, generation)) fn(row);
   });
   if (spill_ == nullptr) return absl::OkStatus();
   const size_t row_bytes = specs_[t]->row_bytes();
@@ -199,19 +199,19 @@ absl::Status TieredStore::ForEachRow(uint32_t t, uint32_t shard, uint32_t epoch,
                                              row_bytes));
       return false;
     }
-    if (tab.Find(key) == nullptr && !Stale(row, epoch)) fn(row);  // resident copies win
+    if (tab.Find(key) == nullptr && !Stale(row, generation)) fn(row);  // resident copies win
     return true;
   });
   return bad.ok() ? st : bad;
 }
 
-absl::Status TieredStore::Sweep(uint32_t t, uint32_t shard, uint32_t epoch,
+absl::Status TieredStore::Sweep(uint32_t t, uint32_t shard, uint32_t generation,
                                 const std::function<bool(const RowMeta&)>& expired, std::vector<uint64_t>* removed,
                                 uint64_t* stale) {
   std::vector<uint64_t> keys;
   auto consider = [&](const uint8_t* row) {
     const RowMeta& m = *reinterpret_cast<const RowMeta*>(row);
-    if (Stale(row, epoch)) {
+    if (Stale(row, generation)) {
       keys.push_back(m.key);
       ++*stale;
     } else if (expired(m)) {

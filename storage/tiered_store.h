@@ -7,7 +7,7 @@
 // store has written to RocksDB (a KeyFilter per table) are looked up there:
 // a new key's miss costs no RocksDB read.
 //
-// Rows carry a reset epoch: a row older than its table's current epoch is
+// Rows carry a reset generation: a row older than its table's current generation is
 // stale, re-initialised on first touch (resident or spilled) and skipped by
 // scans. That makes a table reset O(1) (see ps::Server's RESET_TABLE).
 //
@@ -61,9 +61,9 @@ class TieredStore {
   uint64_t resident_rows(uint32_t t) const;
 
   // Resolves keys[0, n) of table t (keys[i] in logical shard shards[i]) to
-  // rows: resident, read back from RocksDB, or created (InitRow for `epoch`,
-  // last_step = `step`) if create(i) says so; else rows[i] = nullptr. A row
-  // of an epoch older than `epoch` is re-initialised. Evicts cold rows first
+  // rows: resident, read back from RocksDB, or created (InitRow for `generation`,
+  // last_push_seq = `push_seq`) if create(i) says so; else rows[i] = nullptr. A row
+  // of a generation older than `generation` is re-initialised. Evicts cold rows first
   // to make room. Every returned row is pinned until Unpin(); keys may
   // repeat. `create` is called once per key that has no row anywhere.
   // `touch`: the lookup is a use that earns resident rows CLOCK's second
@@ -72,20 +72,20 @@ class TieredStore {
   // the reference bit: it earns it on its next touching lookup, so a key
   // used once does not push out one used again and again.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
-                                     uint32_t epoch, uint32_t step, const std::function<bool(size_t)>& create,
+                                     uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
                                      uint8_t** rows, bool touch = true);
   void Unpin(uint8_t** rows, size_t n);
 
   // Calls fn(row) for every row of (t, shard) that is not stale for
-  // `epoch`: resident ones, then spilled ones that are not resident. fn gets
+  // `generation`: resident ones, then spilled ones that are not resident. fn gets
   // the whole row; it must not insert or erase.
-  [[nodiscard]] absl::Status ForEachRow(uint32_t t, uint32_t shard, uint32_t epoch,
+  [[nodiscard]] absl::Status ForEachRow(uint32_t t, uint32_t shard, uint32_t generation,
                                         const std::function<void(const uint8_t*)>& fn);
 
-  // Removes the rows of (t, shard) that are stale for `epoch` or for which
+  // Removes the rows of (t, shard) that are stale for `generation` or for which
   // expired(row) holds, from memory and RocksDB. Appends the keys of removed
   // rows that were not stale to *removed (they need tombstones); counts all.
-  [[nodiscard]] absl::Status Sweep(uint32_t t, uint32_t shard, uint32_t epoch,
+  [[nodiscard]] absl::Status Sweep(uint32_t t, uint32_t shard, uint32_t generation,
                                    const std::function<bool(const RowMeta&)>& expired,
                                    std::vector<uint64_t>* removed, uint64_t* stale);
   // Removes the rows of `keys` (all in `shard`) from memory and RocksDB.

@@ -17,8 +17,8 @@
 #include "gtest/gtest.h"
 #include "net/client.h"
 #include "net/transport.h"
+#include "proto/keys.h"
 #include "ps/checkpoint_coordinator.h"
-#include "ps/keys.h"
 #include "ps/server.h"
 #include "storage/checkpoint_files.h"
 #include "tests/cluster_harness.h"
@@ -100,7 +100,7 @@ TEST(CheckpointCrashTest, KilledMidSaveLeavesPreviousCheckpointLoadable) {
 
   auto push = [&](uint64_t first, uint64_t n) {
     std::vector<uint64_t> keys;
-    for (uint64_t i = first; i < first + n; ++i) keys.push_back(ps::Mix64(i));
+    for (uint64_t i = first; i < first + n; ++i) keys.push_back(proto::Mix64(i));
     std::vector<float> g(keys.size() * 16, 0.5f);
     net::Message m;
     m.header.set_command(proto::PUSH);

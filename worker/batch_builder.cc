@@ -12,7 +12,7 @@
 #include "absl/memory/memory.h"
 #include "absl/strings/str_cat.h"
 #include "glog/logging.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::worker {
 namespace {
@@ -114,7 +114,7 @@ BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
   for (const models::AttentionPlan& a : plan_.attention) max_buckets = std::max(max_buckets, a.gap_buckets);
   for (uint32_t b = 0; b < max_buckets; ++b) {
     const std::string text = std::to_string(b);
-    gap_keys_.push_back(ps::Hash64(models::kGapSlot, text));
+    gap_keys_.push_back(proto::Hash64(models::kGapSlot, text));
   }
   selected_.resize(plan_.attention.size());
   tables_.resize(config.tables_size());
@@ -257,7 +257,7 @@ absl::Status BatchBuilder::Select(const ParsedLine& line) {
       const uint32_t slot = parser_.slot(col);
       keys[j].clear();
       ForPiecesAt(line.raw[col], parser_.separator(col), n, back, &pieces_,
-                  [&](std::string_view piece) { keys[j].push_back(ps::Hash64(slot, piece)); });
+                  [&](std::string_view piece) { keys[j].push_back(proto::Hash64(slot, piece)); });
       std::reverse(keys[j].begin(), keys[j].end());  // time order
     }
     if (times_col >= 0) {
@@ -335,7 +335,7 @@ void BatchBuilder::SortTable(const TableState& state, models::TableBatch* out) {
   out->server_begin.assign(num_servers_ + 1, 0);
   pos_.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    const uint32_t shard = ps::ShardOf(state.keys[i], num_shards_);
+    const uint32_t shard = proto::ShardOf(state.keys[i], num_shards_);
     pos_[i] = shard_pos_[shard];
     ++out->server_begin[shard_server_[shard] + 1];
   }

@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "proto/config.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::worker {
 namespace {
@@ -79,7 +79,7 @@ void CheckBatch(const models::Batch& b, const std::vector<std::string>& lines,
       ASSERT_LE(tb.server_begin[s], tb.server_begin[s + 1]);
       int64_t last_shard = -1;
       for (uint32_t k = tb.server_begin[s]; k < tb.server_begin[s + 1]; ++k) {
-        const uint32_t shard = ps::ShardOf(tb.keys[k], map.num_logical_shards());
+        const uint32_t shard = proto::ShardOf(tb.keys[k], map.num_logical_shards());
         EXPECT_EQ(map.server_rank(shard), static_cast<uint32_t>(s))
             << "table " << t << " key " << k;
         EXPECT_GE(static_cast<int64_t>(shard), last_shard);
@@ -272,9 +272,28 @@ TEST(BatchBuilderTest, CreateRejectsBadShardMaps) {
   EXPECT_FALSE(BatchBuilder::Create(bad, ShardMap(8, 2), 2).ok());
 }
 
-TEST(BatchBuilderDeathTest, ConstructorChecksInputs) {
-  proto::ShardMap map = ShardMap(8, 2);
-  map.set_server_rank(0, 5);
+// The shard map arrives over the network, so a bad one is a status from
+// Create (naming the shard and the problem), never a crash.
+TEST(BatchBuilderTest, CreateRefusesABadShardMap) {
+  const proto::JobConfig config = Config();
+  ASSERT_TRUE(BatchBuilder::Create(config, ShardMap(8, 2), 2).ok());
+
+  proto::ShardMap rank_too_high = ShardMap(8, 2);
+  rank_too_high.set_server_rank(3, 5);
+  absl::StatusOr<std::unique_ptr<BatchBuilder>> b = BatchBuilder::Create(config, rank_too_high, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(b.status().message().find("shard 3 is on server 5 of only 2"), std::string::npos) << b.status();
+
+  proto::ShardMap short_map = ShardMap(8, 2);
+  short_map.mutable_server_rank()->RemoveLast();
+  b = BatchBuilder::Create(config, short_map, 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("7 server ranks for 8 logical shards"), std::string::npos) << b.status();
+
+  b = BatchBuilder::Create(config, ShardMap(0, 2), 2);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("num_logical_shards must be >= 1"), std::string::npos) << b.status();
 }
 
 double ThreadSeconds() {
@@ -374,9 +393,9 @@ TEST(BatchBuilderTest, AttentionViewsSelectWhatIsPulled) {
     for (uint32_t r = v.offsets[sample]; r < v.offsets[sample + 1]; ++r) out.push_back(b.tables[v.table].keys[v.rows[r]]);
     return out;
   };
-  auto item = [](const char* v) { return ps::Hash64(2, v); };
-  auto cat = [](const char* v) { return ps::Hash64(3, v); };
-  auto gap = [](const char* v) { return ps::Hash64(models::kGapSlot, v); };
+  auto item = [](const char* v) { return proto::Hash64(2, v); };
+  auto cat = [](const char* v) { return proto::Hash64(3, v); };
+  auto gap = [](const char* v) { return proto::Hash64(models::kGapSlot, v); };
   EXPECT_TRUE(b.sparse[2].rows.empty());  // hist_items: attention only
   EXPECT_TRUE(b.sparse[3].rows.empty());
   EXPECT_EQ(keys_of(4, 0), (std::vector<uint64_t>{item("3"), item("4")}));
@@ -414,12 +433,12 @@ TEST(BatchBuilderTest, HardSearchMatchesWholePiecesOnly) {
   models::Batch b = (*builder)->Finish();
   const models::SparseColumnBatch& v = b.sparse[4];
   ASSERT_EQ(v.rows.size(), 2u);
-  EXPECT_EQ(b.tables[0].keys[v.rows[0]], ps::Hash64(2, "100"));
-  EXPECT_EQ(b.tables[0].keys[v.rows[1]], ps::Hash64(2, "150"));
+  EXPECT_EQ(b.tables[0].keys[v.rows[0]], proto::Hash64(2, "100"));
+  EXPECT_EQ(b.tables[0].keys[v.rows[1]], proto::Hash64(2, "150"));
   // Their gaps, 900 and 850 with unit 10: floor(log2(91)) = floor(log2(86)) = 6.
   const models::SparseColumnBatch& g = b.sparse[6];
   ASSERT_EQ(g.rows.size(), 2u);
-  EXPECT_EQ(b.tables[2].keys[g.rows[0]], ps::Hash64(models::kGapSlot, "6"));
+  EXPECT_EQ(b.tables[2].keys[g.rows[0]], proto::Hash64(models::kGapSlot, "6"));
 }
 
 }  // namespace

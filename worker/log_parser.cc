@@ -13,7 +13,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "proto/config.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::worker {
 namespace {
@@ -181,7 +181,7 @@ void LogParser::AppendKeys(const Column& c, std::string_view value,
                            std::vector<uint64_t>* keys) const {
   if (value.empty() || IsMissing(c, value)) return;
   if (c.type == ColumnConfig::SPARSE) {
-    keys->push_back(ps::Hash64(c.slot, value));
+    keys->push_back(proto::Hash64(c.slot, value));
     return;
   }
   const char sep = c.separator;
@@ -199,7 +199,7 @@ void LogParser::AppendKeys(const Column& c, std::string_view value,
       s = s != begin ? s - 1 : nullptr;
       std::string_view piece(piece_begin, piece_end - piece_begin);
       if (!piece.empty() && !IsMissing(c, piece)) {
-        keys->push_back(ps::Hash64(c.slot, piece));
+        keys->push_back(proto::Hash64(c.slot, piece));
         if (++kept == c.max_len) break;
       }
       if (s == nullptr) break;
@@ -218,7 +218,7 @@ void LogParser::AppendKeys(const Column& c, std::string_view value,
     if (s == end) s = nullptr;
     std::string_view piece(p, piece_end - p);
     if (!piece.empty() && !IsMissing(c, piece)) {
-      keys->push_back(ps::Hash64(c.slot, piece));
+      keys->push_back(proto::Hash64(c.slot, piece));
       if (++kept == c.max_len) break;  // never true for max_len 0
     }
     if (s == nullptr) break;

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "proto/config.h"
-#include "ps/keys.h"
+#include "proto/keys.h"
 
 namespace ember::worker {
 namespace {
@@ -64,7 +64,7 @@ class LogParserTest : public ::testing::Test {
     return std::string(st.message());
   }
 
-  static uint64_t H(uint32_t slot, std::string_view v) { return ps::Hash64(slot, v); }
+  static uint64_t H(uint32_t slot, std::string_view v) { return proto::Hash64(slot, v); }
 
   std::unique_ptr<LogParser> parser_;
   ParsedLine out_;
@@ -150,8 +150,8 @@ data {
   for (int i = 0; i < 100; ++i) {
     absl::StrAppend(&seq, i == 0 ? "" : ";", "v", i);
     absl::StrAppend(&multi, i == 0 ? "" : ",", "m", i);
-    want_seq.push_back(ps::Hash64(3, absl::StrCat("v", i)));
-    want_multi.push_back(ps::Hash64(2, absl::StrCat("m", i)));
+    want_seq.push_back(proto::Hash64(3, absl::StrCat("v", i)));
+    want_multi.push_back(proto::Hash64(2, absl::StrCat("m", i)));
   }
   ASSERT_TRUE(p->Parse(absl::StrCat("1\t", multi, "\t", seq, "\t", seq, ";"), &out).ok());
   ASSERT_EQ(out.key_begin, (std::vector<uint32_t>{0, 100, 200, 201}));

@@ -347,18 +347,30 @@ void DiceBackward(absl::Span<const T> alpha, ConstMatrixRef<T> x, ConstMatrixRef
 // ---------------------------------------------------------------------------
 // Softmax
 
+// One scalar kernel per row, in index order, for any alignment and either
+// aliasing: Eigen's vectorised exp and reductions peel a buffer's unaligned
+// head with scalar code, so the same values at two addresses (y aliasing x or
+// not) could round differently in the last place. Rows are a few experts
+// wide, so the packets bought nothing.
 template <typename T>
 void SoftmaxForward(ConstMatrixRef<T> x, MatrixRef<T> y) {
   DCHECK_EQ(y.rows(), x.rows());
   DCHECK_EQ(y.cols(), x.cols());
-  if (x.cols() == 0) return;
+  const Eigen::Index n = x.cols();
+  if (n == 0) return;
   for (Eigen::Index r = 0; r < x.rows(); ++r) {
     // Shifting by the row max keeps exp <= 1: no overflow, and the largest
     // term is exactly 1, so the sum is >= 1.
-    const T m = x.row(r).maxCoeff();
-    auto yr = y.row(r);
-    yr.array() = (x.row(r).array() - m).exp();
-    yr *= T(1) / yr.sum();
+    T m = x(r, 0);
+    for (Eigen::Index j = 1; j < n; ++j) m = std::max(m, x(r, j));
+    T sum = 0;
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const T e = std::exp(x(r, j) - m);
+      y(r, j) = e;
+      sum += e;
+    }
+    const T inv = T(1) / sum;
+    for (Eigen::Index j = 0; j < n; ++j) y(r, j) *= inv;
   }
 }
 
@@ -368,9 +380,11 @@ void SoftmaxBackward(ConstMatrixRef<T> y, ConstMatrixRef<T> dy, MatrixRef<T> dx)
   DCHECK_EQ(dy.cols(), y.cols());
   DCHECK_EQ(dx.rows(), y.rows());
   DCHECK_EQ(dx.cols(), y.cols());
+  const Eigen::Index n = y.cols();
   for (Eigen::Index r = 0; r < y.rows(); ++r) {
-    const T s = dy.row(r).dot(y.row(r));
-    dx.row(r).array() = y.row(r).array() * (dy.row(r).array() - s);
+    T s = 0;
+    for (Eigen::Index j = 0; j < n; ++j) s += dy(r, j) * y(r, j);
+    for (Eigen::Index j = 0; j < n; ++j) dx(r, j) = y(r, j) * (dy(r, j) - s);
   }
 }
 

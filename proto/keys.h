@@ -1,13 +1,15 @@
 // Feature keys and their placement: key = Hash64(slot, raw value);
-// key -> logical shard -> server (through the scheduler's ShardMap).
-#ifndef EMBER_PS_KEYS_H_
-#define EMBER_PS_KEYS_H_
+// key -> logical shard -> server (through the scheduler's ShardMap). Part of
+// the protocol and the checkpoint format (docs/wire_format.md), so it lives in
+// proto/ where every layer may include it.
+#ifndef EMBER_PROTO_KEYS_H_
+#define EMBER_PROTO_KEYS_H_
 
 #include <cstdint>
 #include <cstring>
 #include <string_view>
 
-namespace ember::ps {
+namespace ember::proto {
 
 // 64-bit mix with full avalanche (the finaliser of SplitMix64).
 inline uint64_t Mix64(uint64_t x) {
@@ -54,6 +56,6 @@ inline uint32_t ShardOf(uint64_t key, uint32_t num_shards) {
   return static_cast<uint32_t>((h * num_shards) >> 32);
 }
 
-}  // namespace ember::ps
+}  // namespace ember::proto
 
-#endif  // EMBER_PS_KEYS_H_
+#endif  // EMBER_PROTO_KEYS_H_
