@@ -1,5 +1,7 @@
 #include "storage/key_filter.h"
 
+#include "proto/keys.h"
+
 namespace ember::storage {
 namespace {
 
@@ -8,15 +10,8 @@ constexpr size_t kWordsPerBlock = 8;  // one cache line
 constexpr int kProbes = 6;
 constexpr size_t kGrowth = 4;
 
-// SplitMix64's finaliser: keys may be sequential (tests, benches), so remix.
-inline uint64_t Remix(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
+// Keys may be sequential (tests, benches), so remix them first.
+inline uint64_t Remix(uint64_t x) { return proto::Mix64(x); }
 
 // The block of hash h among n: multiply-shift on the high half.
 inline size_t BlockOf(uint64_t h, size_t n) { return static_cast<size_t>(((h >> 32) * n) >> 32); }
