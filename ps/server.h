@@ -91,8 +91,9 @@ class Server {
   // Thread-safe; makes Run return after the requests in progress finish.
   void Stop();
 
-  // Thread-safe snapshot. rows/memory_bytes are summed by the handler
-  // threads and are at most one request stale.
+  // Thread-safe snapshot. rows/memory_bytes are gauges the handler threads
+  // refresh every 16th request they serve (and at STATS), so they may lag
+  // by up to 15 requests per handler; the counters are exact.
   ServerStats stats() const;
 
  private:
