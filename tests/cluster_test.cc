@@ -113,6 +113,30 @@ TEST(ClusterTest, ExceededBadLineBudgetFailsTheJobAndStopsEveryone) {
   const std::string slog = ReadFile(c.scheduler().log());
   EXPECT_NE(slog.find("bad-line budget exceeded"), std::string::npos) << slog;
   EXPECT_NE(slog.find("data.max_bad_lines=1"), std::string::npos) << slog;
+  // The cause reaches the scheduler (so the console), with file:line.
+  EXPECT_NE(slog.find("part-00000.tsv:10: "), std::string::npos) << slog;
+}
+
+// A config with one column too few makes every line bad. The worker stops at
+// the budget (1000 by default) instead of reading all 200,000 lines, and the
+// scheduler's error carries the first causes.
+TEST(ClusterTest, EveryLineBadStopsAtTheBudgetWithTheCause) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=200000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  std::string text = ReadFile(LocalConfig());
+  const size_t last = text.rfind("  columns {");
+  ASSERT_NE(last, std::string::npos);
+  text.erase(last, text.find('}', last) + 1 - last);
+  const std::string conf = tmp.path() + "/job.conf";
+  WriteFile(conf, text);
+  Cluster c(tmp.path(), conf, 1, 1, {"--data_dir=" + data, "--epochs=1"});
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(3))) << "processes left running";
+  EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0);
+  const std::string slog = ReadFile(c.scheduler().log());
+  EXPECT_NE(slog.find("bad-line budget exceeded: 1001 malformed lines (data.max_bad_lines=1000)"), std::string::npos)
+      << slog;
+  EXPECT_NE(slog.find("part-00000.tsv:1: expected 10 columns, got 11"), std::string::npos) << slog;
 }
 
 TEST(ClusterTest, KilledWorkerIsDetectedAndTheClusterStops) {
