@@ -114,6 +114,8 @@ fi
 if [ -n "$data_dir" ] && [ ! -e "$data_dir" ]; then
   echo "generating data in $data_dir ..."
   "$ember" gen-data --out="$data_dir" "${gen_flags[@]+"${gen_flags[@]}"}"
+elif [ "${#gen_flags[@]}" -gt 0 ]; then
+  echo "note: $data_dir exists, so it is trained on as it is; the --gen flags apply only to a new directory" >&2
 fi
 
 [ -n "$log_dir" ] || log_dir="$EMBER_ROOT/out/local-$(date +%Y%m%d-%H%M%S)"
