@@ -6,7 +6,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -71,46 +70,49 @@ DEFINE_bool(exit_with_parent, false, "Die with the process that started this one
 namespace ember {
 namespace {
 
-constexpr char kUsage[] =
-    "distributed parameter server for sparse recommendation models.\n\n"
-    "Usage: ember <command> [--flags]\n\n"
-    "Commands:\n"
-    "  scheduler --config=JOB.conf --port=P [--data_dir=DIR]   run a job: waits for the servers and\n"
-    "            workers, drives epochs and evaluation, prints the final line\n"
-    "  server    --scheduler=tcp://HOST:P [--host=H --port=P]  serve sparse tables and dense slices\n"
-    "  worker    --scheduler=tcp://HOST:P                      train a model replica\n"
-    "  gen-data  --out=DIR [--train_rows=N ...]               write a synthetic click log with its oracle AUC\n"
-    "  convert   FORMAT --input=PATH --out=DIR                turn a public data set (movielens, census,\n"
-    "            criteo, avazu) into ember's log files and a job config (DIR/job.conf)\n"
-    "  inspect   CKPT_DIR [--sample_rows=N]                   print a checkpoint and verify every byte;\n"
-    "            exit code 0 if it all verifies, 1 otherwise\n\n"
-    "`ember <command> --help` lists that command's flags.";
-
 // Prints the error once, as "error: <message>" on stderr, and returns the
 // exit code 1. (Not through glog too: the console would show it twice.)
 // Each command's own flags, for `ember <command> --help`.
 struct CommandHelp {
   const char* command;
-  const char* usage;
+  const char* usage;    // the synopsis
+  const char* summary;  // what it does, for `ember --help`
   std::vector<const char*> flags;
 };
 
 const std::vector<CommandHelp>& Commands() {
   static const std::vector<CommandHelp> commands = {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
+       "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
        {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file",
         "exit_with_parent", "log_dir"}},
-      {"server", "ember server --scheduler=tcp://HOST:P [flags]",
+      {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
        {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
-      {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", {"scheduler", "exit_with_parent", "log_dir"}},
-      {"gen-data", "ember gen-data --out=DIR [flags]",
+      {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
+       {"scheduler", "exit_with_parent", "log_dir"}},
+      {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
       {"convert", "ember convert FORMAT --input=PATH --out=DIR [flags]   (FORMAT: movielens, census, criteo, avazu)",
+       "turn a public data set into ember's log files and a job config (DIR/job.conf)",
        {"input", "out", "max_history", "max_bad_lines", "seed", "overwrite"}},
-      {"inspect", "ember inspect CKPT_DIR [flags]", {"sample_rows"}},
+      {"inspect", "ember inspect CKPT_DIR [flags]",
+       "print a checkpoint and verify every byte; exit code 0 if it all verifies, 1 otherwise", {"sample_rows"}},
   };
   return commands;
+}
+
+// `ember --help`: every command's synopsis and summary, from Commands().
+const std::string& Usage() {
+  static const std::string usage = [] {
+    std::string u =
+        "distributed parameter server for sparse recommendation models.\n\n"
+        "Usage: ember <command> [--flags]\n\nCommands:\n";
+    for (const CommandHelp& c : Commands()) absl::StrAppend(&u, "  ", c.usage, "\n      ", c.summary, "\n");
+    absl::StrAppend(&u, "\n`ember <command> --help` lists that command's flags.");
+    return u;
+  }();
+  return usage;
 }
 
 // Prints `command`'s usage and its flags (name, type, default, meaning).
@@ -344,11 +346,6 @@ int RunConvert(const std::string& format) {
 
 // Prints and verifies one checkpoint directory; the report goes to stdout.
 int RunInspect(const std::string& dir) {
-  std::error_code ec;
-  if (!std::filesystem::exists(dir, ec)) return ErrorExit(absl::NotFoundError(absl::StrCat("no such directory: ", dir)));
-  if (!std::filesystem::is_directory(dir, ec)) {
-    return ErrorExit(absl::InvalidArgumentError(absl::StrCat(dir, " is not a directory (give a checkpoint directory)")));
-  }
   absl::Status st = storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
   std::cout.flush();
   if (!st.ok()) return ErrorExit(st);
@@ -359,19 +356,19 @@ int RunInspect(const std::string& dir) {
 }  // namespace ember
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage(ember::kUsage);
+  gflags::SetUsageMessage(ember::Usage());
   gflags::SetVersionString("0.1");
   // `ember <command> --help`: that command's flags; `ember --help`: the commands.
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0 ||
         std::strcmp(argv[i], "--helpshort") == 0) {
       if (argc > 1 && argv[1][0] != '-' && ember::PrintCommandHelp(argv[1])) return 0;
-      std::printf("%s\n", ember::kUsage);
+      std::printf("%s\n", ember::Usage().c_str());
       return 0;
     }
   }
   if (argc < 2 || argv[1][0] == '-') {
-    std::fprintf(stderr, "%s\n", ember::kUsage);
+    std::fprintf(stderr, "%s\n", ember::Usage().c_str());
     return 2;
   }
   const std::string command = argv[1];
@@ -392,7 +389,7 @@ int main(int argc, char** argv) {
   --argc;
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   if (argc > 1) {
-    std::fprintf(stderr, "error: unexpected argument '%s'\n%s\n", argv[1], ember::kUsage);
+    std::fprintf(stderr, "error: unexpected argument '%s'\n%s\n", argv[1], ember::Usage().c_str());
     return 2;
   }
   // Logs go to stderr unless --log_dir asks for files.
@@ -415,6 +412,6 @@ int main(int argc, char** argv) {
   if (command == "gen-data") return ember::RunGenData();
   if (command == "convert") return ember::RunConvert(positional);
   if (command == "inspect") return ember::RunInspect(positional);
-  std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::kUsage);
+  std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::Usage().c_str());
   return 2;
 }

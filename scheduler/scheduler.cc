@@ -52,16 +52,13 @@ double ReadOracleAuc(const std::string& path) {
   return kNaN;
 }
 
-// " key=value" with 4 decimals, or nothing when the figure is undefined (an
-// AUC over one class, a GAUC without data.user_column): NaN never reaches
-// the output.
-void AppendFigure(std::string* line, const std::string& key, double v) {
-  if (std::isfinite(v)) absl::StrAppendFormat(line, " %s=%.4f", key, v);
-}
-
-// Why a task's eval figure is missing, for the eval line.
-std::string Undefined(const std::string& name, double v, const std::string& why) {
-  return std::isfinite(v) ? absl::StrFormat(" %s=%.4f", name, v) : absl::StrCat(" ", name, "=n/a (", why, ")");
+// " key=value" with 4 decimals when the figure is defined. An undefined one
+// (NaN: an AUC over one class, a GAUC without data.user_column, no oracle for
+// real data) never prints as nan: it is left out, or, given `why`, shown as
+// " key=n/a (why)".
+std::string Figure(const std::string& key, double v, const std::string& why = "") {
+  if (std::isfinite(v)) return absl::StrFormat(" %s=%.4f", key, v);
+  return why.empty() ? "" : absl::StrCat(" ", key, "=n/a (", why, ")");
 }
 
 // A job id: the config's name (or "job"), reduced to [A-Za-z0-9_-], plus the
@@ -80,15 +77,12 @@ std::string NewJobId(const std::string& name) {
 }  // namespace
 
 std::string FinalLine(const JobResult& r) {
-  std::string line = "final:";
-  AppendFigure(&line, "auc", r.auc);
-  AppendFigure(&line, "oracle_auc", r.oracle_auc);
-  AppendFigure(&line, "logloss", r.logloss);
+  std::string line = absl::StrCat("final:", Figure("auc", r.auc), Figure("oracle_auc", r.oracle_auc),
+                                  Figure("logloss", r.logloss));
   absl::StrAppendFormat(&line, " samples=%d samples_per_sec=%.0f", r.samples, r.samples_per_sec);
   for (const TaskResult& t : r.tasks) {
-    AppendFigure(&line, "auc_" + t.name, t.auc);
-    AppendFigure(&line, "gauc_" + t.name, t.gauc);
-    AppendFigure(&line, "logloss_" + t.name, t.logloss);
+    absl::StrAppend(&line, Figure("auc_" + t.name, t.auc), Figure("gauc_" + t.name, t.gauc),
+                    Figure("logloss_" + t.name, t.logloss));
   }
   return line;
 }
@@ -451,9 +445,9 @@ class Scheduler::Impl {
         r.gauc = opt_.config.data().user_column().empty() ? kNaN : models::GroupAuc(scores, labels, eval_users_);
         const bool no_users = opt_.config.data().user_column().empty();
         opt_.print(absl::StrCat("eval after epoch ", phase_.epoch() + 1, ": task=", r.name,
-                                Undefined("auc", r.auc, n == 0 ? "no test samples" : "the test labels are all one class"),
-                                Undefined("gauc", r.gauc, no_users ? "no data.user_column" : "no user has both classes"),
-                                Undefined("logloss", r.logloss, "no test samples"), " samples=", n));
+                                Figure("auc", r.auc, n == 0 ? "no test samples" : "the test labels are all one class"),
+                                Figure("gauc", r.gauc, no_users ? "no data.user_column" : "no user has both classes"),
+                                Figure("logloss", r.logloss, "no test samples"), " samples=", n));
       }
       result_.auc = result_.tasks[0].auc;
       result_.gauc = result_.tasks[0].gauc;

@@ -111,6 +111,12 @@ void PrintChain(const std::string& dir, const proto::CheckpointManifest& m, std:
 }  // namespace
 
 absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ostream& out) {
+  // A wrong path is not a damaged checkpoint: say which it is.
+  std::error_code ec;
+  if (!std::filesystem::exists(dir, ec)) return absl::NotFoundError(absl::StrCat("no such directory: ", dir));
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " is not a directory (give a checkpoint directory)"));
+  }
   absl::StatusOr<proto::CheckpointManifest> read = ReadManifest(dir);
   if (!read.ok()) {
     out << "checkpoint " << dir << "\n  FAILED: " << read.status().message() << "\n";

@@ -21,6 +21,8 @@ namespace ember::storage {
 // (its message names the file), after printing the whole report; an
 // unreadable MANIFEST ends the report early. Reads the whole checkpoint
 // twice (files, then blocks); blocking; writes nothing. Thread-safe.
+// NotFound ("no such directory") if `dir` does not exist, InvalidArgument if
+// it is not a directory; nothing is printed then.
 [[nodiscard]] absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ostream& out);
 
 }  // namespace ember::storage

@@ -42,11 +42,11 @@ absl::StatusOr<int> LockSpillDir(const std::string& dir) {
   fs::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("RocksDB tier: cannot create ", dir, ": ", ec.message()));
   const fs::path lock = fs::path(dir) / kLockFile;
-  bool ours = fs::exists(lock, ec);
-  if (!ours) {
-    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+  if (!fs::exists(lock, ec)) {
+    const std::vector<fs::path> foreign = ContentsBesidesLock(dir);
+    if (!foreign.empty()) {
       return absl::FailedPreconditionError(
-          absl::StrCat("RocksDB tier: ", dir, " holds ", it->path().filename().string(),
+          absl::StrCat("RocksDB tier: ", dir, " holds ", foreign[0].filename().string(),
                        " and is not an ember spill directory (no ", kLockFile,
                        "); set storage.spill_path to a directory of its own"));
     }
