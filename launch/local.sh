@@ -4,8 +4,14 @@
 # scheduler, S servers and W workers on 127.0.0.1, trains, evaluates, stops
 # everything, and ends with
 #   final: auc=<a> [oracle_auc=<o>] logloss=<l> samples=<n> samples_per_sec=<r> ...
-# If any process fails, every process is stopped and the exit code is non-zero.
-# The processes die with this script, even if it is killed with SIGKILL.
+# The job checkpoints into <log dir>/checkpoints (or --checkpoint-dir). A
+# process killed by a signal (kill -9, the OOM killer) is started again, as
+# Kubernetes or Slurm would: a server or worker alone (the scheduler restores
+# every server from the newest checkpoint, or requeues the worker's chunks),
+# the scheduler with the whole cluster and --resume; at most --max-restarts
+# times. A process that exits with an error stops the job. Ctrl-C (or SIGTERM)
+# checkpoints, stops every process, and prints how to resume. The processes
+# die with this script, even if it is killed with SIGKILL.
 #
 # Data: it never deletes or overwrites data it did not generate. --data-dir
 # DIR trains on DIR/train and DIR/test whatever wrote them (ember convert, ember
@@ -27,6 +33,10 @@ install=1
 gen_flags=()
 cmake_flags=()
 binary=""
+checkpoint_dir=""
+checkpoint_every=0
+resume=0
+max_restarts=3
 
 usage() {
   cat <<USAGE
@@ -50,6 +60,11 @@ Usage: launch/local.sh [options]
   --no-install     do not apt-get missing packages
   --cmake FLAG     extra cmake flag for the build (repeatable), e.g. --cmake -DEMBER_MARCH=native
   --binary PATH    use this ember binary: no install, no build
+  --checkpoint-dir DIR  where the job's checkpoints go (default: <log dir>/checkpoints)
+  --checkpoint-every S  take a checkpoint every S seconds of training (default: the config's)
+  --resume DIR     continue the job whose checkpoints are in DIR (the same
+                   --config/--data-dir as the run that wrote them)
+  --max-restarts N processes killed by a signal are started again up to N times in all (default 3)
 USAGE
 }
 
@@ -69,15 +84,23 @@ while [ $# -gt 0 ]; do
     --gen) gen_flags+=("$2"); generate=1; shift 2 ;;
     --cmake) cmake_flags+=("$2"); shift 2 ;;
     --binary) binary="$2"; shift 2 ;;
+    --checkpoint-dir) checkpoint_dir="$2"; shift 2 ;;
+    --checkpoint-every) checkpoint_every="$2"; shift 2 ;;
+    --resume) checkpoint_dir="$2"; resume=1; shift 2 ;;
+    --max-restarts) max_restarts="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in servers workers port server_port epochs; do
+for v in servers workers port server_port epochs checkpoint_every max_restarts; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --$v must be a number, got '${!v}'" >&2; exit 2; }
 done
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
 [ -f "$config" ] || { echo "error: --config: no such file: $config" >&2; exit 2; }
+if [ "$resume" -eq 1 ] && [ ! -d "$checkpoint_dir" ]; then
+  echo "error: --resume $checkpoint_dir: no such directory (give the checkpoint directory a stopped run printed)" >&2
+  exit 2
+fi
 # The demo: the default config on the default, generated-on-first-use data.
 if [ -z "$data_dir" ] && [ "$config_given" -eq 0 ]; then
   data_dir="$default_data_dir"
@@ -122,70 +145,142 @@ fi
 mkdir -p "$log_dir"
 echo "logs in $log_dir"
 
+[ -n "$checkpoint_dir" ] || checkpoint_dir="$log_dir/checkpoints"
+endpoint="tcp://127.0.0.1:$port"
+
 pids=()
 roles=()  # roles[i] names pids[i]: "scheduler", "server 1", "worker 2"
+tail_pid=""
 cleanup() {
   local p
+  [ -n "$tail_pid" ] && kill "$tail_pid" 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C or SIGTERM: the scheduler checkpoints and stops every process; a
+# second one stops at once.
+stopping=0
+on_stop() {
+  if [ "$stopping" -eq 1 ]; then exit 130; fi
+  stopping=1
+  echo "stopping: the scheduler checkpoints and stops the cluster (again to stop at once) ..." >&2
+  kill -TERM "${pids[0]}" 2>/dev/null || true
+}
+trap on_stop INT TERM
 
+# start_process INDEX ROLE CMD...: starts a process into slot INDEX of
+# pids/roles (appending its log), as a child that dies with this script.
+start_process() {
+  local i=$1 role=$2; shift 2
+  local log="$log_dir/${role// /}.log" out=/dev/null
+  if [ "$role" = scheduler ]; then
+    log="$log_dir/scheduler.log"
+    out="$log_dir/scheduler.out"
+  fi
+  "$@" --exit_with_parent >>"$out" 2>>"$log" &
+  pids[$i]=$!
+  roles[$i]="$role"
+}
 sched_flags=(--config="$config" --port="$port" --num_servers="$servers"
-             --num_workers="$workers" --result_file="$log_dir/result.txt" --exit_with_parent)
+             --num_workers="$workers" --result_file="$log_dir/result.txt"
+             --checkpoint_dir="$checkpoint_dir" --metrics_file="$log_dir/metrics.jsonl")
 [ -n "$data_dir" ] && sched_flags+=(--data_dir="$data_dir")
 [ "$epochs" -gt 0 ] && sched_flags+=(--epochs="$epochs")
-"$ember" scheduler "${sched_flags[@]}" >"$log_dir/scheduler.out" 2>"$log_dir/scheduler.log" &
-pids+=($!); roles+=("scheduler")
-endpoint="tcp://127.0.0.1:$port"
-for i in $(seq 1 "$servers"); do
-  sport=0
-  [ "$server_port" -gt 0 ] && sport=$((server_port + i - 1))
-  "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport" --exit_with_parent \
-    >"$log_dir/server$i.log" 2>&1 &
-  pids+=($!); roles+=("server $i")
-done
-for i in $(seq 1 "$workers"); do
-  "$ember" worker --scheduler="$endpoint" --exit_with_parent >"$log_dir/worker$i.log" 2>&1 &
-  pids+=($!); roles+=("worker $i")
-done
-# The scheduler's progress lines, live.
-tail -n +1 -f "$log_dir/scheduler.out" --pid="${pids[0]}" 2>/dev/null | grep -v '^final:' &
+[ "$checkpoint_every" -gt 0 ] && sched_flags+=(--checkpoint_every_seconds="$checkpoint_every")
+start_scheduler() {  # [--resume]
+  start_process 0 scheduler "$ember" scheduler "${sched_flags[@]}" "$@"
+}
+start_server() {  # INDEX (1-based)
+  local sport=0
+  [ "$server_port" -gt 0 ] && sport=$((server_port + $1 - 1))
+  start_process "$1" "server $1" "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport"
+}
+start_worker() {  # INDEX (1-based)
+  start_process $((servers + $1)) "worker $1" "$ember" worker --scheduler="$endpoint"
+}
+start_cluster() {  # [--resume]
+  start_scheduler "$@"
+  local i
+  for i in $(seq 1 "$servers"); do start_server "$i"; done
+  for i in $(seq 1 "$workers"); do start_worker "$i"; done
+}
+if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
+# The scheduler's progress lines, live (the file outlives restarts).
+tail -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
-# Poll every process; the first failure stops the rest.
+# Poll every process. One killed by a signal (not ours) is started again;
+# any other failure stops the rest.
 status=0
 failed=""
-running=("${!pids[@]}")  # indices into pids/roles
-while [ ${#running[@]} -gt 0 ] && [ "$status" -eq 0 ]; do
-  still=()
-  for i in "${running[@]}"; do
+restarts=0
+finished=()  # finished[i]=1 once pids[i] exited 0
+while [ "$status" -eq 0 ]; do
+  alive=0
+  for i in "${!pids[@]}"; do
+    [ "${finished[$i]:-0}" -eq 1 ] && continue
     p="${pids[$i]}"
     if kill -0 "$p" 2>/dev/null; then
-      still+=("$i")
-    else
-      set +e
-      wait "$p"
-      rc=$?
-      set -e
-      if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then  # the first failure; the rest follow from it
-        status=$rc
-        failed="${roles[$i]}"
-        how="exited with status $rc"
-        [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
-        echo "error: $failed (pid $p) $how; stopping the cluster (logs in $log_dir)" >&2
-      fi
+      alive=1
+      continue
     fi
+    set +e
+    { wait "$p"; rc=$?; } 2>/dev/null  # (bash would print "Killed")
+    set -e
+    if [ "$rc" -eq 0 ]; then
+      finished[$i]=1
+      continue
+    fi
+    how="exited with status $rc"
+    [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
+    role="${roles[$i]}"
+    sched_alive=0
+    kill -0 "${pids[0]}" 2>/dev/null && sched_alive=1
+    if [ "$rc" -gt 128 ] && [ "$stopping" -eq 0 ] && [ "$restarts" -lt "$max_restarts" ] &&
+       { [ "$role" = scheduler ] || [ "$sched_alive" -eq 1 ]; }; then
+      restarts=$((restarts + 1))
+      if [ "$role" = scheduler ]; then
+        if [ -z "$(ls -d "$checkpoint_dir"/ckpt-* 2>/dev/null)" ]; then
+          echo "error: the scheduler (pid $p) $how before the first checkpoint; nothing to resume" >&2
+          status=$rc; failed=scheduler; break
+        fi
+        echo "restart $restarts/$max_restarts: the scheduler (pid $p) $how; restarting the cluster with --resume" >&2
+        for j in "${!pids[@]}"; do [ "$j" -ne 0 ] && kill -9 "${pids[$j]}" 2>/dev/null || true; done
+        wait 2>/dev/null || true
+        finished=()
+        start_cluster --resume
+      else
+        echo "restart $restarts/$max_restarts: $role (pid $p) $how; starting a new one" >&2
+        case "$role" in
+          server*) start_server "${role#server }" ;;
+          worker*) start_worker "${role#worker }" ;;
+        esac
+      fi
+      alive=1
+      continue
+    fi
+    status=$rc
+    failed="$role"
+    echo "error: $failed (pid $p) $how; stopping the cluster (logs in $log_dir)" >&2
+    break
   done
-  running=("${still[@]+"${still[@]}"}")
-  [ ${#running[@]} -gt 0 ] && sleep 0.5
-done
+  [ "$alive" -eq 0 ] && break
+  [ "$status" -eq 0 ] && sleep 0.5
+# bash reports a child killed by a signal ("line N: PID Killed ..."), the
+# restart line says it better.
+done 2> >(grep --line-buffered -Ev '^[^ ]*local\.sh: line [0-9]+: +[0-9]+ Killed' >&2)
+kill "$tail_pid" 2>/dev/null || true
+wait "$tail_pid" 2>/dev/null || true
+tail_pid=""
 cleanup
 pids=()
-wait "$tail_pid" 2>/dev/null || true
+if [ "$status" -eq 0 ] && grep -q '^stopped:' "$log_dir/scheduler.out"; then
+  echo "stopped; to continue the job: launch/local.sh --resume $checkpoint_dir (with the same --config/--data-dir)"
+  exit 0
+fi
 if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
   # Why, once: the scheduler's error (the job's view) first, then the failed
   # process's, then the rest, tagged by log; a line that repeats one already

@@ -4,6 +4,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -40,6 +41,11 @@ DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler
 DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
 DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
+DEFINE_bool(resume, false, "Continue the job from the newest complete checkpoint under checkpoint.dir (`scheduler`).");
+DEFINE_string(checkpoint_dir, "", "Overrides checkpoint.dir: where the job's checkpoints go (`scheduler`).");
+DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`).");
+DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
+                                "launch/plot.py draws them (`scheduler`).");
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`, `convert`).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
@@ -84,8 +90,8 @@ const std::vector<CommandHelp>& Commands() {
   static const std::vector<CommandHelp> commands = {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
-       {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file",
-        "exit_with_parent", "log_dir"}},
+       {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
+        "checkpoint_dir", "checkpoint_every_seconds", "metrics_file", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
        {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
@@ -155,6 +161,24 @@ absl::Status CheckPort(bool required) {
   return absl::OkStatus();
 }
 
+std::atomic<bool> g_stop_requested{false};
+
+void OnStopSignal(int) {
+  g_stop_requested.store(true);
+  // The next one is not caught.
+  signal(SIGTERM, SIG_DFL);
+  signal(SIGINT, SIG_DFL);
+}
+
+void InstallStopHandler() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
 int RunScheduler() {
   if (FLAGS_config.empty()) return ErrorExit(absl::InvalidArgumentError("flag --config: required"));
   if (absl::Status st = CheckPort(true); !st.ok()) return ErrorExit(st);
@@ -170,6 +194,10 @@ int RunScheduler() {
   if (FLAGS_num_servers > 0) config->mutable_cluster()->set_num_servers(FLAGS_num_servers);
   if (FLAGS_num_workers > 0) config->mutable_cluster()->set_num_workers(FLAGS_num_workers);
   if (FLAGS_epochs > 0) config->mutable_train()->set_epochs(FLAGS_epochs);
+  if (!FLAGS_checkpoint_dir.empty()) config->mutable_checkpoint()->set_dir(FLAGS_checkpoint_dir);
+  if (FLAGS_checkpoint_every_seconds > 0) {
+    config->mutable_checkpoint()->set_every_seconds(FLAGS_checkpoint_every_seconds);
+  }
   if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return ErrorExit(st);
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(*config);
   if (!model.ok()) return ErrorExit(model.status());
@@ -183,10 +211,27 @@ int RunScheduler() {
   so.config = *config;
   so.dense_size = (*model)->dense_size();
   so.tasks = (*model)->tasks();
+  so.new_transport = NewTransport;
+  so.resume = FLAGS_resume;
+  so.metrics_file = FLAGS_metrics_file;
+  // SIGTERM or SIGINT: checkpoint at the next step boundary and stop every
+  // node cleanly. A second one ends the scheduler at once.
+  InstallStopHandler();
+  so.stop_requested = [] { return g_stop_requested.load(); };
   auto sched = scheduler::Scheduler::Create(std::move(so), std::move(*transport));
   if (!sched.ok()) return ErrorExit(sched.status());
   absl::StatusOr<scheduler::JobResult> result = (*sched)->Run();
   if (!result.ok()) return ErrorExit(result.status());
+  if (result->stopped) {
+    const std::string line =
+        result->last_checkpoint.empty()
+            ? std::string("stopped: nothing was saved (no checkpoint.dir), so the job cannot be resumed")
+            : absl::StrCat("stopped: checkpoint ", result->last_checkpoint,
+                           "; resume with the same command plus --resume");
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    return 0;
+  }
   const std::string line = scheduler::FinalLine(*result);
   std::printf("%s\n", line.c_str());
   std::fflush(stdout);
@@ -240,6 +285,7 @@ int RunServer() {
   so.rank = reg.rank();
   so.node_id = reg.node_id();
   so.job_id = cluster.job_id();
+  so.incarnation = cluster.incarnation();
   // The dense parameters start from the model's own initialisation.
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(cluster.config());
   if (!model.ok()) return ErrorExit(model.status());
@@ -251,6 +297,7 @@ int RunServer() {
   if (dl.offset_size() <= reg.rank() + 1 || dl.total() != dense.size())
     return ErrorExit(absl::InvalidArgumentError("the scheduler's dense layout does not match the model"));
   so.dense_offset = dl.offset(reg.rank());
+  so.dense_total = dl.total();
   so.dense_init.assign(dense.begin() + dl.offset(reg.rank()), dense.begin() + dl.offset(reg.rank() + 1));
 
   auto server = ps::Server::Create(std::move(so), std::move(*transport));
@@ -281,7 +328,9 @@ int RunWorker() {
   po.cluster = reg.cluster();
   po.node_id = reg.node_id();
   scheduler::SchedulerClient* control_ptr = control->get();
-  po.stop_requested = [control_ptr] { return control_ptr->Stopped(); };
+  // Calls in flight give up when the job stops or a recovery begins (a lost
+  // server would never answer them).
+  po.stop_requested = [control_ptr] { return control_ptr->Stopped() || control_ptr->RecoverRequested(); };
   auto ps = worker::PsClient::Create(po, std::move(*transport));
   if (!ps.ok()) return ErrorExit(ps.status());
   worker::WorkerOptions wo;

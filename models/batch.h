@@ -44,6 +44,11 @@ struct Batch {
   uint64_t chunk_id = 0;
   bool last_of_chunk = false;
   uint64_t bytes = 0;  // input bytes these samples occupied
+  // Where the chunk stands after this batch's last line: bytes of the chunk
+  // consumed (decompressed, for gzip) and the file's next line number. A
+  // resumed chunk starts there (see proto::ChunkPosition).
+  uint64_t consumed = 0;
+  uint64_t next_line = 0;
 };
 
 }  // namespace ember::models

@@ -95,6 +95,12 @@ WireCheck Check(Message& m) {
     case proto::REPORT_METRICS:
       if (!(c = ExpectFrames(m, 0)).ok()) return c;
       return reply ? WireCheck{} : ExpectPayload(m, proto::Header::kMetrics);
+    case proto::PAUSE:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return reply ? WireCheck{} : ExpectPayload(m, proto::Header::kPause);
+    case proto::PAUSED:
+      if (!(c = ExpectFrames(m, 0)).ok()) return c;
+      return ExpectPayload(m, reply ? proto::Header::kPausedReply : proto::Header::kPaused);
     case proto::SHUTDOWN:
     case proto::HEARTBEAT:
     case proto::PING:

@@ -104,11 +104,23 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
     const uint32_t w = a.sketch_width();
     if (w < 1024 || w > (1u << 28) || (w & (w - 1)) != 0)
       return Invalid(f + ".admission.sketch_width", "must be a power of two in [1024, 2^28]");
+    for (int k = 0; k < t.reset().before_epochs_size(); ++k) {
+      const uint32_t e = t.reset().before_epochs(k);
+      if (e < 2 || e > config.train().epochs()) {
+        return Invalid(absl::StrCat(f, ".reset.before_epochs[", k, "]"),
+                       absl::StrCat("must be an epoch in [2, train.epochs=", config.train().epochs(),
+                                    "] (epoch 1 starts fresh anyway)"));
+      }
+    }
   }
   const StorageConfig& sc = config.storage();
   if (sc.memory_budget_bytes() > 0 && sc.spill_path().empty())
     return Invalid("storage.spill_path", "a memory budget needs a directory for the RocksDB tier");
-  if (sc.keep() < 1) return Invalid("storage.keep", "must be >= 1");
+  const CheckpointConfig& ck = config.checkpoint();
+  if (ck.keep() < 1) return Invalid("checkpoint.keep", "must be >= 1");
+  if (ck.full_every() < 1) return Invalid("checkpoint.full_every", "must be >= 1 (1 = every checkpoint is full)");
+  if (ck.replacement_timeout_ms() < 1000) return Invalid("checkpoint.replacement_timeout_ms", "must be >= 1000");
+  if (config.train().staleness() > 1000000) return Invalid("train.staleness", "must be in [0, 1000000]");
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");
   if (d.columns_size() == 0) return Invalid("data.columns", "at least one column is required");

@@ -22,8 +22,27 @@ absl::StatusOr<std::vector<net::Message>> CheckpointCoordinator::Broadcast(const
   }
   std::vector<net::Message> replies;
   absl::Status first;
+  const absl::Time deadline = absl::Now() + opt_.timeout;
   for (size_t i = 0; i < calls.size(); ++i) {
-    absl::StatusOr<net::Message> r = client_->Wait(calls[i], opt_.timeout);
+    absl::StatusOr<net::Message> r;
+    for (;;) {
+      const net::Client::CallId id[] = {calls[i]};
+      const absl::Duration left = deadline - absl::Now();
+      absl::StatusOr<size_t> ready = client_->WaitAny(id, std::min(left, absl::Milliseconds(100)));
+      if (ready.ok()) {
+        r = client_->Wait(calls[i]);
+        break;
+      }
+      if (opt_.cancelled && opt_.cancelled()) {
+        for (size_t j = i; j < calls.size(); ++j) client_->Forget(calls[j]);
+        return absl::CancelledError("cancelled while waiting for the servers");
+      }
+      if (absl::Now() >= deadline) {
+        client_->Forget(calls[i]);
+        r = absl::DeadlineExceededError(absl::StrCat("no reply within ", absl::FormatDuration(opt_.timeout)));
+        break;
+      }
+    }
     if (!r.ok()) {
       if (first.ok()) first = absl::Status(r.status().code(), absl::StrCat("server ", i, ": ", r.status().message()));
       continue;
@@ -35,7 +54,8 @@ absl::StatusOr<std::vector<net::Message>> CheckpointCoordinator::Broadcast(const
 }
 
 absl::StatusOr<proto::CheckpointManifest> CheckpointCoordinator::Save(const std::string& root, bool incremental,
-                                                                     bool sweep, uint32_t epoch) {
+                                                                     bool sweep,
+                                                                     const proto::JobState* job_state) {
   std::error_code ec;
   std::filesystem::create_directories(root, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create checkpoint root ", root, ": ", ec.message()));
@@ -64,16 +84,18 @@ absl::StatusOr<proto::CheckpointManifest> CheckpointCoordinator::Save(const std:
   std::vector<proto::CheckpointPart> parts;
   for (net::Message& r : *replies) parts.push_back(std::move(*r.header.mutable_save_reply()->mutable_part()));
   proto::CheckpointManifest manifest =
-      storage::MergeParts(opt_.config, opt_.dense_total, id, incremental ? parent : 0, epoch, parts);
+      storage::MergeParts(opt_.config, opt_.dense_total, id, incremental ? parent : 0,
+                          job_state ? job_state->phase() / 2 : 0, parts);
+  if (job_state) *manifest.mutable_job_state() = *job_state;
   if (absl::Status st = storage::WriteManifest(dir, manifest); !st.ok()) return st;
-  if (absl::Status st = storage::PruneCheckpoints(root, std::max<uint32_t>(1, opt_.config.storage().keep()));
+  if (absl::Status st = storage::PruneCheckpoints(root, std::max<uint32_t>(1, opt_.config.checkpoint().keep()));
       !st.ok()) {
     LOG(WARNING) << "pruning " << root << ": " << st;
   }
   return manifest;
 }
 
-absl::StatusOr<uint64_t> CheckpointCoordinator::Restore(const std::string& dir_or_root) {
+absl::StatusOr<uint64_t> CheckpointCoordinator::Restore(const std::string& dir_or_root, uint64_t incarnation) {
   std::string dir = dir_or_root;
   if (!std::filesystem::exists(std::filesystem::path(dir) / storage::kManifestName) &&
       storage::CheckpointIdOf(std::filesystem::path(dir).filename().string()) == 0) {
@@ -88,6 +110,7 @@ absl::StatusOr<uint64_t> CheckpointCoordinator::Restore(const std::string& dir_o
     h.set_command(proto::RESTORE);
     h.mutable_restore()->set_dir(dir);
     h.mutable_restore()->set_verify_only(verify_only);
+    h.mutable_restore()->set_incarnation(incarnation);
     absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);
     if (!replies.ok()) {
       return absl::Status(replies.status().code(),

@@ -1,14 +1,15 @@
 // Drives checkpoints across all servers of a job: SAVE on every server, then
 // the MANIFEST, written last by atomic rename; RESTORE as verify-everywhere
 // then load-everywhere, so that a checkpoint any server refuses is loaded by
-// none. The scheduler uses it at epoch boundaries; tests and benchmarks use it
-// directly. See docs/checkpoint_format.md.
+// none. The scheduler drives it (checkpoint.* of the job config, recovery,
+// resets); tests, benchmarks and tools use it directly. See docs/checkpoint_format.md.
 //
 // Thread safety: one call at a time per coordinator.
 #ifndef EMBER_PS_CHECKPOINT_COORDINATOR_H_
 #define EMBER_PS_CHECKPOINT_COORDINATOR_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,10 @@ struct CheckpointCoordinatorOptions {
   // Node id to put in request headers.
   int32_t node_id = 0;
   absl::Duration timeout = absl::Minutes(30);
+  // Polled (every 100 ms) while waiting for servers; once it returns true
+  // the call gives up with CANCELLED, e.g. when a server was lost and will
+  // never answer. Must be thread-safe. Empty: never.
+  std::function<bool()> cancelled;
 };
 
 class CheckpointCoordinator {
@@ -41,16 +46,23 @@ class CheckpointCoordinator {
   // the newest complete checkpoint when there is one (a server whose rows are
   // not clean relative to it writes full shards instead). Runs the expiry
   // sweep first if `sweep`. Prunes to storage.keep afterwards. Returns the
-  // manifest written. On any server's failure no MANIFEST is written and the
-  // directory stays incomplete (pruned later).
+  // manifest written, with `job_state` (if not null) in it. On any server's
+  // failure no MANIFEST is written and the directory stays incomplete
+  // (pruned later). Prunes to checkpoint.keep.
   [[nodiscard]] absl::StatusOr<proto::CheckpointManifest> Save(const std::string& root, bool incremental,
-                                                               bool sweep, uint32_t epoch = 0);
+                                                               bool sweep,
+                                                               const proto::JobState* job_state = nullptr);
 
   // Restores checkpoint directory `dir` (or, if `dir` is a root holding
   // ckpt-* directories, its newest complete one) onto the servers: first
-  // every server verifies what it would load, then every server loads.
-  // Returns the rows loaded over all servers.
-  [[nodiscard]] absl::StatusOr<uint64_t> Restore(const std::string& dir);
+  // every server verifies what it would load, then every server loads and
+  // takes `incarnation` (see ClusterInfo.incarnation). Returns the rows
+  // loaded over all servers.
+  [[nodiscard]] absl::StatusOr<uint64_t> Restore(const std::string& dir, uint64_t incarnation = 0);
+
+  // Replaces the server peers (in rank order), e.g. after a lost server's
+  // replacement registered. Not while a call is running.
+  void SetServers(std::vector<net::PeerId> servers) { opt_.servers = std::move(servers); }
 
   // RESET_TABLE on every server; returns the new generation.
   [[nodiscard]] absl::StatusOr<uint32_t> ResetTable(uint32_t table);

@@ -99,6 +99,7 @@ class Server::Impl {
   }
 
   absl::Status Init() {
+    incarnation_.store(opt_.incarnation);
     const uint32_t L = opt_.config.cluster().num_logical_shards();
     if (opt_.shard_map.server_rank_size() != static_cast<int>(L)) {
       return absl::InvalidArgumentError(absl::StrCat("shard map has ", opt_.shard_map.server_rank_size(),
@@ -256,7 +257,16 @@ class Server::Impl {
     net::WireCheck check = net::ValidateMessage(m);
     if (!check.ok()) return Fail(m, check.code, check.why);
     if (m.header.is_reply()) return;  // servers send no requests; ignore stray replies
-    switch (m.header.command()) {
+    const proto::Command c = m.header.command();
+    if ((c == proto::PULL || c == proto::PUSH || c == proto::DENSE_PULL || c == proto::DENSE_PUSH) &&
+        m.header.incarnation() != incarnation_.load()) {
+      // Sent before a recovery rolled the model back (or after, by a worker
+      // that has not heard of it): it must not read or touch the new state.
+      return Fail(m, proto::STALE_INCARNATION,
+                  absl::StrCat("incarnation ", m.header.incarnation(), " is not the server's ", incarnation_.load(),
+                               " (the job recovered in between)"));
+    }
+    switch (c) {
       case proto::PULL:
       case proto::PUSH:
         return HandleSparse(std::move(m));
@@ -751,6 +761,7 @@ class Server::Impl {
         clean_since_id_ = plan->manifest().id();
         clean_cut_push_seq_ = seq;
         tombstones_.clear();
+        incarnation_.store(q.incarnation());
         LOG(INFO) << "server " << opt_.rank << ": restored " << rows << " rows from " << q.dir();
       }
     }
@@ -901,6 +912,7 @@ class Server::Impl {
   size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> push_seq_{0};
+  std::atomic<uint64_t> incarnation_{0};  // see ServerOptions.incarnation
   std::atomic<uint16_t> log_day_{0};                 // newest log day pushed
   std::vector<std::atomic<uint32_t>> table_generation_;   // reset generation per table
   std::vector<bool> general_;                        // per table: through the TieredStore

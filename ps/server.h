@@ -46,6 +46,10 @@ struct ServerOptions {
   // <storage.spill_path>/<job_id>/server-<rank>, so jobs never share one.
   // Empty: <storage.spill_path>/server-<rank> (tests that own spill_path).
   std::string job_id;
+  // ClusterInfo.incarnation at registration. PULL/PUSH/DENSE_* requests
+  // stamped with another are refused (STALE_INCARNATION); a RESTORE that
+  // loads sets the server's incarnation to the request's.
+  uint64_t incarnation = 0;
   // Node id written into reply headers.
   int32_t node_id = -1;
   // This server's dense slice: [dense_offset, dense_offset + dense_init.size())

@@ -1,16 +1,30 @@
-// The scheduler: runs one job from registration to shutdown.
+// The scheduler: runs one job from registration to shutdown, and keeps it
+// alive through lost processes. See docs/operations.md.
 //
-//   REGISTER (all S servers and W workers) -> for each epoch:
-//     TRAIN (hand out chunks of data.train) -> [EVAL (chunks of data.test)]
-//   -> DONE (workers told at their PHASE_DONE) -> SHUTDOWN servers.
+//   REGISTER (S servers, W workers) -> START (restore the newest checkpoint
+//   on --resume, else write checkpoint 1 of the untrained model) -> for each
+//   epoch: [RESET tables] -> TRAIN (hand out chunks of data.train) ->
+//   [CHECKPOINT at epoch end] -> [EVAL (chunks of data.test)] -> DONE.
 //
-// Every node heartbeats; a node silent for heartbeat_timeout_ms is declared
-// dead, logged, and (until recovery lands) fails the job, as do a worker's
-// fatal error report and an exceeded bad-line budget. A failed job tells
-// every node to shut down.
+// Checkpoints (config `checkpoint`): every_steps / every_seconds during
+// training, at each epoch's end, and when a stop is requested. Workers
+// pause at a step boundary (PAUSE / PAUSED), so a checkpoint holds every
+// acknowledged push and no other, and the data position to match: finished
+// chunks and how far each started chunk got.
 //
-// Thread safety: Run() is called once, from one thread; everything happens
-// on that thread.
+// Failures: a node silent for cluster.heartbeat_timeout_ms is dead. A dead
+// worker's unfinished chunks go back on the queue and a new worker may join
+// in its place. A dead server pauses every worker (RECOVER); once a
+// replacement registered with the lost rank, every server restores the
+// newest checkpoint (survivors roll back too: the model is one cut) under a
+// new incarnation, the chunk ledger rolls back to that checkpoint's data
+// position, and the workers restart there. A worker's own fatal error (bad
+// data) and an exceeded bad-line budget fail the job, telling every node.
+//
+// Long work (saves, restores, resets, evaluation metrics) runs on a helper
+// thread, so heartbeats are answered throughout.
+//
+// Thread safety: Run() is called once, from one thread.
 #ifndef EMBER_SCHEDULER_SCHEDULER_H_
 #define EMBER_SCHEDULER_SCHEDULER_H_
 
@@ -36,6 +50,18 @@ struct SchedulerOptions {
   std::vector<std::string> tasks;
   // Where progress lines go (one line per call, no newline). Default: stdout.
   std::function<void(const std::string&)> print;
+  // Makes the transport the scheduler connects to servers with (SAVE,
+  // RESTORE, RESET_TABLE). Required when checkpoints are on or tables reset.
+  std::function<absl::StatusOr<std::unique_ptr<net::Transport>>()> new_transport;
+  // Continue the job from the newest complete checkpoint under
+  // checkpoint.dir (a damaged one is skipped for the one before).
+  bool resume = false;
+  // Polled often; once true the job checkpoints at the next step boundary
+  // and every node is told to exit cleanly (SIGTERM/SIGINT). Thread-safe.
+  std::function<bool()> stop_requested;
+  // If set, JSON lines of progress, evaluations, checkpoints, resets and
+  // recoveries are appended here (see MetricsLog).
+  std::string metrics_file;
 };
 
 // Test metrics of one task after the last epoch (NaN if there was no test
@@ -60,6 +86,16 @@ struct JobResult {
   double samples_per_sec = 0;
   uint64_t bad_lines = 0;
   uint64_t lines = 0;
+  // The job was stopped on request (not finished); resume from
+  // `last_checkpoint` (empty if none was taken) with --resume.
+  bool stopped = false;
+  std::string last_checkpoint;
+  uint32_t checkpoints = 0;       // taken by this job, over all its runs
+  uint32_t recoveries = 0;        // restores after a lost server
+  uint64_t requeued_chunks = 0;   // chunks handed out again after a lost worker
+  // SSP: the largest gap seen between a step a worker was allowed to start
+  // and the slowest live worker's finished steps, minus one (<= staleness).
+  uint64_t max_clock_gap = 0;
 };
 
 class Scheduler {
@@ -80,7 +116,8 @@ class Scheduler {
 };
 
 // The summary line launch/local.sh ends with:
-// "final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>"
+// "final: auc=<a> oracle_auc=<o> logloss=<l> samples=<n> samples_per_sec=<r>
+//  checkpoints=<c> recoveries=<r> requeued_chunks=<q>"
 // followed by, for each task, auc_<task>= gauc_<task>= logloss_<task>=.
 // A figure that is undefined (NaN: no oracle for real data, a GAUC without
 // data.user_column, an AUC over one class) is left out, never printed as nan.

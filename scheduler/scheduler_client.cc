@@ -18,6 +18,13 @@ absl::StatusOr<std::unique_ptr<SchedulerClient>> SchedulerClient::Create(Schedul
       const proto::ShutdownRequest& s = m.header.shutdown();
       LOG(INFO) << "scheduler orders shutdown: " << s.reason();
       raw->Stop(s.failed() ? absl::AbortedError(absl::StrCat("job failed: ", s.reason())) : absl::OkStatus());
+    } else if (m.header.command() == proto::PAUSE) {
+      const proto::PauseRequest& p = m.header.pause();
+      absl::MutexLock l(&raw->mu_);
+      if (p.id() <= raw->answered_pause_ || p.id() <= raw->pause_.id()) return;
+      LOG(INFO) << "scheduler orders a " << proto::PauseRequest::Kind_Name(p.kind()) << " pause (" << p.id() << ")";
+      raw->pause_ = p;
+      if (p.kind() == proto::PauseRequest::RECOVER) raw->recover_pending_ = true;
     }
   });
   return self;
@@ -42,10 +49,12 @@ net::Message SchedulerClient::NewMessage(proto::Command command) const {
   net::Message m;
   m.header.set_command(command);
   m.header.set_sender(node_id_.load());
+  m.header.set_incarnation(incarnation_.load());
   return m;
 }
 
-absl::StatusOr<net::Message> SchedulerClient::WaitLong(net::Client::CallId id, absl::Duration timeout) {
+absl::StatusOr<net::Message> SchedulerClient::WaitLong(net::Client::CallId id, absl::Duration timeout,
+                                                       bool through_recover) {
   const absl::Time deadline = absl::Now() + timeout;
   for (;;) {
     const net::Client::CallId ids[] = {id};
@@ -55,6 +64,10 @@ absl::StatusOr<net::Message> SchedulerClient::WaitLong(net::Client::CallId id, a
       client_->Forget(id);
       absl::MutexLock l(&mu_);
       return stop_status_.ok() ? absl::CancelledError("the job is shutting down") : stop_status_;
+    }
+    if (!through_recover && RecoverRequested()) {
+      client_->Forget(id);
+      return absl::AbortedError("the scheduler is recovering the job");
     }
     if (absl::Now() > deadline) {
       client_->Forget(id);
@@ -72,6 +85,7 @@ absl::StatusOr<proto::RegisterReply> SchedulerClient::Register() {
   absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), options_.register_timeout);
   if (!reply.ok()) return reply.status();
   node_id_ = reply->header.register_reply().node_id();
+  incarnation_ = reply->header.register_reply().cluster().incarnation();
   return reply->header.register_reply();
 }
 
@@ -131,6 +145,34 @@ absl::Status SchedulerClient::StepBarrier() {
   net::Message m = NewMessage(proto::BARRIER);
   m.header.mutable_barrier()->set_name("step");
   return WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365)).status();
+}
+
+proto::PauseRequest SchedulerClient::PendingPause() {
+  absl::MutexLock l(&mu_);
+  return pause_;
+}
+
+absl::StatusOr<proto::PausedReply> SchedulerClient::Paused(proto::Paused paused) {
+  net::Message m = NewMessage(proto::PAUSED);
+  *m.header.mutable_paused() = std::move(paused);
+  // A checkpoint or a recovery (waiting for a replacement server) can take
+  // long; a lost scheduler still ends the wait.
+  absl::StatusOr<net::Message> reply =
+      WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365), /*through_recover=*/true);
+  if (!reply.ok()) return reply.status();
+  const proto::PausedReply& r = reply->header.paused_reply();
+  absl::MutexLock l(&mu_);
+  answered_pause_ = std::max(answered_pause_, r.pause_id());
+  if (pause_.id() <= answered_pause_) {
+    pause_.Clear();
+    recover_pending_ = false;
+  }
+  return r;
+}
+
+absl::Status SchedulerClient::StopStatus() {
+  absl::MutexLock l(&mu_);
+  return stop_status_;
 }
 
 void SchedulerClient::ReportMetrics(const proto::Metrics& metrics) {

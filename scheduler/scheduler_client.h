@@ -1,9 +1,10 @@
 // SchedulerClient: a server's or worker's side of the control protocol:
-// registration, heartbeats, chunks, phase barriers, metrics, shutdown.
+// registration, heartbeats, chunks, phase barriers, pauses (for checkpoints
+// and recovery), metrics, shutdown.
 //
 // Thread safety: every method may be called from any thread. Blocking calls
 // return early with an error once the scheduler orders a shutdown or stops
-// answering heartbeats.
+// answering heartbeats, and (all but Paused) once it orders a RECOVER pause.
 #ifndef EMBER_SCHEDULER_SCHEDULER_CLIENT_H_
 #define EMBER_SCHEDULER_SCHEDULER_CLIENT_H_
 
@@ -61,6 +62,16 @@ class SchedulerClient {
   // BSP: blocks until every worker still in the phase reaches its barrier.
   [[nodiscard]] absl::Status StepBarrier();
 
+  // The newest PAUSE the scheduler ordered and this node has not answered
+  // with Paused() yet; id 0 if none.
+  proto::PauseRequest PendingPause();
+  // True while a RECOVER pause is pending: the node must drop what it is
+  // doing and call Paused().
+  bool RecoverRequested() const { return recover_pending_.load(); }
+  // Answers the pending pause (paused.id set by the caller) and blocks until
+  // the scheduler lets training go on; the reply says whether to restart.
+  [[nodiscard]] absl::StatusOr<proto::PausedReply> Paused(proto::Paused paused);
+
   // One-way, non-blocking.
   void ReportMetrics(const proto::Metrics& metrics);
   // One-way goodbye: a clean exit, or a failure that should stop the job.
@@ -71,13 +82,22 @@ class SchedulerClient {
   absl::Status WaitForShutdown();
   // True once a shutdown was ordered or the scheduler was lost.
   bool Stopped() const { return stopped_.HasBeenNotified(); }
+  // Once Stopped(): OK if the scheduler ended the job in order (finished, or
+  // stopped to be resumed later), else why it failed or was lost.
+  absl::Status StopStatus();
 
   int32_t node_id() const { return node_id_; }
+  // The incarnation (ClusterInfo.incarnation) this node works in, stamped on
+  // its control requests: the scheduler refuses chunk, phase and barrier
+  // requests sent before a recovery this node has not restarted from.
+  void SetIncarnation(uint64_t incarnation) { incarnation_ = incarnation; }
 
  private:
   SchedulerClient(SchedulerClientOptions options, std::unique_ptr<net::Client> client);
-  // Waits for a long-poll reply, giving up when Stopped().
-  absl::StatusOr<net::Message> WaitLong(net::Client::CallId id, absl::Duration timeout);
+  // Waits for a long-poll reply, giving up when Stopped() and, unless
+  // `through_recover`, when a RECOVER pause is pending.
+  absl::StatusOr<net::Message> WaitLong(net::Client::CallId id, absl::Duration timeout,
+                                        bool through_recover = false);
   void Stop(absl::Status why);
   net::Message NewMessage(proto::Command command) const;
 
@@ -85,9 +105,13 @@ class SchedulerClient {
   std::unique_ptr<net::Client> client_;
   net::PeerId scheduler_ = net::kNoPeer;
   std::atomic<int32_t> node_id_{-1};
+  std::atomic<uint64_t> incarnation_{0};
   absl::Notification stopped_;
   absl::Mutex mu_;
   absl::Status stop_status_ ABSL_GUARDED_BY(mu_);
+  proto::PauseRequest pause_ ABSL_GUARDED_BY(mu_);  // pending; id 0 if none
+  uint64_t answered_pause_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<bool> recover_pending_{false};
   std::atomic<bool> heartbeat_stop_{false};
   std::thread heartbeat_;
 };

@@ -235,15 +235,23 @@ absl::Status ReadChunk(const proto::Chunk& chunk, BatchBuilder& builder, uint32_
     if (!status.ok()) builder.Clear();
     return status;
   };
+  // The position after the last line fully dealt with (added or skipped).
+  uint64_t done_bytes = 0, done_line = chunk.first_line();
   auto emit_batch = [&](bool last) {
     models::Batch batch = builder.Finish();
     batch.chunk_id = chunk.id();
     batch.last_of_chunk = last;
+    batch.consumed = done_bytes;
+    batch.next_line = done_line;
     return emit(std::move(batch));
   };
 
   std::string_view line;
   uint64_t line_number = 0;
+  for (uint64_t skip = chunk.skip_lines(); skip > 0 && (*reader)->Next(&line, &line_number); --skip) {
+    done_bytes = (*reader)->bytes_consumed();
+    done_line = line_number + 1;
+  }
   while ((*reader)->Next(&line, &line_number)) {
     ++local.lines;
     absl::Status st = builder.AddLine(line);
@@ -258,17 +266,22 @@ absl::Status ReadChunk(const proto::Chunk& chunk, BatchBuilder& builder, uint32_
         absl::Status stop = on_bad(BadLine{chunk.path(), line_number, std::string(st.message())});
         if (!stop.ok()) return finish(stop);
       }
+      done_bytes = (*reader)->bytes_consumed();
+      done_line = line_number + 1;
       continue;
     }
     if (!st.ok()) {
       return finish(absl::Status(st.code(),
                                  absl::StrCat(chunk.path(), ":", line_number, ": ", st.message())));
     }
+    done_bytes = (*reader)->bytes_consumed();
+    done_line = line_number + 1;
     if (static_cast<uint32_t>(builder.size()) >= batch_size && !emit_batch(false)) {
       return finish(absl::CancelledError("ReadChunk: stopped by emit"));
     }
   }
   if (!(*reader)->status().ok()) return finish((*reader)->status());
+  done_bytes = (*reader)->bytes_consumed();
   if (!emit_batch(true)) return finish(absl::CancelledError("ReadChunk: stopped by emit"));
   return finish(absl::OkStatus());
 }

@@ -119,7 +119,10 @@ struct ReadStats {
 // remainder. Every emitted batch has chunk_id = chunk.id; last_of_chunk is
 // true on the final batch only, which may be empty (size 0) if the chunk
 // ended exactly at a batch boundary or had no good lines; it is emitted
-// anyway so that the caller can mark the chunk finished. on_bad (may be
+// anyway so that the caller can mark the chunk finished. Each batch also
+// carries the position after its last line (consumed, next_line; see
+// models::Batch). The chunk's first skip_lines lines are read past without
+// being counted or parsed. on_bad (may be
 // empty) is called for each malformed line: if it returns OK the line is
 // skipped and reading goes on; otherwise reading stops at once and ReadChunk
 // returns that status (how a caller enforces a bad-line budget).

@@ -62,7 +62,7 @@ PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vecto
     for (uint32_t a = server_begin[s], end = server_begin[s + 1]; a < end; a += std::min(step, end - a)) {
       const uint32_t b = a + std::min(step, end - a);
       net::Message m = SparseRequest(proto::PULL, options_.node_id, table, dim, keys, a, b);
-      t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
+      t.parts.push_back({Start(s, std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
     }
   }
   return t;
@@ -81,7 +81,7 @@ PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vecto
       net::Message m = SparseRequest(proto::PUSH, options_.node_id, table, dim, keys, a, b);
       m.frames.push_back(
           net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
-      t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+      t.parts.push_back({Start(s, std::move(m)), s, nullptr, 0});
     }
   }
   return t;
@@ -98,7 +98,7 @@ PsClient::Ticket PsClient::PullDense(float* out) {
     m.header.set_sender(options_.node_id);
     m.header.set_dense_offset(a);
     m.header.set_dense_length(b - a);
-    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, out + a, b - a});
+    t.parts.push_back({Start(s, std::move(m)), s, out + a, b - a});
   }
   return t;
 }
@@ -115,9 +115,41 @@ PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> g
     m.header.set_dense_offset(a);
     m.header.set_dense_length(b - a);
     m.frames.push_back(net::Frame::Borrow(grads, grads->data() + a, (b - a) * sizeof(float)));
-    t.parts.push_back({client_->Start(servers_[s], std::move(m)), s, nullptr, 0});
+    t.parts.push_back({Start(s, std::move(m)), s, nullptr, 0});
   }
   return t;
+}
+
+net::Client::CallId PsClient::Start(uint32_t server, net::Message m) {
+  m.header.set_incarnation(options_.cluster.incarnation());
+  return client_->Start(servers_[server], std::move(m));
+}
+
+absl::Status PsClient::UpdateCluster(const proto::ClusterInfo& cluster) {
+  std::vector<const proto::NodeInfo*> old_servers(servers_.size(), nullptr), new_servers(servers_.size(), nullptr);
+  for (const proto::NodeInfo& n : options_.cluster.nodes()) {
+    if (n.role() == proto::SERVER && n.rank() >= 0 && n.rank() < static_cast<int>(servers_.size()))
+      old_servers[n.rank()] = &n;
+  }
+  for (const proto::NodeInfo& n : cluster.nodes()) {
+    if (n.role() != proto::SERVER) continue;
+    if (n.rank() < 0 || n.rank() >= static_cast<int>(servers_.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("cluster update: server node ", n.id(), " has rank ", n.rank(),
+                                                     "; the job has ", servers_.size(), " servers"));
+    }
+    new_servers[n.rank()] = &n;
+  }
+  for (size_t r = 0; r < servers_.size(); ++r) {
+    if (new_servers[r] == nullptr) return absl::InvalidArgumentError(absl::StrCat("cluster update: no server rank ", r));
+    if (old_servers[r] != nullptr && old_servers[r]->id() == new_servers[r]->id()) continue;
+    // A replacement: a new connection, even on the same endpoint, so that
+    // nothing queued for the dead process is delivered to the new one.
+    absl::StatusOr<net::PeerId> p = client_->Connect(new_servers[r]->endpoint());
+    if (!p.ok()) return p.status();
+    servers_[r] = *p;
+  }
+  options_.cluster = cluster;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<net::Message> PsClient::WaitReply(net::Client::CallId call) {

@@ -88,7 +88,16 @@ class PsClient {
   // True once every reply of `t` has arrived (Wait will not block).
   bool Ready(const Ticket& t);
 
+  // Takes a new view of the cluster after a recovery: connects to servers
+  // that were replaced (same rank, new node) and stamps requests with the
+  // new incarnation from now on. The shard map and dense layout must be
+  // unchanged. Call with no ticket outstanding, from one thread.
+  [[nodiscard]] absl::Status UpdateCluster(const proto::ClusterInfo& cluster);
+
  private:
+  // Starts a data request to server rank `server`, stamped with the
+  // incarnation.
+  net::Client::CallId Start(uint32_t server, net::Message m);
   PsClient(const PsClientOptions& options, std::unique_ptr<net::Client> client);
   absl::StatusOr<net::Message> WaitReply(net::Client::CallId call);
 

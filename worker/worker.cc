@@ -5,6 +5,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
@@ -68,11 +69,17 @@ struct Predictions {
   std::vector<uint64_t> users;
 };
 
-// Pushes in flight, and the chunk they complete (if any).
+// Pushes in flight, and where their batch leaves its chunk once they are
+// acknowledged: finished, or trained up to (consumed, next_line).
 struct PendingPush {
   std::vector<PsClient::Ticket> tickets;
-  std::optional<uint64_t> finishes_chunk;
+  uint64_t chunk_id = 0;
+  bool finishes_chunk = false;
+  uint64_t consumed = 0, next_line = 0;
 };
+
+// Why RunPhase stopped early without an error of its own.
+absl::Status RestartStatus() { return absl::AbortedError("restart ordered by the scheduler"); }
 
 }  // namespace
 
@@ -113,19 +120,90 @@ class Worker::Impl {
     while (phase.kind() == proto::TRAIN || phase.kind() == proto::EVAL) {
       Predictions eval;
       absl::Status st = RunPhase(phase, &eval);
-      if (!st.ok()) return st;
-      ReportMetrics();
-      absl::StatusOr<proto::Phase> next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(eval.scores),
-                                                              std::move(eval.labels), std::move(eval.users),
-                                                              static_cast<uint32_t>(num_tasks_));
-      if (!next.ok()) return next.status();
-      phase = *next;
+      absl::StatusOr<proto::Phase> next;
+      if (st.ok()) {
+        ReportMetrics();
+        next = control_->PhaseDone(phase.index(), TakeFinished(), std::move(eval.scores), std::move(eval.labels),
+                                   std::move(eval.users), static_cast<uint32_t>(num_tasks_));
+        if (next.ok()) {
+          phase = *next;
+          continue;
+        }
+        st = next.status();
+      }
+      // A stop in order (the job was stopped to be resumed later) is not a
+      // failure of this worker.
+      if (control_->Stopped()) return control_->StopStatus();
+      if (control_->RecoverRequested() || restart_) {
+        absl::StatusOr<proto::Phase> again = Restart();
+        if (!again.ok()) return again.status();
+        phase = *again;
+        continue;
+      }
+      return st;
     }
     LOG(INFO) << "worker done: " << samples_ << " samples trained, " << bad_lines_.load() << " bad lines";
     return absl::OkStatus();
   }
 
  private:
+  // After a recovery (or a restart ordered in reply to a checkpoint pause):
+  // everything held is dropped, and the scheduler says where to start again.
+  absl::StatusOr<proto::Phase> Restart() {
+    proto::PausedReply reply;
+    if (restart_) {
+      reply = *restart_;
+    } else {
+      proto::Paused p;
+      p.set_id(control_->PendingPause().id());
+      *p.mutable_metrics() = MetricsNow();
+      absl::StatusOr<proto::PausedReply> r = control_->Paused(std::move(p));
+      if (!r.ok()) return r.status();
+      reply = *r;
+    }
+    restart_.reset();
+    TakeFinished();
+    progress_.clear();
+    if (!reply.restart()) {
+      return absl::InternalError("the scheduler answered a RECOVER pause without a restart");
+    }
+    if (absl::Status st = ps_->UpdateCluster(reply.cluster()); !st.ok()) return st;
+    control_->SetIncarnation(reply.cluster().incarnation());
+    LOG(INFO) << "restarting in phase " << reply.phase().index() << " (incarnation "
+              << reply.cluster().incarnation() << ")";
+    return reply.phase();
+  }
+
+  // At a step boundary with no batch trained but unacknowledged: answers a
+  // pending CHECKPOINT pause with this worker's position and waits for the
+  // scheduler. RestartStatus() if the reply orders a restart.
+  absl::Status MaybePause(std::deque<PendingPush>* pending, uint32_t phase) {
+    const proto::PauseRequest pause = control_->PendingPause();
+    if (pause.id() == 0 || pause.kind() != proto::PauseRequest::CHECKPOINT) return absl::OkStatus();
+    while (!pending->empty()) {
+      absl::Status st = Retire(pending);
+      if (!st.ok()) return st;
+    }
+    proto::Paused p;
+    p.set_id(pause.id());
+    p.set_phase(phase);
+    for (uint64_t id : TakeFinished()) p.add_finished(id);
+    for (const auto& [id, pos] : progress_) {
+      proto::ChunkPosition* c = p.add_positions();
+      c->set_id(id);
+      c->set_consumed(pos.first);
+      c->set_next_line(pos.second);
+    }
+    *p.mutable_metrics() = MetricsNow();
+    absl::StatusOr<proto::PausedReply> r = control_->Paused(std::move(p));
+    if (!r.ok()) return r.status();
+    if (r->restart()) {
+      restart_ = *r;
+      return RestartStatus();
+    }
+    return absl::OkStatus();
+  }
+
   std::vector<uint64_t> TakeFinished() {
     absl::MutexLock l(&finished_mu_);
     std::vector<uint64_t> out;
@@ -231,7 +309,10 @@ class Worker::Impl {
   absl::Status Train(std::unique_ptr<Step> step, std::deque<PendingPush>* pending) {
     PendingPush push;
     const models::Batch& b = *step->batch;
-    if (b.last_of_chunk) push.finishes_chunk = b.chunk_id;
+    push.chunk_id = b.chunk_id;
+    push.finishes_chunk = b.last_of_chunk;
+    push.consumed = b.consumed;
+    push.next_line = b.next_line;
     if (b.size > 0) {
       absl::Status st = Await(*step);
       if (!st.ok()) return st;
@@ -253,6 +334,7 @@ class Worker::Impl {
       }
       push.tickets.push_back(ps_->PushDense(std::move(dense_grad)));
       samples_ += b.size;
+      ++steps_;
       loss_sum_ += loss;
       bytes_ += b.bytes;
       for (int i = 0; i < b.size; ++i) {
@@ -275,7 +357,12 @@ class Worker::Impl {
       absl::Status st = ps_->Wait(t);
       if (!st.ok()) return st;
     }
-    if (p.finishes_chunk) MarkFinished(*p.finishes_chunk);
+    if (p.finishes_chunk) {
+      MarkFinished(p.chunk_id);
+      progress_.erase(p.chunk_id);
+    } else {
+      progress_[p.chunk_id] = {p.consumed, p.next_line};
+    }
     pending->pop_front();
     return absl::OkStatus();
   }
@@ -319,6 +406,10 @@ class Worker::Impl {
     absl::Time last_report = absl::Now();
     const absl::Duration report_every = absl::Milliseconds(config_.train().report_interval_ms());
     while (cur && st.ok()) {
+      if (train) {
+        st = MaybePause(&pending, phase.index());
+        if (!st.ok()) break;
+      }
       std::unique_ptr<Step> next;
       // ASP: the next batch's pulls go out before this batch computes. BSP:
       // they wait for the step barrier, so they see every worker's update.
@@ -332,6 +423,7 @@ class Worker::Impl {
         if (st.ok() && nb) next = Prepare(std::move(*nb));
       }
       if (control_->Stopped()) st = absl::AbortedError("the scheduler ended the job");
+      if (control_->RecoverRequested()) st = absl::AbortedError("the scheduler is recovering the job");
       cur = std::move(next);
       if (absl::Now() - last_report >= report_every) {
         ReportMetrics();
@@ -349,8 +441,11 @@ class Worker::Impl {
     return st;
   }
 
-  void ReportMetrics() {
+  void ReportMetrics() { control_->ReportMetrics(MetricsNow()); }
+
+  proto::Metrics MetricsNow() {
     proto::Metrics m;
+    m.set_steps(steps_);
     m.set_samples(samples_);
     m.set_loss_sum(loss_sum_);
     m.set_window_size(window_auc_.size());
@@ -364,7 +459,7 @@ class Worker::Impl {
       absl::MutexLock l(&examples_mu_);
       for (const std::string& e : bad_examples_) m.add_bad_line_examples(e);
     }
-    control_->ReportMetrics(m);
+    return m;
   }
 
   proto::RegisterReply reg_;
@@ -379,7 +474,11 @@ class Worker::Impl {
   int user_sparse_ = -1;  // index of data.user_column in Batch::sparse, or -1
 
   // Training thread.
-  uint64_t samples_ = 0, bytes_ = 0;
+  uint64_t samples_ = 0, bytes_ = 0, steps_ = 0;
+  // Chunks trained part-way, acknowledged up to (consumed, next_line).
+  absl::flat_hash_map<uint64_t, std::pair<uint64_t, uint64_t>> progress_;
+  // Set when a PAUSED reply ordered a restart.
+  std::optional<proto::PausedReply> restart_;
   double loss_sum_ = 0;
   models::WindowAuc window_auc_;
 
