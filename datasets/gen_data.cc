@@ -94,6 +94,7 @@ enum Applies : uint8_t {
   kOneEpoch = 4,
   kNotLong = kDefault | kOneEpoch,
   kNotOneEpoch = kDefault | kLong,
+  kNotDefault = kLong | kOneEpoch,
   kAll = 7,
 };
 struct Field {
@@ -124,7 +125,7 @@ constexpr std::string_view kModes = "'default', 'long_interest' or 'one_epoch'";
 const std::vector<Field>& Fields() {
   using O = GenDataOptions;
   static const std::vector<Field>* fields = new std::vector<Field>{
-      {"mode", &O::mode, Applies(kLong | kOneEpoch)},
+      {"mode", &O::mode, kNotDefault},
       {"out_dir", &O::out_dir},
       {"seed", &O::seed},
       {"train_rows", &O::train_rows},

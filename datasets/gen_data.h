@@ -358,8 +358,8 @@ struct GenDataSummary {
 // out_dir/meta.txt (key=value lines: source=gen-data first, then format, columns, train_rows,
 // test_rows, positive_rate, oracle_auc, oracle_logloss, the other GenDataSummary fields but seconds
 // and files, and every option, seed included), so a meta.txt marks a complete data set. The
-// recent_only_* figures and the options that only mode long_interest uses (mode included) are
-// written in that mode only, the options it ignores only in the default mode. The output is a
+// recent_only_* figures are written in mode long_interest only, and of the options only those
+// that options.mode uses (mode itself only when not "default"). The output is a
 // function of the options only, not of `threads`. Blocks until done; uses up to `threads` threads.
 // Memory: the test split's (p, label) pairs (8 bytes per test row), the distinct-id bitmaps and ~1
 // MiB per thread. On failure returns InvalidArgument naming the bad option, FailedPrecondition
