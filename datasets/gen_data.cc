@@ -1,6 +1,6 @@
 // The driver of `ember gen-data`: options by name and their checks, the
 // split into parts run on a thread pool (one generator per mode:
-// click_log.cc, long_interest.cc), and meta.txt. The click models are
+// click_log.cc, long_interest.cc, one_epoch.cc), and meta.txt. The click models are
 // described atop gen_data.h.
 #include "datasets/gen_data.h"
 
@@ -30,11 +30,14 @@ namespace fs = std::filesystem;
 using internal::ClickLogClickProbability;
 using internal::DistinctIds;
 using internal::IsLongInterest;
+using internal::IsOneEpoch;
 using internal::kMaxInterests;
 using internal::kMaxLongHistory;
 using internal::LongInterestClickProbability;
 using internal::MakeClickLogGenerator;
 using internal::MakeLongInterestGenerator;
+using internal::MakeOneEpochGenerator;
+using internal::OneEpochClickProbability;
 using internal::Part;
 using internal::PartGenerator;
 using internal::PartResult;
@@ -82,25 +85,47 @@ std::vector<Part> PlanParts(const GenDataOptions& o) {
 using Member = std::variant<std::string GenDataOptions::*, uint64_t GenDataOptions::*,
                             uint32_t GenDataOptions::*, int GenDataOptions::*,
                             double GenDataOptions::*, bool GenDataOptions::*>;
-// Which modes an option applies to: GenDataOptionValues (so meta.txt) lists
-// only those of the options' mode, and the default mode's list is the one it
-// had before mode long_interest existed.
-enum Applies : uint8_t { kDefaultOnly = 1, kLongOnly = 2, kBoth = 3 };
+// Which modes an option applies to, one bit per mode: GenDataOptionValues
+// (so meta.txt) lists only those of the options' mode, and the default mode's
+// list is the one it had before the other modes existed.
+enum Applies : uint8_t {
+  kDefault = 1,
+  kLong = 2,
+  kOneEpoch = 4,
+  kNotLong = kDefault | kOneEpoch,
+  kNotOneEpoch = kDefault | kLong,
+  kNotDefault = kLong | kOneEpoch,
+  kAll = 7,
+};
 struct Field {
   std::string_view name;
   Member member;
-  Applies applies = kBoth;
+  Applies applies = kAll;
 };
 
 Applies ModeBit(const GenDataOptions& o) {
-  return o.mode == kGenDataDefaultMode ? kDefaultOnly : kLongOnly;
+  return IsLongInterest(o) ? kLong : IsOneEpoch(o) ? kOneEpoch : kDefault;
 }
+
+// The defaults of `mode`, which must be a valid mode.
+GenDataOptions ModeDefaults(std::string_view mode) {
+  if (mode == kGenDataLongInterestMode) return LongInterestDefaults();
+  if (mode == kGenDataOneEpochMode) return OneEpochDefaults();
+  return GenDataOptions();
+}
+
+bool IsMode(std::string_view mode) {
+  return mode == kGenDataDefaultMode || mode == kGenDataLongInterestMode ||
+         mode == kGenDataOneEpochMode;
+}
+
+constexpr std::string_view kModes = "'default', 'long_interest' or 'one_epoch'";
 
 // Declaration order of GenDataOptions.
 const std::vector<Field>& Fields() {
   using O = GenDataOptions;
   static const std::vector<Field>* fields = new std::vector<Field>{
-      {"mode", &O::mode, kLongOnly},
+      {"mode", &O::mode, kNotDefault},
       {"out_dir", &O::out_dir},
       {"seed", &O::seed},
       {"train_rows", &O::train_rows},
@@ -112,36 +137,37 @@ const std::vector<Field>& Fields() {
       {"gzip_level", &O::gzip_level},
       {"overwrite", &O::overwrite},
       {"count_distinct", &O::count_distinct},
-      {"num_users", &O::num_users, kDefaultOnly},
-      {"num_user_groups", &O::num_user_groups, kDefaultOnly},
+      {"num_users", &O::num_users, kNotLong},
+      {"num_user_groups", &O::num_user_groups, kNotLong},
       {"num_items", &O::num_items},
       {"num_categories", &O::num_categories},
-      {"num_topics", &O::num_topics, kDefaultOnly},
-      {"user_zipf", &O::user_zipf, kDefaultOnly},
+      {"num_topics", &O::num_topics, kDefault},
+      {"user_zipf", &O::user_zipf, kNotLong},
       {"item_zipf", &O::item_zipf},
-      {"topics_per_user", &O::topics_per_user, kDefaultOnly},
-      {"min_history", &O::min_history, kDefaultOnly},
-      {"max_history", &O::max_history, kDefaultOnly},
-      {"history_focus", &O::history_focus, kDefaultOnly},
-      {"candidate_focus", &O::candidate_focus, kDefaultOnly},
+      {"topics_per_user", &O::topics_per_user, kDefault},
+      {"min_history", &O::min_history, kDefault},
+      {"max_history", &O::max_history, kDefault},
+      {"history_focus", &O::history_focus, kDefault},
+      {"candidate_focus", &O::candidate_focus, kDefault},
       {"base_logit", &O::base_logit},
-      {"user_effect", &O::user_effect, kDefaultOnly},
-      {"group_effect", &O::group_effect, kDefaultOnly},
+      {"user_effect", &O::user_effect, kNotLong},
+      {"group_effect", &O::group_effect, kNotLong},
       {"item_effect", &O::item_effect},
       {"category_effect", &O::category_effect},
-      {"hour_effect", &O::hour_effect, kDefaultOnly},
-      {"device_effect", &O::device_effect, kDefaultOnly},
-      {"dense_weight", &O::dense_weight, kDefaultOnly},
-      {"interest_strength", &O::interest_strength},
-      {"category_match_strength", &O::category_match_strength, kDefaultOnly},
-      {"interest_cap", &O::interest_cap},
-      {"long_history", &O::long_history, kLongOnly},
-      {"recent_window", &O::recent_window, kLongOnly},
-      {"recent_interests", &O::recent_interests, kLongOnly},
-      {"deep_interests", &O::deep_interests, kLongOnly},
-      {"deep_min_items", &O::deep_min_items, kLongOnly},
-      {"deep_max_items", &O::deep_max_items, kLongOnly},
-      {"deep_share", &O::deep_share, kLongOnly},
+      {"hour_effect", &O::hour_effect, kNotLong},
+      {"device_effect", &O::device_effect, kDefault},
+      {"dense_weight", &O::dense_weight, kDefault},
+      {"interest_strength", &O::interest_strength, kNotOneEpoch},
+      {"category_match_strength", &O::category_match_strength, kDefault},
+      {"interest_cap", &O::interest_cap, kNotOneEpoch},
+      {"long_history", &O::long_history, kLong},
+      {"recent_window", &O::recent_window, kLong},
+      {"recent_interests", &O::recent_interests, kLong},
+      {"deep_interests", &O::deep_interests, kLong},
+      {"deep_min_items", &O::deep_min_items, kLong},
+      {"deep_max_items", &O::deep_max_items, kLong},
+      {"deep_share", &O::deep_share, kLong},
+      {"cross_effect", &O::cross_effect, kOneEpoch},
   };
   return *fields;
 }
@@ -170,12 +196,13 @@ absl::Status InRange(std::string_view option, T value, T lo, T hi, std::string_v
 // Options.
 
 absl::Status ValidateGenDataOptions(const GenDataOptions& o) {
-  if (o.mode != kGenDataDefaultMode && o.mode != kGenDataLongInterestMode) {
-    return Bad("mode", absl::StrCat("must be ", Av(kGenDataDefaultMode), " or ",
-                                    Av(kGenDataLongInterestMode), ", got '", o.mode, "'"));
-  }
+  if (!IsMode(o.mode))
+    return Bad("mode", absl::StrCat("must be ", Av(kModes), ", got '", o.mode, "'"));
   if (o.out_dir.empty()) return Bad("out_dir", "must name the output directory");
-  const bool li = IsLongInterest(o);  // skips the checks of options it ignores
+  // Each mode skips the checks of the options it ignores.
+  const bool li = IsLongInterest(o);
+  const bool oe = IsOneEpoch(o);
+  const bool def = !li && !oe;
   absl::Status st;
   auto check = [&st](absl::Status s) {
     if (st.ok()) st = std::move(s);
@@ -199,13 +226,13 @@ absl::Status ValidateGenDataOptions(const GenDataOptions& o) {
   check(InRange<uint64_t>("num_categories", o.num_categories, 1,
                           std::min<uint64_t>(uint64_t{1} << 24, o.num_items),
                           o.num_items < (uint64_t{1} << 24) ? "num_items" : ""));
-  if (!li) {
+  if (def) {
     check(InRange<uint32_t>("num_topics", o.num_topics, 1, std::max<uint32_t>(o.num_categories, 1),
                             "num_categories"));
-    check(InRange<double>("user_zipf", o.user_zipf, 0, 10));
   }
+  if (!li) check(InRange<double>("user_zipf", o.user_zipf, 0, 10));
   check(InRange<double>("item_zipf", o.item_zipf, 0, 10));
-  if (!li) {
+  if (def) {
     check(InRange<uint32_t>("topics_per_user", o.topics_per_user, 1, 64));
     check(InRange<uint32_t>("max_history", o.max_history, 0, 100000));
     check(InRange<uint32_t>("min_history", o.min_history, 0, o.max_history, "max_history"));
@@ -219,16 +246,17 @@ absl::Status ValidateGenDataOptions(const GenDataOptions& o) {
   }
   check(InRange<double>("item_effect", o.item_effect, 0, 10));
   check(InRange<double>("category_effect", o.category_effect, 0, 10));
-  if (!li) {
-    check(InRange<double>("hour_effect", o.hour_effect, 0, 10));
+  if (!li) check(InRange<double>("hour_effect", o.hour_effect, 0, 10));
+  if (def) {
     check(InRange<double>("device_effect", o.device_effect, 0, 10));
     check(InRange<double>("dense_weight", o.dense_weight, -10, 10));
   }
-  check(InRange<double>("interest_strength", o.interest_strength, -20, 20));
-  if (!li) {
+  if (!oe) check(InRange<double>("interest_strength", o.interest_strength, -20, 20));
+  if (def) {
     check(InRange<double>("category_match_strength", o.category_match_strength, -20, 20));
   }
-  check(InRange<uint32_t>("interest_cap", o.interest_cap, 1, 100000));
+  if (!oe) check(InRange<uint32_t>("interest_cap", o.interest_cap, 1, 100000));
+  if (oe) check(InRange<double>("cross_effect", o.cross_effect, 0, 10));
   if (li) {
     check(InRange<uint32_t>("recent_interests", o.recent_interests, 1, kMaxInterests));
     if (st.ok()) {  // needs valid num_categories and recent_interests
@@ -285,18 +313,33 @@ GenDataOptions LongInterestDefaults() {
   return o;
 }
 
+GenDataOptions OneEpochDefaults() {
+  GenDataOptions o;
+  o.mode = std::string(kGenDataOneEpochMode);
+  o.num_users = 200000;
+  o.user_zipf = 0.5;
+  o.num_items = 100000;
+  o.item_zipf = 0.8;
+  o.base_logit = -1.5;
+  o.user_effect = 0.5;
+  o.group_effect = 0.3;
+  o.item_effect = 0.3;
+  o.category_effect = 0.3;
+  o.hour_effect = 0.3;
+  o.cross_effect = 0.8;
+  return o;
+}
+
 absl::Status SetGenDataOption(std::string_view name, std::string_view value,
                               GenDataOptions* options) {
   if (name == "mode") {
-    if (value != kGenDataDefaultMode && value != kGenDataLongInterestMode) {
-      return Bad(name, absl::StrCat("cannot parse '", Av(value), "': must be ",
-                                    Av(kGenDataDefaultMode), " or ", Av(kGenDataLongInterestMode)));
+    if (!IsMode(value)) {
+      return Bad(name, absl::StrCat("cannot parse '", Av(value), "': must be ", Av(kModes)));
     }
     // Options still at the old mode's default take the new mode's.
     const GenDataOptions from =
-        IsLongInterest(*options) ? LongInterestDefaults() : GenDataOptions();
-    const GenDataOptions to =
-        value == kGenDataLongInterestMode ? LongInterestDefaults() : GenDataOptions();
+        ModeDefaults(IsMode(options->mode) ? options->mode : kGenDataDefaultMode);
+    const GenDataOptions to = ModeDefaults(value);
     for (const Field& f : Fields()) {
       if (f.name == "mode" || f.name == "out_dir") continue;
       std::visit(
@@ -371,6 +414,8 @@ absl::Status WriteGenDataMeta(const GenDataOptions& o, const GenDataSummary& s) 
   std::vector<absl::string_view> columns;
   if (IsLongInterest(o)) {
     for (std::string_view c : kGenDataLongInterestColumns) columns.push_back(Av(c));
+  } else if (IsOneEpoch(o)) {
+    for (std::string_view c : kGenDataOneEpochColumns) columns.push_back(Av(c));
   } else {
     for (std::string_view c : kGenDataColumns) columns.push_back(Av(c));
   }
@@ -427,8 +472,10 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
   };
 
   const bool li = IsLongInterest(options);
-  const std::unique_ptr<PartGenerator> generator =
-      li ? MakeLongInterestGenerator(options) : MakeClickLogGenerator(options);
+  const std::unique_ptr<PartGenerator> generator = li ? MakeLongInterestGenerator(options)
+                                                   : IsOneEpoch(options)
+                                                       ? MakeOneEpochGenerator(options)
+                                                       : MakeClickLogGenerator(options);
   std::unique_ptr<DistinctIds> distinct;
   if (options.count_distinct) distinct = std::make_unique<DistinctIds>(options);
 
@@ -500,8 +547,9 @@ absl::Status GenerateData(const GenDataOptions& options, GenDataSummary* summary
 absl::StatusOr<float> ClickProbability(const GenDataOptions& o, std::string_view line) {
   absl::Status st = ValidateGenDataOptions(o);
   if (!st.ok()) return st;
-  return IsLongInterest(o) ? LongInterestClickProbability(o, line)
-                           : ClickLogClickProbability(o, line);
+  if (IsLongInterest(o)) return LongInterestClickProbability(o, line);
+  if (IsOneEpoch(o)) return OneEpochClickProbability(o, line);
+  return ClickLogClickProbability(o, line);
 }
 
 }  // namespace ember::datasets

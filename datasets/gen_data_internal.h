@@ -1,5 +1,5 @@
-// What gen-data's two modes (click_log.cc: the default log; long_interest.cc)
-// share with the driver (gen_data.cc): per-entity hashing, output parts and
+// What gen-data's modes (click_log.cc: the default log; long_interest.cc;
+// one_epoch.cc) share with the driver (gen_data.cc): per-entity hashing, output parts and
 // their results, distinct-id counting, and one interface per mode. Internal
 // to datasets/.
 #ifndef EMBER_DATASETS_GEN_DATA_INTERNAL_H_
@@ -30,6 +30,7 @@ constexpr uint32_t kMaxInterests = 64;
 constexpr uint32_t kMaxLongHistory = 100000;
 
 inline bool IsLongInterest(const GenDataOptions& o) { return o.mode == kGenDataLongInterestMode; }
+inline bool IsOneEpoch(const GenDataOptions& o) { return o.mode == kGenDataOneEpochMode; }
 
 // ---------------------------------------------------------------------------
 // Stateless per-entity randomness.
@@ -48,6 +49,8 @@ enum Domain : uint64_t {
   kHourPhase,
   kStream,
   kLongInterestStream,
+  kGroupCategoryEffect,
+  kOneEpochStream,
 };
 
 inline uint64_t EntityHash(uint64_t seed, Domain domain, uint64_t id, uint64_t j = 0) {
@@ -188,14 +191,16 @@ class PartGenerator {
                         PartResult* result) const = 0;
 };
 
-// The two modes, each in its own file. `o` must be valid options and outlive
+// The modes, each in its own file. `o` must be valid options and outlive
 // the generator.
 std::unique_ptr<PartGenerator> MakeClickLogGenerator(const GenDataOptions& o);
 std::unique_ptr<PartGenerator> MakeLongInterestGenerator(const GenDataOptions& o);
+std::unique_ptr<PartGenerator> MakeOneEpochGenerator(const GenDataOptions& o);
 
 // ClickProbability of each mode; `o` is valid and of that mode.
 absl::StatusOr<float> ClickLogClickProbability(const GenDataOptions& o, std::string_view line);
 absl::StatusOr<float> LongInterestClickProbability(const GenDataOptions& o, std::string_view line);
+absl::StatusOr<float> OneEpochClickProbability(const GenDataOptions& o, std::string_view line);
 
 }  // namespace ember::datasets::internal
 

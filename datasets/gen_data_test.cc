@@ -770,6 +770,267 @@ TEST_F(GenDataTest, ModeByNameSwitchesTheDefaults) {
   EXPECT_EQ(back.train_rows, q.train_rows);
 }
 
+// ---------------------------------------------------------------------------
+// Mode one_epoch.
+
+// Small: 2000 users and 1000 items over 5000 rows, so that ids recur.
+GenDataOptions SmallOneEpoch(const fs::path& dir) {
+  GenDataOptions o = OneEpochDefaults();
+  o.out_dir = dir.string();
+  o.seed = 7;
+  o.train_rows = 3000;
+  o.test_rows = 2000;
+  o.train_files = 3;
+  o.test_files = 2;
+  o.threads = 2;
+  o.num_users = 2000;
+  o.num_user_groups = 20;
+  o.num_items = 1000;
+  o.num_categories = 30;
+  return o;
+}
+
+TEST_F(GenDataTest, OneEpochLayoutCrossesAndMeta) {
+  const GenDataOptions o = SmallOneEpoch(root_ / "out");
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_EQ(s.train_rows, 3000u);
+  EXPECT_EQ(s.test_rows, 2000u);
+  ASSERT_EQ(s.files.size(), 5u);
+  uint64_t lines_seen = 0;
+  std::set<std::string> hours;
+  for (const std::string& file : s.files) {
+    for (const std::string& line : Lines(ReadFile(file))) {
+      ++lines_seen;
+      const std::vector<std::string> f = Split(line, '\t');
+      ASSERT_EQ(f.size(), kGenDataOneEpochColumns.size()) << line;
+      EXPECT_TRUE(f[0] == "0" || f[0] == "1") << line;
+      EXPECT_LT(std::stoull(f[1]), o.num_users) << line;
+      EXPECT_LT(std::stoull(f[2]), o.num_user_groups) << line;
+      EXPECT_LT(std::stoull(f[3]), o.num_items) << line;
+      EXPECT_EQ(std::stoull(f[4]), std::stoull(f[3]) % o.num_categories) << line;
+      EXPECT_LT(std::stoul(f[5]), 24u) << line;
+      hours.insert(f[5]);
+      EXPECT_EQ(f[6], f[2] + "_" + f[4]) << line;  // group_cat
+      EXPECT_EQ(f[7], f[1] + "_" + f[3]) << line;  // user_item
+      EXPECT_EQ(f[8], f[1] + "_" + f[4]) << line;  // user_cat
+    }
+  }
+  EXPECT_EQ(lines_seen, 5000u);
+  EXPECT_EQ(hours.size(), 24u);
+
+  const auto meta = ReadMeta(root_ / "out/meta.txt");
+  EXPECT_EQ(meta.at("mode"), "one_epoch");
+  EXPECT_EQ(meta.at("columns"),
+            "label,user_id,user_group,item_id,item_cat,hour,group_cat,user_item,user_cat");
+  EXPECT_EQ(std::stod(meta.at("oracle_auc")), s.oracle_auc);
+  EXPECT_EQ(meta.at("mean_history"), "0");
+  EXPECT_EQ(meta.at("cross_effect"), "0.8");
+  // Options the mode ignores, and mode long_interest's figures, stay out.
+  for (const char* key : {"interest_strength", "interest_cap", "num_topics", "max_history",
+                          "dense_weight", "long_history", "recent_only_oracle_auc"}) {
+    EXPECT_FALSE(meta.count(key)) << key;
+  }
+  for (const auto& [name, value] : GenDataOptionValues(o)) {
+    ASSERT_TRUE(meta.count(name)) << name;
+    EXPECT_EQ(meta.at(name), value) << name;
+  }
+  EXPECT_EQ(s.distinct.categories, o.num_categories);
+  EXPECT_GT(s.distinct.users, 1000u);
+  EXPECT_LE(s.distinct.users, o.num_users);
+}
+
+TEST_F(GenDataTest, OneEpochSameSeedSameBytesWhateverTheThreads) {
+  GenDataOptions a = SmallOneEpoch(root_ / "a"), b = SmallOneEpoch(root_ / "b"),
+                 c = SmallOneEpoch(root_ / "c");
+  a.threads = 1;
+  b.threads = 3;
+  c.seed = 8;
+  ASSERT_TRUE(GenerateData(a, nullptr).ok());
+  ASSERT_TRUE(GenerateData(b, nullptr).ok());
+  ASSERT_TRUE(GenerateData(c, nullptr).ok());
+  auto sa = Snapshot(root_ / "a"), sb = Snapshot(root_ / "b"), sc = Snapshot(root_ / "c");
+  ASSERT_EQ(sa.size(), 6u);  // 5 parts + meta
+  for (const auto& [name, bytes] : sa) {
+    if (name == "meta.txt") continue;  // names out_dir and threads
+    EXPECT_TRUE(bytes == sb[name]) << name;
+    EXPECT_FALSE(bytes == sc[name]) << name;
+  }
+  // The default mode's stream differs: the modes do not share rows.
+  GenDataOptions d = Small("d");
+  d.seed = a.seed;
+  ASSERT_TRUE(GenerateData(d, nullptr).ok());
+  EXPECT_NE(Split(Lines(ReadFile(root_ / "a/train/part-00000.tsv"))[0], '\t')[1],
+            Split(Lines(ReadFile(root_ / "d/train/part-00000.tsv"))[0], '\t')[1]);
+}
+
+TEST_F(GenDataTest, OneEpochOracleRecomputesFromTheTestFiles) {
+  const GenDataOptions o = SmallOneEpoch(root_ / "out");
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  std::vector<float> p, labels;
+  std::vector<std::string> lines;
+  for (const char* name : {"part-00000.tsv", "part-00001.tsv"}) {
+    for (const std::string& line : Lines(ReadFile(root_ / "out/test" / name))) {
+      absl::StatusOr<float> prob = ClickProbability(o, line);
+      ASSERT_TRUE(prob.ok()) << prob.status() << ": " << line;
+      p.push_back(*prob);
+      labels.push_back(line[0] == '1' ? 1.0f : 0.0f);
+      lines.push_back(line);
+    }
+  }
+  ASSERT_EQ(p.size(), 2000u);
+  EXPECT_EQ(models::ExactAuc(p, labels), s.oracle_auc);
+  EXPECT_EQ(models::LogLoss(p, labels), s.oracle_logloss);
+  EXPECT_GT(s.oracle_auc, 0.65);
+  EXPECT_LT(s.oracle_auc, 0.9);
+  EXPECT_NEAR(s.positive_rate, s.mean_click_probability, 0.03);
+  EXPECT_EQ(s.mean_history, 0);
+
+  // The cross effect is part of p: without it the scores change.
+  GenDataOptions no_cross = o;
+  no_cross.cross_effect = 0;
+  EXPECT_NE(*ClickProbability(no_cross, lines[0]), p[0]);
+  // Another seed re-derives other groups; a spoilt cross is refused.
+  GenDataOptions other = o;
+  other.seed = 8;
+  int mismatches = 0;
+  for (const std::string& line : lines) mismatches += !ClickProbability(other, line).ok();
+  EXPECT_GT(mismatches, 1800);
+  std::vector<std::string> f = Split(lines[0], '\t');
+  f[7] = f[1] + "_" + std::to_string(std::stoull(f[3]) + 1);
+  std::string spoilt = f[0];
+  for (size_t k = 1; k < f.size(); ++k) spoilt += "\t" + f[k];
+  const absl::StatusOr<float> bad = ClickProbability(o, spoilt);
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("column user_item"), std::string::npos) << bad.status();
+  EXPECT_FALSE(ClickProbability(o, "1\t2\t3").ok());
+  EXPECT_FALSE(ClickProbability(Small("x"), lines[0]).ok());  // default mode's layout
+}
+
+// What the mode is for: the signal's keys recur, the crosses of user_id
+// mostly do not. The default population on a fifth of the default rows.
+TEST_F(GenDataTest, OneEpochDefaultsAreRareKeysBesideRecurringOnes) {
+  GenDataOptions o = OneEpochDefaults();
+  o.out_dir = (root_ / "out").string();
+  o.train_rows = 200000;
+  o.test_rows = 20000;
+  GenDataSummary s;
+  ASSERT_TRUE(GenerateData(o, &s).ok());
+  EXPECT_GT(s.oracle_auc, 0.73);
+  EXPECT_LT(s.oracle_auc, 0.79);
+  EXPECT_GT(s.positive_rate, 0.2);
+  EXPECT_LT(s.positive_rate, 0.26);
+
+  // Occurrences of each key in the training split, per column.
+  std::vector<std::map<std::string, int>> counts(kGenDataOneEpochColumns.size());
+  for (int i = 0; i < 4; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "part-%05d.tsv", i);
+    for (const std::string& line : Lines(ReadFile(root_ / "out/train" / name))) {
+      const std::vector<std::string> f = Split(line, '\t');
+      ASSERT_EQ(f.size(), counts.size());
+      for (size_t c = 1; c < f.size(); ++c) ++counts[c][f[c]];
+    }
+  }
+  auto share_at_most = [&](size_t column, int times) {
+    uint64_t keys = 0;
+    for (const auto& [key, n] : counts[column]) keys += n <= times;
+    return static_cast<double>(keys) / counts[column].size();
+  };
+  auto mean_count = [&](size_t column) {
+    return static_cast<double>(o.train_rows) / counts[column].size();
+  };
+  EXPECT_GT(share_at_most(7, 1), 0.95);  // user_item: nearly all once
+  EXPECT_GT(share_at_most(8, 2), 0.9);   // user_cat
+  EXPECT_GT(share_at_most(1, 3), 0.6);   // user_id
+  EXPECT_GT(mean_count(6), 15);          // group_cat: 10,000 pairs
+  EXPECT_GT(mean_count(2), 1000);        // user_group
+  EXPECT_GT(mean_count(4), 1000);        // item_cat
+}
+
+TEST_F(GenDataTest, OneEpochRefusesBadOptionsNamingThem) {
+  struct Case {
+    std::string option;
+    std::function<void(GenDataOptions*)> spoil;
+  };
+  const std::vector<Case> cases = {
+      {"mode", [](GenDataOptions* o) { o->mode = "one-epoch"; }},
+      {"cross_effect", [](GenDataOptions* o) { o->cross_effect = -0.1; }},
+      {"cross_effect", [](GenDataOptions* o) { o->cross_effect = 10.5; }},
+      {"user_effect", [](GenDataOptions* o) { o->user_effect = 11; }},
+      {"hour_effect", [](GenDataOptions* o) { o->hour_effect = -1; }},
+      {"user_zipf", [](GenDataOptions* o) { o->user_zipf = 11; }},
+      {"num_user_groups", [](GenDataOptions* o) { o->num_user_groups = 0; }},
+      {"num_categories", [](GenDataOptions* o) { o->num_categories = 1001; }},
+  };
+  for (const Case& c : cases) {
+    GenDataOptions o = SmallOneEpoch(root_ / "bad");
+    c.spoil(&o);
+    const absl::Status v = ValidateGenDataOptions(o);
+    EXPECT_EQ(v.code(), absl::StatusCode::kInvalidArgument) << c.option;
+    EXPECT_NE(v.message().find("option " + c.option + ":"), std::string::npos)
+        << c.option << " -> " << v;
+    EXPECT_FALSE(fs::exists(o.out_dir)) << c.option;
+  }
+  // Options the mode ignores are not checked.
+  GenDataOptions o = SmallOneEpoch(root_ / "good");
+  o.interest_cap = 0;
+  o.num_topics = 1000;
+  o.max_history = 200000;
+  o.long_history = 0;
+  EXPECT_TRUE(ValidateGenDataOptions(o).ok());
+}
+
+TEST_F(GenDataTest, OneEpochModeByNameSwitchesTheDefaults) {
+  GenDataOptions o;
+  ASSERT_TRUE(SetGenDataOption("mode", "one_epoch", &o).ok());
+  EXPECT_EQ(GenDataOptionValues(o), GenDataOptionValues(OneEpochDefaults()));
+  EXPECT_EQ(o.num_users, OneEpochDefaults().num_users);
+  EXPECT_NE(o.num_users, GenDataOptions().num_users);
+  // From mode long_interest, options it changed take one_epoch's defaults.
+  GenDataOptions p;
+  ASSERT_TRUE(SetGenDataOption("mode", "long_interest", &p).ok());
+  ASSERT_TRUE(SetGenDataOption("mode", "one_epoch", &p).ok());
+  EXPECT_EQ(GenDataOptionValues(p), GenDataOptionValues(OneEpochDefaults()));
+  EXPECT_EQ(p.train_rows, OneEpochDefaults().train_rows);
+  // And back to the default mode.
+  ASSERT_TRUE(SetGenDataOption("cross_effect", "0.25", &p).ok());
+  ASSERT_TRUE(SetGenDataOption("mode", "default", &p).ok());
+  EXPECT_EQ(p.num_users, GenDataOptions().num_users);
+  EXPECT_EQ(p.cross_effect, 0.25);  // set by hand: kept
+
+  // Round trip by name.
+  GenDataOptions q = SmallOneEpoch(root_ / "x");
+  q.cross_effect = 1.5;
+  const auto values = GenDataOptionValues(q);
+  ASSERT_EQ(values[0].first, "mode");
+  GenDataOptions back;
+  for (const auto& [name, value] : values) {
+    ASSERT_TRUE(SetGenDataOption(name, value, &back).ok()) << name << "=" << value;
+  }
+  EXPECT_EQ(GenDataOptionValues(back), values);
+}
+
+// examples/one_epoch.conf reads this log: columns in file order, each in a
+// key space of its own, and the four epochs with an evaluation after each
+// that show the fall.
+TEST(OneEpochConfTest, MatchesTheGeneratedColumns) {
+  absl::StatusOr<proto::JobConfig> config =
+      proto::LoadJobConfig(std::string(EMBER_SOURCE_DIR) + "/examples/one_epoch.conf");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const proto::DataConfig& data = config->data();
+  ASSERT_EQ(data.columns_size(), static_cast<int>(kGenDataOneEpochColumns.size()));
+  std::set<uint32_t> slots;
+  for (int i = 0; i < data.columns_size(); ++i) {
+    EXPECT_EQ(data.columns(i).name(), kGenDataOneEpochColumns[i]);
+    if (i > 0) slots.insert(proto::ColumnSlot(*config, i));
+  }
+  EXPECT_EQ(slots.size(), kGenDataOneEpochColumns.size() - 1);
+  EXPECT_EQ(config->train().epochs(), 4u);
+  EXPECT_TRUE(config->train().eval_every_epoch());
+}
+
 // examples/local.conf is the job config for this data: it must load, name
 // the columns in file order, and let the candidate and the history meet.
 TEST(LocalConfTest, MatchesTheGeneratedColumns) {
