@@ -15,7 +15,8 @@ One JSON object per line; fields that are absent are skipped, events of a kind
 this script does not know are ignored. A line that is not JSON stops with
 file:line, except a last line without its newline (a job still writing, or
 killed mid-write), which is dropped with a warning. Needs Debian's
-python3-matplotlib (for /usr/bin/python3); draws headless (Agg).
+python3-matplotlib; when the python3 first on PATH (pyenv, a venv) lacks
+matplotlib, runs itself again under /usr/bin/python3. Draws headless (Agg).
 """
 
 import argparse
@@ -173,16 +174,28 @@ def default_labels(paths):
     return names if len(set(names)) == len(names) else list(paths)
 
 
-def draw(runs, x_field, out):
+def import_pyplot():
+    """matplotlib.pyplot on the Agg backend. When this python3 lacks matplotlib, runs this
+    script again under Debian's /usr/bin/python3 (once; Debian's python3-matplotlib is for it,
+    and a pyenv or venv python3 first on PATH does not see it); PlotError if that lacks it too."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-        from matplotlib.ticker import MaxNLocator
+        return plt
     except ImportError as e:
+        debian = "/usr/bin/python3"
+        if (os.path.exists(debian) and os.path.realpath(sys.executable) != os.path.realpath(debian)
+                and not os.environ.get("EMBER_PLOT_REEXEC")):
+            os.environ["EMBER_PLOT_REEXEC"] = "1"
+            os.execv(debian, [debian, os.path.abspath(__file__)] + sys.argv[1:])
         raise PlotError(f"needs matplotlib ({e}); on Debian: apt-get install python3-matplotlib, "
-                        f"then run with /usr/bin/python3")
+                        f"and run with /usr/bin/python3")
+
+
+def draw(plt, runs, x_field, out):
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
     loss_ax, auc_ax, eval_ax, speed_ax = axes.flat
@@ -267,8 +280,9 @@ def main(argv):
         for path in args.files:
             if os.path.exists(args.output) and os.path.exists(path) and os.path.samefile(args.output, path):
                 raise PlotError(f"-o {args.output} is an input file; refusing to overwrite it")
+        plt = import_pyplot()
         runs = [load_run(path, label, args.x) for path, label in zip(args.files, labels)]
-        draw(runs, args.x, args.output)
+        draw(plt, runs, args.x, args.output)
     except PlotError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)
         return 1

@@ -71,6 +71,14 @@ for x in samples elapsed step; do
 done
 echo "$out" | grep -q "1 recovery" || fail "the summary does not count the recovery: $out"
 
+# plot.py runs itself again under Debian's python3 when the python3 on PATH
+# (pyenv, a venv) lacks matplotlib.
+if command -v python3 >/dev/null && [ "$python" == /usr/bin/python3 ]; then
+  echo "== python3 on PATH ($(command -v python3)) lacks matplotlib: plot.py switches to /usr/bin/python3"
+  python3 "$plot" "$work/run.jsonl" -o "$work/reexec.png" || fail "plot.py under $(command -v python3)"
+  png_ok "$work/reexec.png" "re-run under /usr/bin/python3"
+fi
+
 echo "== two runs overlaid, with labels; an unfinished last line is dropped with a warning"
 grep -v '"reset"' "$work/run.jsonl" >"$work/no_reset.jsonl"
 printf '{"time": 1700000008.0, "elapsed": 8.0, "event": "progr' >>"$work/no_reset.jsonl"
