@@ -9,7 +9,8 @@ Each file is one job and becomes one colour in every panel, so runs overlay
 --label no-reset -o cmp.png`). Panels: train loss and train AUC against x
 (progress events), test AUC per task against epoch (eval events, markers; a
 final event's figures as stars), samples/s against x; checkpoint (dotted),
-recovery (dashed) and reset (dash-dot) events are vertical lines.
+recovery (dashed) and reset (dash-dot) events are vertical lines (incremental
+checkpoints only while a run has at most 50).
 
 One JSON object per line; fields that are absent are skipped, events of a kind
 this script does not know are ignored. A line that is not JSON stops with
@@ -20,6 +21,7 @@ matplotlib, runs itself again under /usr/bin/python3. Draws headless (Agg).
 """
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -33,6 +35,9 @@ X_FIELDS = {
 
 # Vertical markers: event kind -> line style (the colour is the run's).
 MARKER_STYLES = {"checkpoint": ":", "recovery": "--", "reset": "-."}
+
+# More incremental checkpoints than this in one run are not drawn.
+MAX_INCREMENTAL_MARKERS = 50
 
 TASK_MARKERS = "os^Dvp<>h"
 
@@ -96,12 +101,13 @@ def interpolate(points, t):
     without points. (Samples and steps stand still while a job recovers or checkpoints.)"""
     if not points:
         return None
-    if t <= points[0][0]:
+    i = bisect.bisect_left(points, (t,))
+    if i == 0:
         return points[0][1]
-    for (t0, v0), (t1, v1) in zip(points, points[1:]):
-        if t0 <= t <= t1:
-            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-    return points[-1][1]
+    if i == len(points):
+        return points[-1][1]
+    (t0, v0), (t1, v1) = points[i - 1], points[i]
+    return v1 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
 
 def load_run(path, label, x_field):
@@ -113,7 +119,7 @@ def load_run(path, label, x_field):
     clock_to_x = []  # (elapsed, x) from events that have both
     for _, ev in events:
         kind = ev.get("event")
-        kind = kind if isinstance(kind, str) else "?"
+        kind = kind if isinstance(kind, str) else "(no event name)"
         run.counts[kind] = run.counts.get(kind, 0) + 1
         t = number(ev.get("time"))
         if start is None and t is not None:
@@ -205,7 +211,9 @@ def draw(plt, runs, x_field, out):
     def curve(ax, run, color, points):
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, color=color, linewidth=1.2, label=run.label)
+            # A lone point has no line to show it.
+            ax.plot(xs, ys, color=color, linewidth=1.2, marker="o" if len(xs) == 1 else None,
+                    label=run.label)
 
     for run, color in zip(runs, colors):
         curve(loss_ax, run, color, run.loss)
@@ -217,8 +225,14 @@ def draw(plt, runs, x_field, out):
                          linewidth=1, label=f"{run.label}: {task}")
         for task, (epoch, auc) in sorted(run.finals.items()):
             eval_ax.plot([epoch], [auc], color=color, marker="*", markersize=12, linestyle="none")
+        markers = run.markers
+        incremental = sum(1 for kind, _, full in markers if kind == "checkpoint" and not full)
+        if incremental > MAX_INCREMENTAL_MARKERS:
+            # Hundreds of lines would hide the curves.
+            print(f"{run.label}: {incremental} incremental checkpoints not drawn (only full ones)")
+            markers = [m for m in markers if m[0] != "checkpoint" or m[2]]
         for ax in (loss_ax, auc_ax, speed_ax):
-            for kind, x, full in run.markers:
+            for kind, x, full in markers:
                 ax.axvline(x, color=color, linestyle=MARKER_STYLES[kind],
                            linewidth=1.4 if kind != "checkpoint" or full else 0.7,
                            alpha=0.8 if kind != "checkpoint" else 0.4)
@@ -246,7 +260,13 @@ def draw(plt, runs, x_field, out):
     eval_ax.set_xlabel("epoch")
     eval_ax.set_ylabel("AUC")
     eval_ax.grid(alpha=0.3)
-    eval_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted({e for r in runs for points in r.evals.values() for e, _ in points} |
+                    {e for r in runs for e, _ in r.finals.values()})
+    if 0 < len(epochs) <= 20:
+        eval_ax.set_xticks(epochs)
+        eval_ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    else:
+        eval_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(r.evals or r.finals for r in runs):
         if any(r.evals for r in runs):
             eval_ax.legend(fontsize="small")

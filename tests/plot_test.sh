@@ -70,6 +70,28 @@ for x in samples elapsed step; do
   png_ok "$work/curves_$x.png" "--x $x"
 done
 echo "$out" | grep -q "1 recovery" || fail "the summary does not count the recovery: $out"
+! echo "$out" | grep -q "not drawn" || fail "one incremental checkpoint was left out: $out"
+
+# Each kind is drawn where its event says: moving one event changes the image
+# (Agg draws the same bytes for the same input; the legends stay the same).
+"$python" "$plot" "$work/run.jsonl" --label run -o "$work/full.png" >/dev/null || fail "plot.py"
+"$python" "$plot" "$work/run.jsonl" --label run -o "$work/again.png" >/dev/null || fail "plot.py"
+cmp -s "$work/full.png" "$work/again.png" || fail "two runs on the same input drew different images"
+moves=(
+  'full checkpoint|/"full"/s/"samples": 2000/"samples": 2500/'
+  'incremental checkpoint|/"incremental"/s/"samples": 4500/"samples": 5500/'
+  'recovery (placed by elapsed)|s/"elapsed": 3.5, "event": "recovery"/"elapsed": 5.5, "event": "recovery"/'
+  'reset|/"reset"/s/"samples": 4000/"samples": 5500/'
+  'eval|/"eval"/s/"auc": 0.70/"auc": 0.60/'
+  'final|/"final"/s/"auc": 0.67/"auc": 0.80/'
+)
+for move in "${moves[@]}"; do
+  what="${move%%|*}"
+  sed -e "${move#*|}" "$work/run.jsonl" >"$work/moved.jsonl"
+  ! cmp -s "$work/run.jsonl" "$work/moved.jsonl" || fail "test bug: the edit for $what changed nothing"
+  "$python" "$plot" "$work/moved.jsonl" --label run -o "$work/moved.png" >/dev/null || fail "plot.py, $what moved"
+  ! cmp -s "$work/full.png" "$work/moved.png" || fail "moving the $what event changes nothing in the image"
+done
 
 # plot.py runs itself again under Debian's python3 when the python3 on PATH
 # (pyenv, a venv) lacks matplotlib.
@@ -87,6 +109,17 @@ printf '{"time": 1700000008.0, "elapsed": 8.0, "event": "progr' >>"$work/no_rese
 png_ok "$work/both.png" "two runs"
 grep -q "no_reset.jsonl:16: dropping an unfinished last line" "$work/both.err" ||
   fail "no warning naming the unfinished line: $(cat "$work/both.err")"
+
+echo "== 60 incremental checkpoints are left out, saying so"
+{
+  cat "$work/run.jsonl"
+  for i in $(seq 1 60); do
+    echo "{\"event\": \"checkpoint\", \"samples\": $((i * 100)), \"checkpoint\": {\"kind\": \"incremental\"}}"
+  done
+} >"$work/many.jsonl"
+out="$("$python" "$plot" "$work/many.jsonl" -o "$work/many.png")" || fail "many checkpoints: $out"
+png_ok "$work/many.png" "many checkpoints"
+echo "$out" | grep -q "61 incremental checkpoints not drawn" || fail "no note on the checkpoints left out: $out"
 
 # expect_error WHAT EXPECTED_TEXT plot.py-args...: non-zero exit, EXPECTED_TEXT on stderr, no PNG.
 expect_error() {
