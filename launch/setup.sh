@@ -4,11 +4,15 @@
 EMBER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
   libeigen3-dev libgoogle-glog-dev libgflags-dev librocksdb-dev libgtest-dev libgmock-dev libabsl-dev zlib1g-dev"
+# Not needed to build or train; tests/run.sh adds them for the tests of the
+# tools beside the binary (launch/plot.py: tests/plot_test.sh).
+EMBER_TEST_PACKAGES="python3-matplotlib"
 
-# Installs the packages that are not installed yet (apt-get; sudo when not root).
+# ember_install_deps [PACKAGE...]: installs EMBER_PACKAGES and the given
+# packages that are not installed yet (apt-get; sudo when not root).
 ember_install_deps() {
   local missing=() p
-  for p in $EMBER_PACKAGES; do
+  for p in $EMBER_PACKAGES "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/setup.sh"
 build_dir="${EMBER_TEST_BUILD_DIR:-$EMBER_ROOT/build-tests}"
 native_dir="${EMBER_TEST_NATIVE_BUILD_DIR:-$EMBER_ROOT/build-tests-native}"
-ember_install_deps
+ember_install_deps $EMBER_TEST_PACKAGES
 
 echo "== unit tests, -march=native build ($native_dir)"
 ember_build "$native_dir" -DEMBER_BUILD_TESTS=ON -DEMBER_BUILD_BENCHMARKS=OFF -DEMBER_MARCH=native
