@@ -53,7 +53,7 @@ TEST(ConfigTest, ValidationNamesField) {
 }
 
 TEST(ConfigTest, StorageFieldsAreValidated) {
-  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 keep: 2 })",
+  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 } checkpoint { keep: 2 })",
                           "x");
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(ValidateJobConfig(*c).ok());
@@ -69,9 +69,23 @@ TEST(ConfigTest, StorageFieldsAreValidated) {
   st = ValidateJobConfig(*c);
   EXPECT_NE(st.message().find("storage.spill_path"), std::string::npos) << st;
   c->mutable_storage()->set_spill_path("/tmp/s");
-  c->mutable_storage()->set_keep(0);
+  c->mutable_checkpoint()->set_keep(0);
   st = ValidateJobConfig(*c);
-  EXPECT_NE(st.message().find("storage.keep"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("checkpoint.keep"), std::string::npos) << st;
+  c->mutable_checkpoint()->set_keep(2);
+  c->mutable_checkpoint()->set_full_every(0);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("checkpoint.full_every"), std::string::npos) << st;
+  c->mutable_checkpoint()->set_full_every(3);
+  c->mutable_train()->set_epochs(3);
+  c->mutable_tables(0)->mutable_reset()->add_before_epochs(1);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("tables[0].reset.before_epochs[0]"), std::string::npos) << st;
+  c->mutable_tables(0)->mutable_reset()->set_before_epochs(0, 3);
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  c->mutable_tables(0)->mutable_reset()->set_before_epochs(0, 4);
+  st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("must be an epoch in [2, train.epochs=3]"), std::string::npos) << st;
 }
 
 TEST(ConfigTest, BadLineBudgetNamesTheFieldAndTheFirstCauses) {

@@ -45,7 +45,7 @@ class CheckpointCoordinator {
   // Writes checkpoint <root>/ckpt-<latest id + 1>. `incremental`: a delta on
   // the newest complete checkpoint when there is one (a server whose rows are
   // not clean relative to it writes full shards instead). Runs the expiry
-  // sweep first if `sweep`. Prunes to storage.keep afterwards. Returns the
+  // sweep first if `sweep`. Prunes to checkpoint.keep afterwards. Returns the
   // manifest written, with `job_state` (if not null) in it. On any server's
   // failure no MANIFEST is written and the directory stays incomplete
   // (pruned later). Prunes to checkpoint.keep.

@@ -472,7 +472,7 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
   Scratch dir;
   proto::JobConfig c = BaseConfig();
   c.mutable_cluster()->set_server_threads(3);
-  c.mutable_storage()->set_keep(10);
+  c.mutable_checkpoint()->set_keep(10);
   Servers s(c, 2, dir.path() + "/spill");
   std::vector<uint64_t> keys;
   for (uint64_t i = 0; i < 3000; ++i) keys.push_back(proto::Mix64(i + 100));

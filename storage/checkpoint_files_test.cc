@@ -148,7 +148,7 @@ TEST(ConfigFingerprintTest, DependsOnLayoutOnly) {
   same.mutable_cluster()->set_num_workers(9);
   same.mutable_data()->set_batch_size(77);
   same.mutable_tables(0)->mutable_optimizer()->set_learning_rate(0.5);
-  same.mutable_storage()->set_keep(9);
+  same.mutable_checkpoint()->set_keep(9);
   EXPECT_EQ(ConfigFingerprint(same, 1000), f);
 
   // What changes the bytes.

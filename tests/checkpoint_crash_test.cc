@@ -37,7 +37,7 @@ proto::JobConfig Config(uint64_t bytes_per_sec) {
   c.mutable_cluster()->set_num_logical_shards(64);
   c.mutable_cluster()->set_server_threads(2);
   c.mutable_storage()->set_checkpoint_bytes_per_sec(bytes_per_sec);
-  c.mutable_storage()->set_keep(5);
+  c.mutable_checkpoint()->set_keep(5);
   return c;
 }
 
