@@ -41,6 +41,8 @@ DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler
 DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
 DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
+DEFINE_uint32(debug_step_delay_ms, 0, "Fault injection: the worker sleeps this long after each training step, as a "
+                                      "straggler would (`worker`; tests and benchmarks).");
 DEFINE_bool(resume, false, "Continue the job from the newest complete checkpoint under checkpoint.dir (`scheduler`).");
 DEFINE_string(checkpoint_dir, "", "Overrides checkpoint.dir: where the job's checkpoints go (`scheduler`).");
 DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`).");
@@ -95,7 +97,7 @@ const std::vector<CommandHelp>& Commands() {
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
        {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
-       {"scheduler", "exit_with_parent", "log_dir"}},
+       {"scheduler", "debug_step_delay_ms", "exit_with_parent", "log_dir"}},
       {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
@@ -238,8 +240,9 @@ int RunScheduler() {
   if (!FLAGS_result_file.empty()) {
     FILE* f = std::fopen(FLAGS_result_file.c_str(), "w");
     if (f == nullptr) return ErrorExit(absl::UnavailableError("cannot write --result_file " + FLAGS_result_file));
-    std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\n", line.c_str(),
-                 static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines));
+    std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\nmax_clock_gap=%llu\n", line.c_str(),
+                 static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines),
+                 static_cast<unsigned long long>(result->max_clock_gap));
     std::fclose(f);
   }
   return 0;
@@ -335,6 +338,7 @@ int RunWorker() {
   if (!ps.ok()) return ErrorExit(ps.status());
   worker::WorkerOptions wo;
   wo.registration = reg;
+  wo.step_delay = absl::Milliseconds(FLAGS_debug_step_delay_ms);
   auto w = worker::Worker::Create(wo, control->get(), ps->get());
   if (!w.ok()) {
     (*control)->Leave(std::string(w.status().message()), true);

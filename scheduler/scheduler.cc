@@ -886,6 +886,7 @@ class Scheduler::Impl {
     node.phase_done = true;
     pending_phase_done_.push_back(std::move(m));
     if (pause_active_) PauseAcked(node.info.id());
+    ReleaseStepBarrier();
     ReleaseClocks();
     return MaybeFinishPhase();
   }
@@ -1546,6 +1547,23 @@ class Scheduler::Impl {
     const proto::BarrierRequest& b = m.header.barrier();
     if (b.name() == "ssp") {
       node.clock = node.clock_offset + b.clock();
+      // The gap as the workers report it, whatever the scheduler answered:
+      // the fastest's finished steps minus the slowest's, minus one.
+      uint64_t lo = std::numeric_limits<uint64_t>::max(), hi = 0;
+      for (const Node& n : nodes_) {
+        if (!n.is_worker() || !n.live() || n.awaiting_reply || n.phase_done) continue;
+        lo = std::min(lo, n.clock);
+        hi = std::max(hi, n.clock);
+      }
+      if (hi > lo + 1) result_.max_clock_gap = std::max(result_.max_clock_gap, hi - lo - 1);
+      if (pause_active_) {
+        // Paused workers do not move; the one asking must reach its step
+        // boundary to pause as well.
+        net::Message r = net::MakeReply(m);
+        r.header.set_clock(node.clock - node.clock_offset);
+        Send(std::move(r));
+        return absl::OkStatus();
+      }
       held_clocks_.push_back(std::move(m));
       ReleaseClocks();
       return absl::OkStatus();
@@ -1592,12 +1610,6 @@ class Scheduler::Impl {
       if (!all && min < wait_for) {
         keep.push_back(std::move(m));
         continue;
-      }
-      // The worker may now start step clock + 1 (in its own count); the
-      // slowest has finished `min`.
-      if (min != std::numeric_limits<uint64_t>::max() && !all) {
-        const uint64_t started = n.clock + 1;
-        if (started > min + 1) result_.max_clock_gap = std::max(result_.max_clock_gap, started - min - 1);
       }
       net::Message r = net::MakeReply(m);
       r.header.set_clock(min == std::numeric_limits<uint64_t>::max() ? n.clock : min - std::min(min, n.clock_offset));

@@ -175,6 +175,17 @@ absl::Status SchedulerClient::StopStatus() {
   return stop_status_;
 }
 
+absl::StatusOr<uint64_t> SchedulerClient::SspClock(uint64_t clock, uint64_t wait_for) {
+  net::Message m = NewMessage(proto::BARRIER);
+  proto::BarrierRequest* b = m.header.mutable_barrier();
+  b->set_name("ssp");
+  b->set_clock(clock);
+  b->set_wait_for(wait_for);
+  absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), absl::Hours(24 * 365));
+  if (!reply.ok()) return reply.status();
+  return reply->header.clock();
+}
+
 void SchedulerClient::ReportMetrics(const proto::Metrics& metrics) {
   net::Message m = NewMessage(proto::REPORT_METRICS);
   *m.header.mutable_metrics() = metrics;

@@ -61,6 +61,10 @@ class SchedulerClient {
 
   // BSP: blocks until every worker still in the phase reaches its barrier.
   [[nodiscard]] absl::Status StepBarrier();
+  // SSP: reports `clock` steps finished in the phase and blocks until every
+  // live worker still in it has finished `wait_for`; returns the slowest's
+  // count.
+  [[nodiscard]] absl::StatusOr<uint64_t> SspClock(uint64_t clock, uint64_t wait_for);
 
   // The newest PAUSE the scheduler ordered and this node has not answered
   // with Paused() yet; id 0 if none.

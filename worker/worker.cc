@@ -86,7 +86,8 @@ absl::Status RestartStatus() { return absl::AbortedError("restart ordered by the
 class Worker::Impl {
  public:
   Impl(const WorkerOptions& options, scheduler::SchedulerClient* control, PsClient* ps)
-      : reg_(options.registration),
+      : step_delay_(options.step_delay),
+        reg_(options.registration),
         config_(reg_.cluster().config()),
         control_(control),
         ps_(ps),
@@ -395,7 +396,11 @@ class Worker::Impl {
 
   absl::Status RunPhase(const proto::Phase& phase, Predictions* eval) {
     const bool train = phase.kind() == proto::TRAIN;
-    const bool bsp = config_.train().consistency() == proto::TrainConfig::BSP;
+    const proto::TrainConfig::Consistency consistency = config_.train().consistency();
+    // BSP and SSP pull the next batch only after the wait, so that it sees
+    // the updates the wait was for.
+    const bool bsp = consistency == proto::TrainConfig::BSP || consistency == proto::TrainConfig::SSP;
+    uint64_t clock = 0;  // SSP: steps finished in this phase
     BatchQueue queue(8);
     std::thread reader([&] { ReadLoop(phase, &queue); });
     absl::Status st;
@@ -418,8 +423,17 @@ class Worker::Impl {
         if (nb) next = Prepare(std::move(*nb));
       }
       st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), eval);
+      if (step_delay_ > absl::ZeroDuration() && train) absl::SleepFor(step_delay_);
       if (st.ok() && train && bsp) {
-        st = control_->StepBarrier();
+        if (consistency == proto::TrainConfig::SSP) {
+          // Step clock + 1 may start once the slowest worker still in the
+          // phase has finished step clock + 1 - staleness - 1.
+          ++clock;
+          const uint64_t s = config_.train().staleness();
+          st = control_->SspClock(clock, clock > s ? clock - s : 0).status();
+        } else {
+          st = control_->StepBarrier();
+        }
         if (st.ok() && nb) next = Prepare(std::move(*nb));
       }
       if (control_->Stopped()) st = absl::AbortedError("the scheduler ended the job");
@@ -462,6 +476,7 @@ class Worker::Impl {
     return m;
   }
 
+  const absl::Duration step_delay_;
   proto::RegisterReply reg_;
   const proto::JobConfig& config_;
   scheduler::SchedulerClient* control_;
