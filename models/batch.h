@@ -44,6 +44,9 @@ struct Batch {
   uint64_t chunk_id = 0;
   bool last_of_chunk = false;
   uint64_t bytes = 0;  // input bytes these samples occupied
+  // The newest value of the first TIME column (unix seconds), 0 without one:
+  // pushes carry it (Header.log_time) for expiry.after_days.
+  uint64_t log_time = 0;
   // Where the chunk stands after this batch's last line: bytes of the chunk
   // consumed (decompressed, for gzip) and the file's next line number. A
   // resumed chunk starts there (see proto::ChunkPosition).

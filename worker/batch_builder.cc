@@ -68,6 +68,16 @@ BatchBuilder::BatchBuilder(LogParser parser, models::InputPlan plan,
       plan_(std::move(plan)),
       num_servers_(num_servers),
       num_shards_(shard_map.num_logical_shards()) {
+  // The log time a push carries (for expiry.after_days): the first TIME
+  // column, counted among the time columns as the parser numbers them.
+  int time_index = 0;
+  for (const proto::ColumnConfig& c : config.data().columns()) {
+    if (c.type() == proto::ColumnConfig::TIME) {
+      log_time_index_ = time_index;
+      break;
+    }
+    if (c.type() == proto::ColumnConfig::TIME_SEQUENCE) ++time_index;
+  }
   // Position of each shard in (server, shard) order, by counting shards per server.
   std::vector<uint32_t> next(num_servers_ + 1, 0);
   shard_server_.assign(shard_map.server_rank().begin(), shard_map.server_rank().end());
@@ -327,6 +337,12 @@ absl::Status BatchBuilder::AddLine(std::string_view line) {
   }
   ++size_;
   bytes_ += line.size() + 1;
+  if (log_time_index_ >= 0) {
+    const uint32_t b = scratch_.time_begin[log_time_index_];
+    if (b < scratch_.time_begin[log_time_index_ + 1] && scratch_.times[b] > 0) {
+      log_time_ = std::max(log_time_, static_cast<uint64_t>(scratch_.times[b]));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -393,6 +409,7 @@ void BatchBuilder::Finish(models::Batch* out) {
   out->num_labels = parser_.num_labels();
   out->num_dense = parser_.num_dense();
   out->bytes = bytes_;
+  out->log_time = log_time_;
   out->labels.swap(labels_);
   out->dense.swap(dense_);
   out->tables.resize(tables_.size());
@@ -427,6 +444,7 @@ void BatchBuilder::Clear() { Reset(); }
 void BatchBuilder::Reset() {
   size_ = 0;
   bytes_ = 0;
+  log_time_ = 0;
   labels_.clear();
   dense_.clear();
   for (ColumnState& col : columns_) {

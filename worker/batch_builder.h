@@ -124,6 +124,8 @@ class BatchBuilder {
 
   int size_ = 0;
   uint64_t bytes_ = 0;
+  int log_time_index_ = -1;  // of the first TIME column among the time columns, or -1
+  uint64_t log_time_ = 0;    // newest log time of the batch so far
   std::vector<float> labels_;
   std::vector<float> dense_;
   std::vector<ColumnState> columns_;

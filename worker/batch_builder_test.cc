@@ -413,6 +413,24 @@ TEST(BatchBuilderTest, AttentionViewsSelectWhatIsPulled) {
   EXPECT_EQ(items.size(), 6u);  // 9, 8, 3, 4, 5, 7
 }
 
+// A batch carries its newest log time (the first TIME column), which pushes
+// send for day-based expiry; bad lines do not count, and Finish starts over.
+TEST(BatchBuilderTest, BatchCarriesItsNewestLogTime) {
+  absl::StatusOr<proto::JobConfig> config = proto::ParseJobConfig(kSimConfig, "test");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto builder = BatchBuilder::Create(*config, ShardMap(8, 1), 1);
+  ASSERT_TRUE(builder.ok()) << builder.status();
+  ASSERT_TRUE((*builder)->AddLine("1\t9\ta\t1700000100\t1,2\ta,b\t10,20").ok());
+  ASSERT_TRUE((*builder)->AddLine("0\t8\tc\t1700000900\t6,7\ta,b\t10,20").ok());
+  ASSERT_TRUE((*builder)->AddLine("0\t8\tc\t1700000500\t6,7\ta,b\t10,20").ok());
+  EXPECT_FALSE((*builder)->AddLine("0\t8\tc\t1800000000\t6,7\ta\t10,20").ok());  // misaligned: bad
+  models::Batch b = (*builder)->Finish();
+  EXPECT_EQ(b.log_time, 1700000900u);
+  ASSERT_TRUE((*builder)->AddLine("1\t9\ta\t1700000001\t1\ta\t10").ok());
+  EXPECT_EQ((*builder)->Finish().log_time, 1700000001u);
+  EXPECT_EQ((*builder)->Finish().log_time, 0u);  // no lines, no time
+}
+
 // Hard search matches whole pieces only: "a" is not "aa", "ba" or "a1",
 // wherever they stand in the line (block boundaries included).
 TEST(BatchBuilderTest, HardSearchMatchesWholePiecesOnly) {

@@ -70,7 +70,7 @@ PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vecto
 
 PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
                                 absl::Span<const uint32_t> server_begin,
-                                std::shared_ptr<const std::vector<float>> grads) {
+                                std::shared_ptr<const std::vector<float>> grads, uint64_t log_time) {
   Ticket t;
   t.what = "PUSH";
   const uint32_t dim = dims_[table];
@@ -79,6 +79,7 @@ PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vecto
     for (uint32_t a = server_begin[s], end = server_begin[s + 1]; a < end; a += std::min(step, end - a)) {
       const uint32_t b = a + std::min(step, end - a);
       net::Message m = SparseRequest(proto::PUSH, options_.node_id, table, dim, keys, a, b);
+      m.header.set_log_time(log_time);
       m.frames.push_back(
           net::Frame::Borrow(grads, grads->data() + size_t{a} * dim, size_t{b - a} * dim * sizeof(float)));
       t.parts.push_back({Start(s, std::move(m)), s, nullptr, 0});

@@ -72,8 +72,11 @@ class PsClient {
 
   // Pushes per-key gradients (keys.size() x dim, summed per key) for `table`,
   // laid out like Pull's keys. The frames share ownership of both vectors.
+  // `log_time` (unix seconds, 0 if unknown) is the batch's newest log time,
+  // which servers keep per row for expiry.after_days.
   Ticket Push(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
-              absl::Span<const uint32_t> server_begin, std::shared_ptr<const std::vector<float>> grads);
+              absl::Span<const uint32_t> server_begin, std::shared_ptr<const std::vector<float>> grads,
+              uint64_t log_time = 0);
 
   // Pulls the whole dense vector (dense_size() floats) into out.
   Ticket PullDense(float* out);

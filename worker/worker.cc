@@ -331,7 +331,8 @@ class Worker::Impl {
       const double loss = task_loss_[0];
       for (size_t t = 0; t < dims_.size(); ++t) {
         if (!step->keys[t]) continue;
-        push.tickets.push_back(ps_->Push(t, step->keys[t], b.tables[t].server_begin, std::move(emb_grad[t])));
+        push.tickets.push_back(
+            ps_->Push(t, step->keys[t], b.tables[t].server_begin, std::move(emb_grad[t]), b.log_time));
       }
       push.tickets.push_back(ps_->PushDense(std::move(dense_grad)));
       samples_ += b.size;
