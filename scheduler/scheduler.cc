@@ -567,7 +567,10 @@ class Scheduler::Impl {
       return absl::OkStatus();
     }
     opt_.print(absl::StrCat(Name(n), " joined"));
-    if (phase_.kind() == proto::TRAIN || phase_.kind() == proto::EVAL) n.clock_offset = MinClock();
+    if (phase_.kind() == proto::TRAIN || phase_.kind() == proto::EVAL) {
+      const uint64_t min = MinClock();  // the others' slowest (none: max)
+      n.clock_offset = min == std::numeric_limits<uint64_t>::max() ? 0 : min;
+    }
     if (running_ && !recovering_) ReplyRegistrations(/*workers=*/true);
     return absl::OkStatus();
   }
