@@ -1339,6 +1339,7 @@ class Scheduler::Impl {
   absl::Status WorkerLost(Node& node, const std::string& what) {
     const uint64_t n = Requeue(node);
     result_.requeued_chunks += n;
+    ++result_.recoveries;
     opt_.print(absl::StrCat(what, "; ", n, " of its chunks go back on the queue"));
     WriteEvent(Event("recovery").Add("recovery", JsonObject().Add("what", what).Add("requeued_chunks", n)));
     DropHeld(node);
