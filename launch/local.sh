@@ -157,7 +157,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${pids[@]}"; do { wait "$p"; } 2>/dev/null || true; done
 }
 trap cleanup EXIT
 # Ctrl-C or SIGTERM: the scheduler checkpoints and stops every process; a
@@ -249,7 +249,7 @@ while [ "$status" -eq 0 ]; do
         fi
         echo "restart $restarts/$max_restarts: the scheduler (pid $p) $how; restarting the cluster with --resume" >&2
         for j in "${!pids[@]}"; do [ "$j" -ne 0 ] && kill -9 "${pids[$j]}" 2>/dev/null || true; done
-        wait 2>/dev/null || true
+        for j in "${!pids[@]}"; do { wait "${pids[$j]}"; } 2>/dev/null || true; done
         finished=()
         start_cluster --resume
       else
