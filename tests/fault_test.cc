@@ -150,11 +150,35 @@ std::string LocalData(const std::string& dir, int rows) {
   return data;
 }
 
+// The AUC of the same job without faults, on 2 servers and 2 workers, run in
+// dir/clean. On test-sized data a job ends 0.015-0.02 below gen-data's
+// oracle AUC (0.786 vs 0.802 for 500k rows, 2 epochs), so a fault's cost is
+// measured against this, and the oracle only bounds it loosely.
+double CleanAuc(const std::string& dir, const std::string& conf, const std::vector<std::string>& flags) {
+  Cluster c(Subdir(dir, "clean"), conf, 2, 2, flags);
+  EXPECT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
+  ExpectAllExitedZero(c);
+  auto r = c.Result();
+  return Num(r, "auc");
+}
+
+// The outcome of a job that lost a process: no worse than the clean one
+// by more than 0.01. Better is no fault: with fewer workers for a while ASP's
+// updates are less stale, and jobs that lost a worker ended 0.003-0.009
+// above the clean one in trial runs.
+void ExpectAucOfACleanJob(std::map<std::string, std::string>& r, double clean) {
+  const double auc = Num(r, "auc"), oracle = Num(r, "oracle_auc");
+  std::printf("auc=%.4f clean_auc=%.4f oracle_auc=%.4f\n", auc, clean, oracle);
+  EXPECT_GT(auc, clean - 0.01);
+  EXPECT_GT(auc, oracle - 0.03);
+}
+
 // ---- 1. Resume equivalence ----
 
 // Job A runs uninterrupted; job B, same config and seeds, is stopped by
-// SIGTERM part-way through epoch 1 and resumed on one server and one worker
-// instead of two and two. Both train every sample of every epoch exactly
+// SIGTERM part-way through epoch 1 and resumed on one server instead of two
+// (the rows are resharded). The workers stay two: with ASP their number
+// moves the AUC by itself (fewer workers, less stale updates). Both train every sample of every epoch exactly
 // once, and end with the same AUC.
 TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   constexpr int kRows = 600000;
@@ -186,7 +210,7 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
     EXPECT_TRUE(EpochSamples(log).empty()) << "stopped after epoch 1 ended:\n" << ReadFile(log);
   }
   bflags.push_back("--resume");
-  Cluster b(Subdir(tmp.path(), "b2"), conf, 1, 1, bflags);
+  Cluster b(Subdir(tmp.path(), "b2"), conf, 1, 2, bflags);
   ASSERT_TRUE(b.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(b);
   const std::string log = b.scheduler().log();
@@ -212,6 +236,7 @@ TEST(FaultTest, KilledWorkersChunksAreTrainedByTheSurvivor) {
   TempDir tmp;
   const std::string data = LocalData(tmp.path(), kRows);
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
+  const double clean = CleanAuc(tmp.path(), conf, {"--data_dir=" + data, "--epochs=2"});
   Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=2"});
   ASSERT_TRUE(WaitForProgress(c, 1, 30)) << ReadFile(c.scheduler().log());
   Process& victim = *c.workers()[0];
@@ -230,8 +255,8 @@ TEST(FaultTest, KilledWorkersChunksAreTrainedByTheSurvivor) {
   EXPECT_GE(samples[1], kRows) << ReadFile(log);
   EXPECT_LT(samples[1], 2ull * kRows) << ReadFile(log);
   EXPECT_EQ(samples[2], kRows) << ReadFile(log);
-  std::printf("auc=%.4f oracle_auc=%.4f epoch 1 samples=%llu\n", Num(r, "auc"), Num(r, "oracle_auc"), samples[1]);
-  EXPECT_NEAR(Num(r, "auc"), Num(r, "oracle_auc"), 0.01);
+  std::printf("epoch 1 samples=%llu\n", samples[1]);
+  ExpectAucOfACleanJob(r, clean);
 }
 
 // A new worker started after one was killed joins the running job and
@@ -241,6 +266,7 @@ TEST(FaultTest, ReplacementWorkerJoinsTheRunningJob) {
   TempDir tmp;
   const std::string data = LocalData(tmp.path(), kRows);
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
+  const double clean = CleanAuc(tmp.path(), conf, {"--data_dir=" + data, "--epochs=2"});
   Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=2"});
   ASSERT_TRUE(WaitForProgress(c, 1, 30)) << ReadFile(c.scheduler().log());
   Process& victim = *c.workers()[0];
@@ -263,7 +289,7 @@ TEST(FaultTest, ReplacementWorkerJoinsTheRunningJob) {
   auto r = c.Result();
   EXPECT_GE(Num(r, "requeued_chunks"), 1);
   EXPECT_EQ(EpochSamples(log)[2], kRows) << ReadFile(log);
-  EXPECT_NEAR(Num(r, "auc"), Num(r, "oracle_auc"), 0.01);
+  ExpectAucOfACleanJob(r, clean);
 }
 
 // ---- 3. A server killed mid-epoch ----
@@ -277,6 +303,7 @@ TEST(FaultTest, KilledServerIsReplacedAndTheJobRollsBackToTheCheckpoint) {
   TempDir tmp;
   const std::string data = LocalData(tmp.path(), kRows);
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
+  const double clean = CleanAuc(tmp.path(), conf, {"--data_dir=" + data, "--epochs=2"});
   Cluster c(tmp.path(), conf, 2, 2,
             {"--data_dir=" + data, "--epochs=2", "--checkpoint_dir=" + tmp.path() + "/ckpt",
              "--checkpoint_every_seconds=1"});
@@ -297,14 +324,14 @@ TEST(FaultTest, KilledServerIsReplacedAndTheJobRollsBackToTheCheckpoint) {
   auto r = c.Result();
   EXPECT_EQ(r["recoveries"], "1");
   EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}})) << ReadFile(log);
-  std::printf("auc=%.4f oracle_auc=%.4f\n", Num(r, "auc"), Num(r, "oracle_auc"));
-  EXPECT_NEAR(Num(r, "auc"), Num(r, "oracle_auc"), 0.01);
+  ExpectAucOfACleanJob(r, clean);
 }
 
 // ---- 4. The scheduler killed ----
 
 // Servers and workers notice the silence and exit non-zero on their own
-// (no orphans); a new cluster with --resume finishes the job.
+// (no orphans); a new cluster with --resume, on one worker instead of two,
+// finishes the job.
 TEST(FaultTest, KilledSchedulersNodesExitAndTheJobResumes) {
   constexpr int kRows = 500000;
   TempDir tmp;
@@ -312,6 +339,7 @@ TEST(FaultTest, KilledSchedulersNodesExitAndTheJobResumes) {
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
   const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=2",
                                           "--checkpoint_dir=" + tmp.path() + "/ckpt", "--checkpoint_every_seconds=1"};
+  const double clean = CleanAuc(tmp.path(), conf, {"--data_dir=" + data, "--epochs=2"});
   {
     Cluster c(Subdir(tmp.path(), "first"), conf, 2, 2, flags);
     ASSERT_TRUE(WaitForProgress(c, 1, 30, /*checkpoint=*/2)) << ReadFile(c.scheduler().log());
@@ -328,15 +356,14 @@ TEST(FaultTest, KilledSchedulersNodesExitAndTheJobResumes) {
   }
   std::vector<std::string> resume = flags;
   resume.push_back("--resume");
-  Cluster c(Subdir(tmp.path(), "second"), conf, 2, 2, resume);
+  Cluster c(Subdir(tmp.path(), "second"), conf, 2, 1, resume);
   ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(c);
   const std::string log = c.scheduler().log();
   EXPECT_TRUE(Has(log, "resumed from " + tmp.path() + "/ckpt/ckpt-")) << ReadFile(log);
   EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}})) << ReadFile(log);
   auto r = c.Result();
-  std::printf("auc=%.4f oracle_auc=%.4f\n", Num(r, "auc"), Num(r, "oracle_auc"));
-  EXPECT_NEAR(Num(r, "auc"), Num(r, "oracle_auc"), 0.01);
+  ExpectAucOfACleanJob(r, clean);
 }
 
 // ---- 5. Stopping, and what --resume refuses ----
