@@ -177,8 +177,10 @@ void ExpectAucOfACleanJob(std::map<std::string, std::string>& r, double clean) {
 
 // Job A runs uninterrupted; job B, same config and seeds, is stopped by
 // SIGTERM part-way through epoch 1 and resumed on one server instead of two
-// (the rows are resharded). The workers stay two: with ASP their number
-// moves the AUC by itself (fewer workers, less stale updates). Both train every sample of every epoch exactly
+// (the rows are resharded). One worker: with two, ASP's interleaving alone
+// spreads the final AUC of identical jobs over 0.007 (0.7736-0.7808 in ten
+// runs), more than the bar; KilledSchedulersNodesExitAndTheJobResumes
+// resumes on fewer workers. Both train every sample of every epoch exactly
 // once, and end with the same AUC.
 TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   constexpr int kRows = 600000;
@@ -188,7 +190,7 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   const std::string ckpt = tmp.path() + "/ckpt";
   const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=2"};
 
-  Cluster a(Subdir(tmp.path(), "a"), conf, 2, 2, flags);
+  Cluster a(Subdir(tmp.path(), "a"), conf, 2, 1, flags);
   ASSERT_TRUE(a.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(a);
   auto ra = a.Result();
@@ -199,7 +201,7 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   std::vector<std::string> bflags = flags;
   bflags.push_back("--checkpoint_dir=" + ckpt);
   {
-    Cluster b(Subdir(tmp.path(), "b1"), conf, 2, 2, bflags);
+    Cluster b(Subdir(tmp.path(), "b1"), conf, 2, 1, bflags);
     ASSERT_TRUE(WaitForProgress(b, 1, 30)) << ReadFile(b.scheduler().log());
     b.scheduler().Kill(SIGTERM);
     ASSERT_TRUE(b.WaitAll(absl::Minutes(1))) << "processes left running";
@@ -210,7 +212,7 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
     EXPECT_TRUE(EpochSamples(log).empty()) << "stopped after epoch 1 ended:\n" << ReadFile(log);
   }
   bflags.push_back("--resume");
-  Cluster b(Subdir(tmp.path(), "b2"), conf, 1, 2, bflags);
+  Cluster b(Subdir(tmp.path(), "b2"), conf, 1, 1, bflags);
   ASSERT_TRUE(b.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(b);
   const std::string log = b.scheduler().log();
