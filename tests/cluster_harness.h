@@ -86,7 +86,8 @@ class Cluster {
 
 // Starts `ember <role> --scheduler=endpoint` plus `flags`, logging to `log`:
 // a server or worker that joins a running job (a replacement).
-std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint, const std::string& log,
+std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint,
+                                   const std::string& log,
                                    const std::vector<std::string>& flags = {});
 
 // Runs `ember gen-data --out=dir` with extra flags; true on success.

@@ -46,7 +46,8 @@ std::string WriteConfig(const std::string& path, const std::string& base,
 
 // examples/local.conf with fast heartbeats and progress lines, plus `train`.
 std::string FastLocalConfig(const std::string& path, const std::string& train = "") {
-  return WriteConfig(path, "local.conf", {{"cluster", kFastCluster}, {"train", absl::StrCat(kFastTrain, " ", train)}});
+  return WriteConfig(path, "local.conf",
+                     {{"cluster", kFastCluster}, {"train", absl::StrCat(kFastTrain, " ", train)}});
 }
 
 std::string Subdir(const std::string& parent, const std::string& name) {
@@ -55,7 +56,9 @@ std::string Subdir(const std::string& parent, const std::string& name) {
   return d;
 }
 
-bool Has(const std::string& log, const std::string& text) { return ReadFile(log).find(text) != std::string::npos; }
+bool Has(const std::string& log, const std::string& text) {
+  return ReadFile(log).find(text) != std::string::npos;
+}
 
 std::vector<std::string> Lines(const std::string& log) {
   return absl::StrSplit(ReadFile(log), '\n', absl::SkipEmpty());
@@ -67,7 +70,8 @@ std::map<int, unsigned long long> EpochSamples(const std::string& log) {
   for (const std::string& l : Lines(log)) {
     int e, total;
     unsigned long long n;
-    if (std::sscanf(l.c_str(), "epoch %d/%d trained: %llu samples", &e, &total, &n) == 3) out[e] = n;
+    if (std::sscanf(l.c_str(), "epoch %d/%d trained: %llu samples", &e, &total, &n) == 3)
+      out[e] = n;
   }
   return out;
 }
@@ -92,7 +96,8 @@ std::map<int, double> EvalAucs(const std::string& log) {
   for (const std::string& l : Lines(log)) {
     int e;
     double auc;
-    if (std::sscanf(l.c_str(), "eval after epoch %d: task=%*s auc=%lf", &e, &auc) == 2) out[e] = auc;
+    if (std::sscanf(l.c_str(), "eval after epoch %d: task=%*s auc=%lf", &e, &auc) == 2)
+      out[e] = auc;
   }
   return out;
 }
@@ -122,7 +127,6 @@ bool WaitForProgress(Cluster& c, int epoch, double percent, int checkpoint = 0) 
       c.scheduler(), absl::Minutes(2));
 }
 
-
 // Every process of `c` exited with 0, but for `except` (a killed one).
 void ExpectAllExitedZero(Cluster& c, const Process* except = nullptr) {
   EXPECT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
@@ -146,7 +150,8 @@ double Num(std::map<std::string, std::string>& r, const std::string& key) {
 // The local data of gen-data, `rows` training rows, in dir/data.
 std::string LocalData(const std::string& dir, int rows) {
   const std::string data = dir + "/data";
-  EXPECT_TRUE(GenerateData(data, {absl::StrCat("--train_rows=", rows), absl::StrCat("--test_rows=", rows / 10)}));
+  EXPECT_TRUE(GenerateData(
+      data, {absl::StrCat("--train_rows=", rows), absl::StrCat("--test_rows=", rows / 10)}));
   return data;
 }
 
@@ -154,7 +159,8 @@ std::string LocalData(const std::string& dir, int rows) {
 // dir/clean. On test-sized data a job ends 0.015-0.02 below gen-data's
 // oracle AUC (0.786 vs 0.802 for 500k rows, 2 epochs), so a fault's cost is
 // measured against this, and the oracle only bounds it loosely.
-double CleanAuc(const std::string& dir, const std::string& conf, const std::vector<std::string>& flags) {
+double CleanAuc(const std::string& dir, const std::string& conf,
+                const std::vector<std::string>& flags) {
   Cluster c(Subdir(dir, "clean"), conf, 2, 2, flags);
   EXPECT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(c);
@@ -200,7 +206,8 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   ExpectAllExitedZero(a);
   auto ra = a.Result();
   const double auc_a = Num(ra, "auc");
-  EXPECT_EQ(EpochSamples(a.scheduler().log()), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}}))
+  EXPECT_EQ(EpochSamples(a.scheduler().log()),
+            (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}}))
       << ReadFile(a.scheduler().log());
 
   std::vector<std::string> bflags = flags;
@@ -231,7 +238,6 @@ TEST(FaultTest, StoppedAndResumedJobMatchesAnUninterruptedOne) {
   EXPECT_NEAR(auc_b, auc_a, 0.005);
 }
 
-
 // ---- 2. A worker killed mid-epoch ----
 
 // The scheduler declares it dead, puts its chunks back on the queue, and
@@ -253,7 +259,8 @@ TEST(FaultTest, KilledWorkersChunksAreTrainedByTheSurvivor) {
   ExpectAllExitedZero(c, &victim);
   const std::string log = c.scheduler().log();
   // Ranks follow registration order, so name the victim by its pid.
-  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat"))) << ReadFile(log);
+  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat")))
+      << ReadFile(log);
   EXPECT_TRUE(Has(log, "of its chunks go back on the queue")) << ReadFile(log);
   auto r = c.Result();
   EXPECT_GE(Num(r, "requeued_chunks"), 1);
@@ -278,13 +285,15 @@ TEST(FaultTest, ReplacementWorkerJoinsTheRunningJob) {
   ASSERT_TRUE(WaitForProgress(c, 1, 30)) << ReadFile(c.scheduler().log());
   Process& victim = *c.workers()[0];
   victim.Kill(SIGKILL);
-  std::unique_ptr<Process> fresh = StartNode("worker", c.endpoint(), tmp.path() + "/worker-new.log");
+  std::unique_ptr<Process> fresh =
+      StartNode("worker", c.endpoint(), tmp.path() + "/worker-new.log");
   ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
   EXPECT_EQ(fresh->Wait(absl::Seconds(30)), 0) << ReadFile(fresh->log());
   EXPECT_EQ(victim.Wait(absl::ZeroDuration()), 128 + SIGKILL);
   ExpectAllExitedZero(c, &victim);
   const std::string log = c.scheduler().log();
-  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat"))) << ReadFile(log);
+  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat")))
+      << ReadFile(log);
   EXPECT_TRUE(Has(log, absl::StrCat("pid ", fresh->pid(), ") joined"))) << ReadFile(log);
   // It got chunks: epoch 2 is shared by it and the survivor.
   unsigned long long trained = 0;
@@ -320,19 +329,23 @@ TEST(FaultTest, KilledServerIsReplacedAndTheJobRollsBackToTheCheckpoint) {
   ASSERT_TRUE(WaitForProgress(c, 1, 30, /*checkpoint=*/2)) << ReadFile(c.scheduler().log());
   Process& victim = *c.servers()[1];
   victim.Kill(SIGKILL);
-  std::unique_ptr<Process> fresh = StartNode("server", c.endpoint(), tmp.path() + "/server-new.log");
+  std::unique_ptr<Process> fresh =
+      StartNode("server", c.endpoint(), tmp.path() + "/server-new.log");
   ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
   EXPECT_EQ(fresh->Wait(absl::Seconds(30)), 0) << ReadFile(fresh->log());
   EXPECT_EQ(victim.Wait(absl::ZeroDuration()), 128 + SIGKILL);
   ExpectAllExitedZero(c, &victim);
   const std::string log = c.scheduler().log();
-  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat"))) << ReadFile(log);
-  EXPECT_TRUE(Has(log, absl::StrCat("pid ", fresh->pid(), ") registered to replace the lost server")))
+  EXPECT_TRUE(Has(log, absl::StrCat("pid ", victim.pid(), ") is dead: no heartbeat")))
+      << ReadFile(log);
+  EXPECT_TRUE(
+      Has(log, absl::StrCat("pid ", fresh->pid(), ") registered to replace the lost server")))
       << ReadFile(log);
   EXPECT_TRUE(Has(log, "recovered from " + tmp.path() + "/ckpt/ckpt-")) << ReadFile(log);
   auto r = c.Result();
   EXPECT_EQ(r["recoveries"], "1");
-  EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}})) << ReadFile(log);
+  EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}}))
+      << ReadFile(log);
   ExpectAucOfACleanJob(c, clean);
 }
 
@@ -347,7 +360,8 @@ TEST(FaultTest, KilledSchedulersNodesExitAndTheJobResumes) {
   const std::string data = LocalData(tmp.path(), kRows);
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
   const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=2",
-                                          "--checkpoint_dir=" + tmp.path() + "/ckpt", "--checkpoint_every_seconds=1"};
+                                          "--checkpoint_dir=" + tmp.path() + "/ckpt",
+                                          "--checkpoint_every_seconds=1"};
   const double clean = CleanAuc(tmp.path(), conf, {"--data_dir=" + data, "--epochs=2"});
   {
     Cluster c(Subdir(tmp.path(), "first"), conf, 2, 2, flags);
@@ -370,7 +384,8 @@ TEST(FaultTest, KilledSchedulersNodesExitAndTheJobResumes) {
   ExpectAllExitedZero(c);
   const std::string log = c.scheduler().log();
   EXPECT_TRUE(Has(log, "resumed from " + tmp.path() + "/ckpt/ckpt-")) << ReadFile(log);
-  EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}})) << ReadFile(log);
+  EXPECT_EQ(EpochSamples(log), (std::map<int, unsigned long long>{{1, kRows}, {2, kRows}}))
+      << ReadFile(log);
   auto r = c.Result();
   ExpectAucOfACleanJob(c, clean);
 }
@@ -387,19 +402,22 @@ TEST(FaultTest, SigtermWithoutCheckpointDirStopsEveryoneCleanly) {
   ASSERT_TRUE(c.WaitAll(absl::Minutes(1))) << "processes left running";
   ExpectAllExitedZero(c);
   const std::string log = c.scheduler().log();
-  EXPECT_TRUE(Has(log, "stopped: nothing was saved (no checkpoint.dir), so the job cannot be resumed"))
+  EXPECT_TRUE(
+      Has(log, "stopped: nothing was saved (no checkpoint.dir), so the job cannot be resumed"))
       << ReadFile(log);
   EXPECT_FALSE(Has(log, "final:")) << ReadFile(log);
 }
 
 // Runs the scheduler alone with `flags`; it must fail before any node is
 // needed. Returns its log.
-std::string FailingScheduler(const std::string& log, const std::string& conf, std::vector<std::string> flags) {
+std::string FailingScheduler(const std::string& log, const std::string& conf,
+                             std::vector<std::string> flags) {
   std::vector<std::string> argv = {EmberBinary(), "scheduler", "--config=" + conf,
                                    absl::StrCat("--port=", FreePort())};
   argv.insert(argv.end(), flags.begin(), flags.end());
   Process p(argv, log);
-  EXPECT_NE(p.Wait(absl::Seconds(60)), -1) << "the scheduler waits instead of failing:\n" << ReadFile(log);
+  EXPECT_NE(p.Wait(absl::Seconds(60)), -1) << "the scheduler waits instead of failing:\n"
+                                           << ReadFile(log);
   EXPECT_NE(p.Wait(absl::ZeroDuration()), 0) << ReadFile(log);
   return ReadFile(log);
 }
@@ -410,19 +428,23 @@ TEST(FaultTest, ResumeNeedsACheckpointOfThisJobAndAFreshJobNeedsAnEmptyDir) {
   const std::string conf = FastLocalConfig(tmp.path() + "/job.conf");
   const std::string ckpt = tmp.path() + "/ckpt";
   {
-    Cluster c(Subdir(tmp.path(), "job"), conf, 1, 1, {"--data_dir=" + data, "--epochs=1", "--checkpoint_dir=" + ckpt});
+    Cluster c(Subdir(tmp.path(), "job"), conf, 1, 1,
+              {"--data_dir=" + data, "--epochs=1", "--checkpoint_dir=" + ckpt});
     ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
     ExpectAllExitedZero(c);
   }
-  const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=1", "--checkpoint_dir=" + ckpt};
+  const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=1",
+                                          "--checkpoint_dir=" + ckpt};
   // A fresh job may not mix its checkpoints with another job's.
   std::string log = FailingScheduler(tmp.path() + "/fresh.log", conf, flags);
-  EXPECT_TRUE(absl::StrContains(log, "checkpoint.dir " + ckpt + " already holds checkpoints")) << log;
+  EXPECT_TRUE(absl::StrContains(log, "checkpoint.dir " + ckpt + " already holds checkpoints"))
+      << log;
   EXPECT_TRUE(absl::StrContains(log, "--resume")) << log;
   // Another config: table "user" with dim 16 instead of 8.
   const std::string other = tmp.path() + "/other.conf";
-  WriteFile(other, absl::StrReplaceAll(ReadFile(conf), {{"name: \"user\"  # user_id and user_group\n  dim: 8",
-                                                         "name: \"user\"\n  dim: 16"}}));
+  WriteFile(other, absl::StrReplaceAll(ReadFile(conf),
+                                       {{"name: \"user\"  # user_id and user_group\n  dim: 8",
+                                         "name: \"user\"\n  dim: 16"}}));
   ASSERT_NE(ReadFile(other), ReadFile(conf));
   std::vector<std::string> resume = flags;
   resume.push_back("--resume");
@@ -434,7 +456,8 @@ TEST(FaultTest, ResumeNeedsACheckpointOfThisJobAndAFreshJobNeedsAnEmptyDir) {
   const std::string empty = Subdir(tmp.path(), "empty");
   resume.push_back("--checkpoint_dir=" + empty);  // the last one counts
   log = FailingScheduler(tmp.path() + "/empty.log", conf, resume);
-  EXPECT_TRUE(absl::StrContains(log, "--resume: " + empty + " holds no complete checkpoint")) << log;
+  EXPECT_TRUE(absl::StrContains(log, "--resume: " + empty + " holds no complete checkpoint"))
+      << log;
 }
 
 // ---- 6. Bounded staleness ----
@@ -445,17 +468,17 @@ void ExpectSspBound(int staleness) {
   constexpr int kRows = 100000;
   TempDir tmp;
   const std::string data = LocalData(tmp.path(), kRows);
-  const std::string conf =
-      WriteConfig(tmp.path() + "/job.conf", "local.conf",
-                  {{"cluster", kFastCluster},
-                   {"train", absl::StrCat(kFastTrain, " staleness: ", staleness)}});
+  const std::string conf = WriteConfig(
+      tmp.path() + "/job.conf", "local.conf",
+      {{"cluster", kFastCluster}, {"train", absl::StrCat(kFastTrain, " staleness: ", staleness)}});
   WriteFile(conf, absl::StrReplaceAll(ReadFile(conf), {{"consistency: ASP", "consistency: SSP"}}));
-  Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=1"}, {{"--debug_step_delay_ms=10"}, {}});
+  Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=1"},
+            {{"--debug_step_delay_ms=10"}, {}});
   ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
   ExpectAllExitedZero(c);
   auto r = c.Result();
-  std::printf("staleness=%d max_clock_gap=%s auc=%.4f oracle_auc=%.4f\n", staleness, r["max_clock_gap"].c_str(),
-              Num(r, "auc"), Num(r, "oracle_auc"));
+  std::printf("staleness=%d max_clock_gap=%s auc=%.4f oracle_auc=%.4f\n", staleness,
+              r["max_clock_gap"].c_str(), Num(r, "auc"), Num(r, "oracle_auc"));
   // Never beyond the bound, and the straggler makes the fast worker reach it.
   EXPECT_EQ(r["max_clock_gap"], absl::StrCat(staleness));
   EXPECT_EQ(r["samples"], absl::StrCat(kRows));
@@ -474,14 +497,16 @@ TEST(FaultTest, SspWithStalenessZeroIsLockstep) { ExpectSspBound(0); }
 TEST(FaultTest, ResetBeforeEpochTwoKeepsTestAucFromFalling) {
   TempDir tmp;
   const std::string data = tmp.path() + "/data";
-  ASSERT_TRUE(GenerateData(data, {"--gen_options=mode=one_epoch", "--train_rows=400000", "--test_rows=40000"}));
+  ASSERT_TRUE(GenerateData(
+      data, {"--gen_options=mode=one_epoch", "--train_rows=400000", "--test_rows=40000"}));
   const std::vector<std::string> flags = {"--data_dir=" + data, "--epochs=2"};
   const std::string plain = WriteConfig(tmp.path() + "/plain.conf", "one_epoch.conf",
                                         {{"cluster", kFastCluster}, {"train", kFastTrain}});
   const std::string reset = tmp.path() + "/reset.conf";
-  WriteFile(reset, absl::StrReplaceAll(ReadFile(plain), {{"name: \"id\"", "name: \"id\" reset { before_epochs: 2 }"},
-                                                         {"name: \"cross\"",
-                                                          "name: \"cross\" reset { before_epochs: 2 }"}}));
+  WriteFile(reset, absl::StrReplaceAll(
+                       ReadFile(plain),
+                       {{"name: \"id\"", "name: \"id\" reset { before_epochs: 2 }"},
+                        {"name: \"cross\"", "name: \"cross\" reset { before_epochs: 2 }"}}));
   std::map<int, double> without, with;
   {
     Cluster c(Subdir(tmp.path(), "plain"), plain, 2, 2, flags);
@@ -494,13 +519,14 @@ TEST(FaultTest, ResetBeforeEpochTwoKeepsTestAucFromFalling) {
     Cluster c(Subdir(tmp.path(), "reset"), reset, 2, 2, flags);
     ASSERT_TRUE(c.WaitAll(kJobTimeout)) << "processes left running";
     ExpectAllExitedZero(c);
-    EXPECT_TRUE(Has(c.scheduler().log(), "reset before epoch 2: tables id, cross")) << ReadFile(c.scheduler().log());
+    EXPECT_TRUE(Has(c.scheduler().log(), "reset before epoch 2: tables id, cross"))
+        << ReadFile(c.scheduler().log());
     with = EvalAucs(c.scheduler().log());
   }
   ASSERT_EQ(without.size(), 2u);
   ASSERT_EQ(with.size(), 2u);
-  std::printf("test auc without reset %.4f -> %.4f, with reset %.4f -> %.4f\n", without[1], without[2], with[1],
-              with[2]);
+  std::printf("test auc without reset %.4f -> %.4f, with reset %.4f -> %.4f\n", without[1],
+              without[2], with[1], with[2]);
   EXPECT_LT(without[2], without[1] - 0.01);
   EXPECT_GT(with[2], with[1] - 0.005);
   EXPECT_GT(with[2], without[2] + 0.01);
