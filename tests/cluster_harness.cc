@@ -108,8 +108,7 @@ void Process::Kill(int sig) {
 }
 
 Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
-                 std::vector<std::string> scheduler_flags,
-                 std::vector<std::vector<std::string>> worker_flags)
+                 std::vector<std::string> scheduler_flags, std::vector<std::vector<std::string>> worker_flags)
     : dir_(std::move(dir)) {
   const int port = FreePort();
   endpoint_ = absl::StrCat("tcp://127.0.0.1:", port);
@@ -126,14 +125,14 @@ Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
     servers_.push_back(StartNode("server", endpoint_, absl::StrCat(dir_, "/server", i, ".log")));
   }
   for (int i = 0; i < workers; ++i) {
-    workers_.push_back(StartNode(
-        "worker", endpoint_, absl::StrCat(dir_, "/worker", i, ".log"),
-        i < static_cast<int>(worker_flags.size()) ? worker_flags[i] : std::vector<std::string>{}));
+    workers_.push_back(StartNode("worker", endpoint_, absl::StrCat(dir_, "/worker", i, ".log"),
+                                 i < static_cast<int>(worker_flags.size()) ? worker_flags[i]
+                                                                           : std::vector<std::string>{}));
   }
 }
 
-std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint,
-                                   const std::string& log, const std::vector<std::string>& flags) {
+std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint, const std::string& log,
+                                   const std::vector<std::string>& flags) {
   std::vector<std::string> argv = {EmberBinary(), role, "--scheduler=" + endpoint};
   argv.insert(argv.end(), flags.begin(), flags.end());
   return std::make_unique<Process>(argv, log);
@@ -142,17 +141,14 @@ std::unique_ptr<Process> StartNode(const std::string& role, const std::string& e
 bool Cluster::WaitAll(absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   bool ok = scheduler_->Wait(timeout) != -1;
-  for (auto& p : servers_)
-    ok &= p->Wait(std::max(absl::ZeroDuration(), deadline - absl::Now())) != -1;
-  for (auto& p : workers_)
-    ok &= p->Wait(std::max(absl::ZeroDuration(), deadline - absl::Now())) != -1;
+  for (auto& p : servers_) ok &= p->Wait(std::max(absl::ZeroDuration(), deadline - absl::Now())) != -1;
+  for (auto& p : workers_) ok &= p->Wait(std::max(absl::ZeroDuration(), deadline - absl::Now())) != -1;
   return ok;
 }
 
 std::map<std::string, std::string> Cluster::Result() const {
   std::map<std::string, std::string> out;
-  for (absl::string_view line :
-       absl::StrSplit(ReadFile(dir_ + "/result.txt"), '\n', absl::SkipEmpty())) {
+  for (absl::string_view line : absl::StrSplit(ReadFile(dir_ + "/result.txt"), '\n', absl::SkipEmpty())) {
     if (absl::ConsumePrefix(&line, "final: ")) {
       for (absl::string_view kv : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
         std::pair<std::string, std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));

@@ -16,8 +16,7 @@ std::string LocalConfig() { return SourceDir() + "/examples/local.conf"; }
 
 // The example config with extra fields inserted at the top of its data and
 // cluster blocks, written into `dir`.
-std::string ConfigWith(const std::string& dir, const std::string& data_extra,
-                       const std::string& cluster_extra) {
+std::string ConfigWith(const std::string& dir, const std::string& data_extra, const std::string& cluster_extra) {
   std::string text = ReadFile(LocalConfig());
   text = absl::StrReplaceAll(text, {{"\ndata {", "\ndata {\n  " + data_extra}});
   text = absl::StrReplaceAll(text, {{"\ncluster {", "\ncluster {\n  " + cluster_extra}});
@@ -38,8 +37,7 @@ TEST(ClusterTest, TrainsToWithinThreeHundredthsOfOracleAuc) {
   auto r = c.Result();
   ASSERT_TRUE(r.count("auc") && r.count("oracle_auc")) << ReadFile(c.scheduler().log());
   const double auc = std::atof(r["auc"].c_str()), oracle = std::atof(r["oracle_auc"].c_str());
-  std::printf("auc=%.4f oracle_auc=%.4f samples_per_sec=%s\n", auc, oracle,
-              r["samples_per_sec"].c_str());
+  std::printf("auc=%.4f oracle_auc=%.4f samples_per_sec=%s\n", auc, oracle, r["samples_per_sec"].c_str());
   EXPECT_GT(oracle, 0.6);
   EXPECT_NEAR(auc, oracle, 0.03);
   EXPECT_EQ(r["bad_lines"], "0");
@@ -54,8 +52,7 @@ TEST(ClusterTest, BulkSynchronousTrainingLearns) {
   const std::string data = tmp.path() + "/data";
   ASSERT_TRUE(GenerateData(data, {"--train_rows=200000", "--test_rows=20000"}));
   const std::string conf = tmp.path() + "/bsp.conf";
-  WriteFile(conf, absl::StrReplaceAll(ReadFile(LocalConfig()),
-                                      {{"consistency: ASP", "consistency: BSP"}}));
+  WriteFile(conf, absl::StrReplaceAll(ReadFile(LocalConfig()), {{"consistency: ASP", "consistency: BSP"}}));
   Cluster c(tmp.path(), conf, 2, 2, {"--data_dir=" + data, "--epochs=1"});
   ASSERT_TRUE(c.WaitAll(absl::Minutes(5)));
   ASSERT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
@@ -86,8 +83,7 @@ void CorruptTrainFile(const std::string& data) {
 TEST(ClusterTest, BadLogLinesAreReportedWithFileAndLineAndSkipped) {
   TempDir tmp;
   const std::string data = tmp.path() + "/data";
-  ASSERT_TRUE(GenerateData(
-      data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
   CorruptTrainFile(data);
   Cluster c(tmp.path(), LocalConfig(), 1, 1, {"--data_dir=" + data, "--epochs=1"});
   ASSERT_TRUE(c.WaitAll(absl::Minutes(3)));
@@ -106,8 +102,7 @@ TEST(ClusterTest, BadLogLinesAreReportedWithFileAndLineAndSkipped) {
 TEST(ClusterTest, ExceededBadLineBudgetFailsTheJobAndStopsEveryone) {
   TempDir tmp;
   const std::string data = tmp.path() + "/data";
-  ASSERT_TRUE(GenerateData(
-      data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=20000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
   CorruptTrainFile(data);
   const std::string conf = ConfigWith(tmp.path(), "max_bad_lines: 1", "");
   Cluster c(tmp.path(), conf, 1, 1, {"--data_dir=" + data, "--epochs=1"});
@@ -126,8 +121,7 @@ TEST(ClusterTest, ExceededBadLineBudgetFailsTheJobAndStopsEveryone) {
 TEST(ClusterTest, EveryLineBadStopsAtTheBudgetWithTheCause) {
   TempDir tmp;
   const std::string data = tmp.path() + "/data";
-  ASSERT_TRUE(GenerateData(
-      data, {"--train_rows=200000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=200000", "--test_rows=2000", "--train_files=1", "--test_files=1"}));
   std::string text = ReadFile(LocalConfig());
   const size_t last = text.rfind("  columns {");
   ASSERT_NE(last, std::string::npos);
@@ -138,8 +132,7 @@ TEST(ClusterTest, EveryLineBadStopsAtTheBudgetWithTheCause) {
   ASSERT_TRUE(c.WaitAll(absl::Minutes(3))) << "processes left running";
   EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0);
   const std::string slog = ReadFile(c.scheduler().log());
-  EXPECT_NE(slog.find("bad-line budget exceeded: 1001 malformed lines (data.max_bad_lines=1000)"),
-            std::string::npos)
+  EXPECT_NE(slog.find("bad-line budget exceeded: 1001 malformed lines (data.max_bad_lines=1000)"), std::string::npos)
       << slog;
   EXPECT_NE(slog.find("part-00000.tsv:1: expected 10 columns, got 11"), std::string::npos) << slog;
 }
