@@ -108,7 +108,7 @@ void Process::Kill(int sig) {
 }
 
 Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
-                 std::vector<std::string> scheduler_flags)
+                 std::vector<std::string> scheduler_flags, std::vector<std::vector<std::string>> worker_flags)
     : dir_(std::move(dir)) {
   const int port = FreePort();
   endpoint_ = absl::StrCat("tcp://127.0.0.1:", port);
@@ -122,15 +122,20 @@ Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
   argv.insert(argv.end(), scheduler_flags.begin(), scheduler_flags.end());
   scheduler_ = std::make_unique<Process>(argv, dir_ + "/scheduler.log");
   for (int i = 0; i < servers; ++i) {
-    servers_.push_back(std::make_unique<Process>(
-        std::vector<std::string>{EmberBinary(), "server", "--scheduler=" + endpoint_},
-        absl::StrCat(dir_, "/server", i, ".log")));
+    servers_.push_back(StartNode("server", endpoint_, absl::StrCat(dir_, "/server", i, ".log")));
   }
   for (int i = 0; i < workers; ++i) {
-    workers_.push_back(std::make_unique<Process>(
-        std::vector<std::string>{EmberBinary(), "worker", "--scheduler=" + endpoint_},
-        absl::StrCat(dir_, "/worker", i, ".log")));
+    workers_.push_back(StartNode("worker", endpoint_, absl::StrCat(dir_, "/worker", i, ".log"),
+                                 i < static_cast<int>(worker_flags.size()) ? worker_flags[i]
+                                                                           : std::vector<std::string>{}));
   }
+}
+
+std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint, const std::string& log,
+                                   const std::vector<std::string>& flags) {
+  std::vector<std::string> argv = {EmberBinary(), role, "--scheduler=" + endpoint};
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  return std::make_unique<Process>(argv, log);
 }
 
 bool Cluster::WaitAll(absl::Duration timeout) {

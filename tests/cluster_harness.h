@@ -60,11 +60,13 @@ class Process {
   std::string log_;
 };
 
-// One scheduler, servers and workers of a job, with logs in `dir`.
+// One scheduler, servers and workers of a job, with logs in `dir`. Worker i
+// gets the extra flags worker_flags[i] when there are that many.
 class Cluster {
  public:
   Cluster(std::string dir, std::string config, int servers, int workers,
-          std::vector<std::string> scheduler_flags = {});
+          std::vector<std::string> scheduler_flags = {},
+          std::vector<std::vector<std::string>> worker_flags = {});
   Process& scheduler() { return *scheduler_; }
   std::vector<std::unique_ptr<Process>>& servers() { return servers_; }
   std::vector<std::unique_ptr<Process>>& workers() { return workers_; }
@@ -81,6 +83,12 @@ class Cluster {
   std::unique_ptr<Process> scheduler_;
   std::vector<std::unique_ptr<Process>> servers_, workers_;
 };
+
+// Starts `ember <role> --scheduler=endpoint` plus `flags`, logging to `log`:
+// a server or worker that joins a running job (a replacement).
+std::unique_ptr<Process> StartNode(const std::string& role, const std::string& endpoint,
+                                   const std::string& log,
+                                   const std::vector<std::string>& flags = {});
 
 // Runs `ember gen-data --out=dir` with extra flags; true on success.
 bool GenerateData(const std::string& dir, const std::vector<std::string>& flags);

@@ -1,6 +1,4 @@
 // Whole-cluster tests: a real scheduler, servers and workers on 127.0.0.1.
-#include <signal.h>
-
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
@@ -139,25 +137,7 @@ TEST(ClusterTest, EveryLineBadStopsAtTheBudgetWithTheCause) {
   EXPECT_NE(slog.find("part-00000.tsv:1: expected 10 columns, got 11"), std::string::npos) << slog;
 }
 
-TEST(ClusterTest, KilledWorkerIsDetectedAndTheClusterStops) {
-  TempDir tmp;
-  const std::string data = tmp.path() + "/data";
-  ASSERT_TRUE(GenerateData(data, {"--train_rows=2000000", "--test_rows=1000"}));
-  const std::string conf = ConfigWith(tmp.path(), "", "heartbeat_interval_ms: 200 heartbeat_timeout_ms: 2000");
-  Cluster c(tmp.path(), conf, 1, 2, {"--data_dir=" + data, "--epochs=5"});
-  // Wait until training is under way.
-  for (int i = 0; i < 600 && ReadFile(c.scheduler().log()).find("cluster up") == std::string::npos; ++i) {
-    absl::SleepFor(absl::Milliseconds(100));
-  }
-  absl::SleepFor(absl::Seconds(1));
-  c.workers()[0]->Kill(SIGKILL);
-  ASSERT_TRUE(c.WaitAll(absl::Seconds(60))) << "processes left running";
-  EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0);
-  const std::string slog = ReadFile(c.scheduler().log());
-  // Ranks follow registration order, so name the victim by its pid.
-  EXPECT_NE(slog.find(absl::StrCat("pid ", c.workers()[0]->pid(), ") is dead")), std::string::npos) << slog;
-  EXPECT_NE(slog.find("is dead: no heartbeat"), std::string::npos) << slog;
-}
+// A killed worker no longer stops the job: tests/fault_test.cc.
 
 }  // namespace
 }  // namespace ember::testing
