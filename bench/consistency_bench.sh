@@ -4,6 +4,7 @@
 # (`ember worker --debug_step_delay_ms=N`), on one data set, one run after the
 # other in this one invocation. Prints one key=value figure per line:
 #   <mode>_samples_per_sec= <mode>_auc= <mode>_max_clock_gap= <mode>_seconds=
+#   <mode>_slow_worker_share= (the slowed worker's share of the samples)
 #   <mode>_speed_vs_asp= (samples/s over ASP's) <mode>_auc_minus_asp=
 # for mode in asp, ssp0, ssp2, ssp8, bsp (--modes), or <mode>_status=timeout
 # or =failed when a run does not end (logs under --log-dir). max_clock_gap is
@@ -158,6 +159,14 @@ run() {
   echo "${mode}_samples_per_sec=$(value samples_per_sec "$dir/result.txt")"
   echo "${mode}_auc=$(value auc "$dir/result.txt")"
   echo "${mode}_max_clock_gap=$(value max_clock_gap "$dir/result.txt")"
+  # The slowed worker's share of the samples, from the workers' last log line
+  # ("worker done: N samples trained"): chunks go to whichever worker asks.
+  local n1 n2
+  n1=$(sed -n 's/.*worker done: \([0-9]*\) samples.*/\1/p' "$dir/worker1.log" | tail -1)
+  n2=$(sed -n 's/.*worker done: \([0-9]*\) samples.*/\1/p' "$dir/worker2.log" | tail -1)
+  if [ -n "$n1" ] && [ -n "$n2" ] && [ $((n1 + n2)) -gt 0 ]; then
+    awk -v m="$mode" -v a="$n1" -v b="$n2" 'BEGIN { printf "%s_slow_worker_share=%.3f\n", m, b / (a + b) }'
+  fi
 }
 
 echo "delay_ms=$delay_ms"
