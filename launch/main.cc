@@ -240,9 +240,12 @@ int RunScheduler() {
   if (!FLAGS_result_file.empty()) {
     FILE* f = std::fopen(FLAGS_result_file.c_str(), "w");
     if (f == nullptr) return ErrorExit(absl::UnavailableError("cannot write --result_file " + FLAGS_result_file));
-    std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\nmax_clock_gap=%llu\n", line.c_str(),
-                 static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines),
-                 static_cast<unsigned long long>(result->max_clock_gap));
+    std::fprintf(f, "%s\nbad_lines=%llu\nlines=%llu\n", line.c_str(),
+                 static_cast<unsigned long long>(result->bad_lines), static_cast<unsigned long long>(result->lines));
+    // Measured under SSP only (ASP and BSP send no clocks).
+    if (config->train().consistency() == proto::TrainConfig::SSP) {
+      std::fprintf(f, "max_clock_gap=%llu\n", static_cast<unsigned long long>(result->max_clock_gap));
+    }
     std::fclose(f);
   }
   return 0;

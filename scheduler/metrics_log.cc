@@ -45,7 +45,8 @@ JsonObject& JsonObject::Add(const std::string& key, const std::string& value) {
 JsonObject& JsonObject::Add(const std::string& key, double value) {
   if (!std::isfinite(value)) return *this;
   Key(key);
-  absl::StrAppendFormat(&body_, "%.9g", value);
+  // 15 digits: a unix time keeps its milliseconds, an AUC prints short.
+  absl::StrAppendFormat(&body_, "%.15g", value);
   return *this;
 }
 
