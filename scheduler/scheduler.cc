@@ -363,20 +363,31 @@ class Scheduler::Impl {
     }
     if (recovering_) return TryRecover(now);
     if (!running_) return absl::OkStatus();
-    if (stop_seen_ && !task_ && !pause_active_ && !in_boundary_) return BeginStop();
+    if (stop_seen_ && !task_ && !pause_active_ && !in_boundary_ && !AnyWorkerSilent(now)) return BeginStop();
     if (absl::Status st = CheckWorkersPresent(now); !st.ok()) return st;
     if (phase_.kind() == proto::TRAIN && !task_ && !pause_active_ && !in_boundary_ && Checkpointing()) {
       const proto::CheckpointConfig& ck = opt_.config.checkpoint();
       const bool by_steps = ck.every_steps() > 0 && steps_total_ - last_ckpt_steps_ >= ck.every_steps();
       const bool by_time =
           ck.every_seconds() > 0 && now - last_ckpt_time_ >= absl::Seconds(ck.every_seconds());
-      if (by_steps || by_time) BeginPause(proto::PauseRequest::CHECKPOINT);
+      if ((by_steps || by_time) && !AnyWorkerSilent(now)) BeginPause(proto::PauseRequest::CHECKPOINT);
     }
     if (phase_.kind() == proto::TRAIN &&
         now - last_progress_ >= absl::Milliseconds(opt_.config.train().report_interval_ms())) {
       PrintProgress(now);
     }
     return absl::OkStatus();
+  }
+
+  // True if a live worker has missed two heartbeats: it is probably dead. A
+  // pause would wait for it (the others idle) until it is declared dead, so
+  // a checkpoint waits for that instead, with training going on.
+  bool AnyWorkerSilent(absl::Time now) const {
+    const absl::Duration quiet = absl::Milliseconds(2 * opt_.config.cluster().heartbeat_interval_ms() + 500);
+    for (const Node& n : nodes_) {
+      if (n.is_worker() && n.live() && !n.awaiting_reply && now - n.last_seen > quiet) return true;
+    }
+    return false;
   }
 
   // A job whose workers are all gone waits for one to join, for as long as
