@@ -263,6 +263,9 @@ absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role rol
   o.self.set_endpoint(endpoint);
   o.self.set_host(Hostname());
   o.self.set_pid(getpid());
+  // The scheduler holds workers' replies while it restores a checkpoint
+  // (--resume), and nodes may start before the scheduler does.
+  o.register_timeout = absl::Minutes(10);
   auto control = scheduler::SchedulerClient::Create(o, std::move(*transport));
   if (!control.ok()) return control.status();
   absl::StatusOr<proto::RegisterReply> r = (*control)->Register();
