@@ -270,6 +270,10 @@ class Scheduler::Impl {
   bool Checkpointing() const { return !opt_.config.checkpoint().dir().empty(); }
   std::string Root() const { return opt_.config.checkpoint().dir(); }
 
+  // Why every server restores a checkpoint: the job resumes (--resume), or
+  // recovers from a lost server.
+  enum class Restore { kResume, kRecovery };
+
   // ----- checkpoints at start: refuse a used root, or pick the resume point -----
 
   absl::Status InitCheckpoints() {
@@ -669,7 +673,7 @@ class Scheduler::Impl {
     if (Checkpointing() || AnyResets()) {
       if (absl::Status st = ConnectServers(); !st.ok()) return st;
     }
-    if (opt_.resume) return StartRestore("resume");
+    if (opt_.resume) return StartRestore(Restore::kResume);
     if (Checkpointing()) {
       // Checkpoint 1 is the untrained model, so that a server lost before
       // the first periodic checkpoint still has one to restore.
@@ -1425,15 +1429,15 @@ class Scheduler::Impl {
     if (task_ || !pause_waiting_.empty() || restore_started_) return absl::OkStatus();
     restore_started_ = true;
     if (absl::Status st = ConnectServers(); !st.ok()) return st;
-    return StartRestore("recovery");
+    return StartRestore(Restore::kRecovery);
   }
 
   // Restores every server from the newest checkpoint that all of them accept
   // (a damaged one is skipped for the one before, and said so), then rolls
   // the job back to its data position.
-  absl::Status StartRestore(const std::string& why) {
+  absl::Status StartRestore(Restore why) {
     std::vector<std::string> candidates = resume_candidates_;
-    if (why == "recovery") {
+    if (why == Restore::kRecovery) {
       candidates.clear();
       for (const auto& c : storage::ListCheckpoints(Root())) {
         if (c.complete()) candidates.insert(candidates.begin(), c.dir());
@@ -1481,19 +1485,19 @@ class Scheduler::Impl {
               restore_started_ = false;  // another server was lost meanwhile: wait for it too
               return absl::OkStatus();
             }
-            return absl::Status(st.code(), absl::StrCat(why, ": ", st.message()));
+            return absl::Status(st.code(), absl::StrCat(why == Restore::kResume ? "resume" : "recovery", ": ", st.message()));
           }
           return RollBack(out->state, out->dir, out->rows, why);
         });
     return absl::OkStatus();
   }
 
-  absl::Status RollBack(const proto::JobState& s, const std::string& dir, uint64_t rows, const std::string& why) {
+  absl::Status RollBack(const proto::JobState& s, const std::string& dir, uint64_t rows, Restore why) {
     steps_total_ = s.global_step();
     samples_total_ = s.samples();
     epoch_samples_ = s.epoch_samples();
     result_.train_seconds = s.train_seconds();
-    if (why == "resume") {
+    if (why == Restore::kResume) {
       epoch_seconds_base_ = s.epoch_seconds();
       epoch_clock_start_ = absl::Now();
     }
@@ -1501,7 +1505,7 @@ class Scheduler::Impl {
     if (!evals_.empty()) ApplyEval(evals_.back());
     result_.checkpoints = std::max(result_.checkpoints, s.checkpoints());
     result_.last_checkpoint = dir;
-    if (why == "resume") {
+    if (why == Restore::kResume) {
       result_.recoveries = s.recoveries();
       result_.requeued_chunks = s.requeued_chunks();
       base_lines_ = s.lines();
@@ -1513,7 +1517,7 @@ class Scheduler::Impl {
     epoch_samples_ = s.epoch_samples();
     StartPhaseAt(s.phase(), &s);
     const double secs = absl::ToDoubleSeconds(absl::Now() - recovery_start_);
-    if (why == "resume") {
+    if (why == Restore::kResume) {
       opt_.print(absl::StrFormat("resumed from %s: epoch %d, %d chunks left of the phase, %d rows", dir,
                                  phase_.epoch() + 1, queue_.size(), rows));
     } else {

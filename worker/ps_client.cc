@@ -6,26 +6,40 @@
 #include "absl/strings/str_cat.h"
 
 namespace ember::worker {
+namespace {
+
+// The cluster's server nodes indexed by rank: ranks must be 0..S-1, each once.
+absl::StatusOr<std::vector<const proto::NodeInfo*>> ServersByRank(const proto::ClusterInfo& cluster) {
+  size_t count = 0;
+  for (const proto::NodeInfo& n : cluster.nodes()) count += n.role() == proto::SERVER;
+  std::vector<const proto::NodeInfo*> by_rank(count, nullptr);
+  for (const proto::NodeInfo& n : cluster.nodes()) {
+    if (n.role() != proto::SERVER) continue;
+    if (n.rank() < 0 || n.rank() >= static_cast<int>(count) || by_rank[n.rank()] != nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("server node ", n.id(), " has bad rank ", n.rank()));
+    }
+    by_rank[n.rank()] = &n;
+  }
+  return by_rank;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options,
                                                            std::unique_ptr<net::Transport> transport) {
   if (options.max_keys_per_message == 0) return absl::InvalidArgumentError("max_keys_per_message must be >= 1");
   auto self = std::unique_ptr<PsClient>(new PsClient(options, net::Client::Create(std::move(transport))));
-  std::vector<const proto::NodeInfo*> servers;
-  for (const proto::NodeInfo& n : options.cluster.nodes()) {
-    if (n.role() == proto::SERVER) servers.push_back(&n);
-  }
-  self->servers_.assign(servers.size(), net::kNoPeer);
-  for (const proto::NodeInfo* n : servers) {
-    if (n->rank() < 0 || n->rank() >= static_cast<int>(servers.size()))
-      return absl::InvalidArgumentError(absl::StrCat("server node ", n->id(), " has bad rank ", n->rank()));
-    absl::StatusOr<net::PeerId> p = self->client_->Connect(n->endpoint());
+  absl::StatusOr<std::vector<const proto::NodeInfo*>> servers = ServersByRank(options.cluster);
+  if (!servers.ok()) return servers.status();
+  self->servers_.assign(servers->size(), net::kNoPeer);
+  for (size_t r = 0; r < servers->size(); ++r) {
+    absl::StatusOr<net::PeerId> p = self->client_->Connect((*servers)[r]->endpoint());
     if (!p.ok()) return p.status();
-    self->servers_[n->rank()] = *p;
+    self->servers_[r] = *p;
   }
-  if (self->dense_.offset_size() != static_cast<int>(servers.size()) + 1) {
+  if (self->dense_.offset_size() != static_cast<int>(servers->size()) + 1) {
     return absl::InvalidArgumentError(absl::StrCat("dense layout has ", self->dense_.offset_size(),
-                                                   " offsets for ", servers.size(), " servers"));
+                                                   " offsets for ", servers->size(), " servers"));
   }
   return self;
 }
@@ -127,25 +141,19 @@ net::Client::CallId PsClient::Start(uint32_t server, net::Message m) {
 }
 
 absl::Status PsClient::UpdateCluster(const proto::ClusterInfo& cluster) {
-  std::vector<const proto::NodeInfo*> old_servers(servers_.size(), nullptr), new_servers(servers_.size(), nullptr);
-  for (const proto::NodeInfo& n : options_.cluster.nodes()) {
-    if (n.role() == proto::SERVER && n.rank() >= 0 && n.rank() < static_cast<int>(servers_.size()))
-      old_servers[n.rank()] = &n;
-  }
-  for (const proto::NodeInfo& n : cluster.nodes()) {
-    if (n.role() != proto::SERVER) continue;
-    if (n.rank() < 0 || n.rank() >= static_cast<int>(servers_.size())) {
-      return absl::InvalidArgumentError(absl::StrCat("cluster update: server node ", n.id(), " has rank ", n.rank(),
-                                                     "; the job has ", servers_.size(), " servers"));
-    }
-    new_servers[n.rank()] = &n;
+  absl::StatusOr<std::vector<const proto::NodeInfo*>> old_servers = ServersByRank(options_.cluster);
+  absl::StatusOr<std::vector<const proto::NodeInfo*>> new_servers = ServersByRank(cluster);
+  if (!old_servers.ok()) return old_servers.status();
+  if (!new_servers.ok()) return new_servers.status();
+  if (new_servers->size() != servers_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("cluster update: ", new_servers->size(), " servers; the job has ",
+                                                   servers_.size()));
   }
   for (size_t r = 0; r < servers_.size(); ++r) {
-    if (new_servers[r] == nullptr) return absl::InvalidArgumentError(absl::StrCat("cluster update: no server rank ", r));
-    if (old_servers[r] != nullptr && old_servers[r]->id() == new_servers[r]->id()) continue;
+    if ((*old_servers)[r]->id() == (*new_servers)[r]->id()) continue;
     // A replacement: a new connection, even on the same endpoint, so that
     // nothing queued for the dead process is delivered to the new one.
-    absl::StatusOr<net::PeerId> p = client_->Connect(new_servers[r]->endpoint());
+    absl::StatusOr<net::PeerId> p = client_->Connect((*new_servers)[r]->endpoint());
     if (!p.ok()) return p.status();
     servers_[r] = *p;
   }
