@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "datasets/convert.h"
 #include "datasets/gen_data.h"
@@ -25,6 +27,10 @@
 #include "ps/server.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/scheduler_client.h"
+#include "scheduler/chunks.h"
+#include "serving/predict_files.h"
+#include "serving/predictor.h"
+#include "storage/export.h"
 #include "storage/inspect.h"
 #include "worker/ps_client.h"
 #include "worker/worker.h"
@@ -49,7 +55,8 @@ DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds w
 DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
                                 "launch/plot.py draws them (`scheduler`).");
 // gen-data.
-DEFINE_string(out, "", "Output directory (`gen-data`, `convert`).");
+DEFINE_string(out, "", "Output directory (`gen-data`, `convert`), export root (`export`: the bundle goes into "
+                      "OUT/<version>), or output file (`predict`: must not exist).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
 // generator's defaults (datasets/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
@@ -64,11 +71,17 @@ DEFINE_bool(overwrite, false, "Replace a data set that gen-data (or, for `conver
                              "(`gen-data`, `convert`).");
 // convert.
 DEFINE_string(input, "", "Input of `convert`: the movielens directory (ratings.csv, movies.csv), or the census, "
-                         "criteo or avazu file (.gz accepted).");
+                         "criteo or avazu file (.gz accepted). Of `predict`: log files, as data.train names them (a "
+                         "file, a directory or a glob), several separated by commas.");
 DEFINE_uint32(max_history, 50, "Longest behaviour sequence `convert` writes (movielens).");
 DEFINE_uint64(max_bad_lines, 100, "Malformed input lines `convert` skips before it fails.");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
                                "see datasets/gen_data.h), e.g. max_history=50,item_zipf=1.1 (`gen-data`).");
+// export, predict.
+DEFINE_string(checkpoint, "", "Checkpoint directory to export (`export`), e.g. CKPT_ROOT/ckpt-00000007.");
+DEFINE_string(dtype, "fp32", "Embedding value type of the bundle: fp32 or fp16 (`export`).");
+DEFINE_string(base, "", "Make a delta bundle on this bundle (a version directory in --out) (`export`).");
+DEFINE_string(bundle, "", "A bundle directory, or an export root (its newest complete bundle) (`predict`).");
 // inspect.
 DEFINE_int32(sample_rows, 3, "Rows decoded and printed per table (`inspect`).");
 // Launchers.
@@ -104,8 +117,14 @@ const std::vector<CommandHelp>& Commands() {
       {"convert", "ember convert FORMAT --input=PATH --out=DIR [flags]   (FORMAT: movielens, census, criteo, avazu)",
        "turn a public data set into ember's log files and a job config (DIR/job.conf)",
        {"input", "out", "max_history", "max_bad_lines", "seed", "overwrite"}},
-      {"inspect", "ember inspect CKPT_DIR [flags]",
-       "print a checkpoint and verify every byte; exit code 0 if it all verifies, 1 otherwise", {"sample_rows"}},
+      {"export", "ember export --checkpoint=CKPT_DIR --out=EXPORT_ROOT [--dtype=fp16] [--base=EXPORT_ROOT/V]",
+       "write a serving bundle (embeddings without optimizer state, dense weights, config) from a checkpoint",
+       {"checkpoint", "out", "dtype", "base", "config"}},
+      {"predict", "ember predict --bundle=DIR --input=FILES --out=FILE",
+       "score log lines with an exported model: one line of task scores per input line", {"bundle", "input", "out"}},
+      {"inspect", "ember inspect DIR [flags]",
+       "print a checkpoint or an export bundle and verify every byte; exit code 0 if it all verifies, 1 otherwise",
+       {"sample_rows"}},
   };
   return commands;
 }
@@ -403,9 +422,84 @@ int RunConvert(const std::string& format) {
   return 0;
 }
 
-// Prints and verifies one checkpoint directory; the report goes to stdout.
+int RunExport() {
+  storage::ExportOptions o;
+  o.checkpoint_dir = FLAGS_checkpoint;
+  o.out_root = FLAGS_out;
+  o.base_dir = FLAGS_base;
+  if (o.checkpoint_dir.empty()) return ErrorExit(absl::InvalidArgumentError("flag --checkpoint: required"));
+  if (o.out_root.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required (the export root)"));
+  if (FLAGS_dtype == "fp16") {
+    o.value_type = proto::FP16;
+  } else if (FLAGS_dtype != "fp32") {
+    return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --dtype: '", FLAGS_dtype, "': fp32 or fp16")));
+  }
+  proto::JobConfig config;
+  if (!FLAGS_config.empty()) {
+    absl::StatusOr<proto::JobConfig> c = proto::LoadJobConfig(FLAGS_config);
+    if (!c.ok()) return ErrorExit(c.status());
+    config = *std::move(c);
+    o.config = &config;
+  }
+  absl::StatusOr<proto::ExportManifest> m = storage::ExportCheckpoint(o);
+  if (!m.ok()) return ErrorExit(m.status());
+  std::printf("export: version %llu (%s) of checkpoint %llu -> %s/%llu\n",
+              static_cast<unsigned long long>(m->version()),
+              m->base_version() ? absl::StrCat("delta on ", m->base_version()).c_str() : "full",
+              static_cast<unsigned long long>(m->checkpoint_id()), o.out_root.c_str(),
+              static_cast<unsigned long long>(m->version()));
+  return 0;
+}
+
+int RunPredict() {
+  if (FLAGS_bundle.empty()) return ErrorExit(absl::InvalidArgumentError("flag --bundle: required"));
+  if (FLAGS_input.empty()) return ErrorExit(absl::InvalidArgumentError("flag --input: required"));
+  if (FLAGS_out.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required"));
+  absl::StatusOr<std::unique_ptr<serving::Predictor>> predictor = serving::Predictor::Load(FLAGS_bundle);
+  if (!predictor.ok()) return ErrorExit(predictor.status());
+  serving::PredictFilesOptions o;
+  for (absl::string_view spec : absl::StrSplit(FLAGS_input, ',', absl::SkipEmpty())) {
+    absl::StatusOr<std::vector<std::string>> files = scheduler::ListDataFiles(std::string(spec));
+    if (!files.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --input: ", files.status().message())));
+    o.inputs.insert(o.inputs.end(), files->begin(), files->end());
+  }
+  o.out = FLAGS_out;
+  const proto::DataConfig& data = (*predictor)->config().data();
+  o.max_bad_lines = data.max_bad_lines();
+  o.max_bad_fraction = data.max_bad_fraction();
+  o.log_bad_lines_limit = data.log_bad_lines_limit();
+  o.on_bad = [](const std::string& what) { std::fprintf(stderr, "bad line: %s\n", what.c_str()); };
+  absl::StatusOr<serving::PredictFilesSummary> s = serving::PredictFiles(**predictor, o);
+  if (!s.ok()) return ErrorExit(s.status());
+  const serving::ModelVersion v = (*predictor)->version();
+  std::string line = absl::StrCat("predict: version=", v.version, " lines=", s->lines, " bad_lines=", s->bad_lines);
+  // Figures that are undefined (no labels, one class) are left out.
+  for (size_t k = 0; k < s->tasks.size(); ++k) {
+    const serving::TaskSummary& t = s->tasks[k];
+    const std::string suffix = k == 0 ? "" : absl::StrCat("_", t.name);
+    if (!std::isnan(t.auc)) absl::StrAppend(&line, " auc", suffix, "=", absl::StrFormat("%.4f", t.auc));
+    if (!std::isnan(t.logloss)) absl::StrAppend(&line, " logloss", suffix, "=", absl::StrFormat("%.4f", t.logloss));
+  }
+  absl::StrAppend(&line, " seconds=", absl::StrFormat("%.2f", s->seconds), " -> ", o.out);
+  std::printf("%s\n", line.c_str());
+  return 0;
+}
+
+// True if dir/MANIFEST is an export bundle's (its magic), not a checkpoint's.
+bool IsExportBundle(const std::string& dir) {
+  std::FILE* f = std::fopen((dir + "/MANIFEST").c_str(), "rb");
+  if (f == nullptr) return false;
+  char magic[8] = {0};
+  const bool bundle = std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "EMBEREXP", 8) == 0;
+  std::fclose(f);
+  return bundle;
+}
+
+// Prints and verifies one checkpoint or bundle directory; the report goes to
+// stdout.
 int RunInspect(const std::string& dir) {
-  absl::Status st = storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
+  absl::Status st = IsExportBundle(dir) ? storage::InspectExport(dir, FLAGS_sample_rows, std::cout)
+                                        : storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
   std::cout.flush();
   if (!st.ok()) return ErrorExit(st);
   return 0;
@@ -436,7 +530,7 @@ int main(int argc, char** argv) {
   if (command == "convert" || command == "inspect") {
     if (argc < 3 || argv[2][0] == '-') {
       std::fprintf(stderr, command == "convert" ? "error: convert needs a format: movielens, census, criteo or avazu\n"
-                                                : "error: inspect needs a checkpoint directory\n");
+                                                : "error: inspect needs a checkpoint or bundle directory\n");
       return 2;
     }
     positional = argv[2];
@@ -471,6 +565,8 @@ int main(int argc, char** argv) {
   if (command == "gen-data") return ember::RunGenData();
   if (command == "convert") return ember::RunConvert(positional);
   if (command == "inspect") return ember::RunInspect(positional);
+  if (command == "export") return ember::RunExport();
+  if (command == "predict") return ember::RunPredict();
   std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::Usage().c_str());
   return 2;
 }

@@ -190,15 +190,16 @@ class Predictor::Impl {
     const int n = config_.data().columns_size();
     std::vector<int> value_of(n, -1);
     for (size_t i = 0; i < names.size(); ++i) {
-      auto it = column_index_.find(names[i]);
+      const absl::string_view name(names[i].data(), names[i].size());
+      auto it = column_index_.find(name);
       if (it == column_index_.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("unknown column '", names[i], "'"));
+        return absl::InvalidArgumentError(absl::StrCat("unknown column '", name, "'"));
       }
       if (value_of[it->second] >= 0) {
-        return absl::InvalidArgumentError(absl::StrCat("column '", names[i], "' given twice"));
+        return absl::InvalidArgumentError(absl::StrCat("column '", name, "' given twice"));
       }
       if (values[i].find_first_of("\t\n\r") != std::string_view::npos) {
-        return absl::InvalidArgumentError(absl::StrCat("column '", names[i], "': a value may not hold a tab or newline"));
+        return absl::InvalidArgumentError(absl::StrCat("column '", name, "': a value may not hold a tab or newline"));
       }
       value_of[it->second] = static_cast<int>(i);
     }
