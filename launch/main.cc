@@ -52,6 +52,8 @@ DEFINE_uint32(debug_step_delay_ms, 0, "Fault injection: the worker sleeps this l
 DEFINE_bool(resume, false, "Continue the job from the newest complete checkpoint under checkpoint.dir (`scheduler`).");
 DEFINE_string(checkpoint_dir, "", "Overrides checkpoint.dir: where the job's checkpoints go (`scheduler`).");
 DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`).");
+DEFINE_string(export_dir, "", "Overrides export.dir: the export root the job writes serving bundles to (`scheduler`).");
+DEFINE_uint32(export_every_seconds, 0, "Overrides export.every_seconds when > 0: live-serving exports (`scheduler`).");
 DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
                                 "launch/plot.py draws them (`scheduler`).");
 // gen-data.
@@ -106,7 +108,7 @@ const std::vector<CommandHelp>& Commands() {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
        {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
-        "checkpoint_dir", "checkpoint_every_seconds", "metrics_file", "exit_with_parent", "log_dir"}},
+        "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
        {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
@@ -219,6 +221,8 @@ int RunScheduler() {
   if (FLAGS_checkpoint_every_seconds > 0) {
     config->mutable_checkpoint()->set_every_seconds(FLAGS_checkpoint_every_seconds);
   }
+  if (!FLAGS_export_dir.empty()) config->mutable_export_()->set_dir(FLAGS_export_dir);
+  if (FLAGS_export_every_seconds > 0) config->mutable_export_()->set_every_seconds(FLAGS_export_every_seconds);
   if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return ErrorExit(st);
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(*config);
   if (!model.ok()) return ErrorExit(model.status());
@@ -429,11 +433,9 @@ int RunExport() {
   o.base_dir = FLAGS_base;
   if (o.checkpoint_dir.empty()) return ErrorExit(absl::InvalidArgumentError("flag --checkpoint: required"));
   if (o.out_root.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required (the export root)"));
-  if (FLAGS_dtype == "fp16") {
-    o.value_type = proto::FP16;
-  } else if (FLAGS_dtype != "fp32") {
-    return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --dtype: '", FLAGS_dtype, "': fp32 or fp16")));
-  }
+  absl::StatusOr<proto::ValueType> type = storage::ParseValueType(FLAGS_dtype);
+  if (!type.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --dtype: ", type.status().message())));
+  o.value_type = *type;
   proto::JobConfig config;
   if (!FLAGS_config.empty()) {
     absl::StatusOr<proto::JobConfig> c = proto::LoadJobConfig(FLAGS_config);

@@ -120,6 +120,12 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   if (ck.keep() < 1) return Invalid("checkpoint.keep", "must be >= 1");
   if (ck.full_every() < 1) return Invalid("checkpoint.full_every", "must be >= 1 (1 = every checkpoint is full)");
   if (ck.replacement_timeout_ms() < 1000) return Invalid("checkpoint.replacement_timeout_ms", "must be >= 1000");
+  const ExportConfig& ex = config.export_();
+  if (!ex.dir().empty() && ck.dir().empty())
+    return Invalid("export.dir", "exports are made from checkpoints: set checkpoint.dir too");
+  if (ex.value_type() != "fp32" && ex.value_type() != "fp16")
+    return Invalid("export.value_type", absl::StrCat("'", ex.value_type(), "': must be fp32 or fp16"));
+  if (ex.full_every() < 1) return Invalid("export.full_every", "must be >= 1 (1 = every bundle is full)");
   if (config.train().staleness() > 1000000) return Invalid("train.staleness", "must be in [0, 1000000]");
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");

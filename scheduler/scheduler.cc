@@ -30,6 +30,7 @@
 #include "scheduler/chunks.h"
 #include "scheduler/metrics_log.h"
 #include "storage/checkpoint_files.h"
+#include "storage/export.h"
 
 namespace ember::scheduler {
 namespace {
@@ -268,6 +269,14 @@ class Scheduler::Impl {
   }
 
   bool Checkpointing() const { return !opt_.config.checkpoint().dir().empty(); }
+  bool Exporting() const { return !opt_.config.export_().dir().empty(); }
+  // A live-serving export is due (export.every_steps / every_seconds).
+  bool ExportDue(absl::Time now) const {
+    if (!Exporting()) return false;
+    const proto::ExportConfig& ex = opt_.config.export_();
+    return (ex.every_steps() > 0 && steps_total_ - last_export_steps_ >= ex.every_steps()) ||
+           (ex.every_seconds() > 0 && now - last_export_time_ >= absl::Seconds(ex.every_seconds()));
+  }
   std::string Root() const { return opt_.config.checkpoint().dir(); }
 
   // Why every server restores a checkpoint: the job resumes (--resume), or
@@ -374,7 +383,9 @@ class Scheduler::Impl {
       const bool by_steps = ck.every_steps() > 0 && steps_total_ - last_ckpt_steps_ >= ck.every_steps();
       const bool by_time =
           ck.every_seconds() > 0 && now - last_ckpt_time_ >= absl::Seconds(ck.every_seconds());
-      if ((by_steps || by_time) && !AnyWorkerSilent(now)) BeginPause(proto::PauseRequest::CHECKPOINT);
+      if ((by_steps || by_time || ExportDue(now)) && !AnyWorkerSilent(now)) {
+        BeginPause(proto::PauseRequest::CHECKPOINT);
+      }
     }
     if (phase_.kind() == proto::TRAIN &&
         now - last_progress_ >= absl::Milliseconds(opt_.config.train().report_interval_ms())) {
@@ -689,6 +700,8 @@ class Scheduler::Impl {
     epoch_clock_start_ = absl::Now();
     last_ckpt_time_ = absl::Now();
     last_ckpt_steps_ = steps_total_;
+    last_export_time_ = absl::Now();
+    last_export_steps_ = steps_total_;
     ReplyRegistrations(/*workers=*/true);
     return absl::OkStatus();
   }
@@ -934,6 +947,7 @@ class Scheduler::Impl {
       return absl::OkStatus();
     }
     if (pause_active_) return absl::OkStatus();  // the save in progress goes first
+    if (task_) return absl::OkStatus();  // an export in progress goes first; its end calls back here
     return FinishPhase();
   }
 
@@ -961,8 +975,18 @@ class Scheduler::Impl {
                                  opt_.config.train().epochs(), epoch_samples_, secs,
                                  epoch_samples_ / std::max(secs, 1e-9)));
       WriteEvent(Event("epoch").Add("epoch_samples", epoch_samples_).Add("train_seconds", secs));
-      if (Checkpointing() && opt_.config.checkpoint().at_epoch_end()) {
-        return StartSave(/*epoch_end=*/true, [this](absl::Status) { return ResetsThenNextPhase(); });
+      const bool last = phase_.epoch() + 1 >= opt_.config.train().epochs();
+      const bool final_export = last && Exporting() && opt_.config.export_().at_end();
+      const bool export_now = final_export || ExportDue(now);
+      if (Checkpointing() && (opt_.config.checkpoint().at_epoch_end() || export_now)) {
+        return StartSave(/*epoch_end=*/true, [this, export_now, final_export](absl::Status st) {
+          if (!st.ok() || !export_now) {
+            if (final_export) return absl::FailedPreconditionError("no checkpoint to export the trained model from");
+            return ResetsThenNextPhase();
+          }
+          StartExport(final_export, [this] { return ResetsThenNextPhase(); });
+          return absl::OkStatus();
+        });
       }
       return ResetsThenNextPhase();
     }
@@ -1182,10 +1206,15 @@ class Scheduler::Impl {
     LOG(INFO) << "pause " << pause_id_ << ": every worker stopped after "
               << absl::FormatDuration(absl::Now() - pause_start_);
     if (pause_kind_ != proto::PauseRequest::CHECKPOINT) return;  // TryRecover takes it from here
-    absl::Status st = StartSave(/*epoch_end=*/false, [this](absl::Status) {
+    absl::Status st = StartSave(/*epoch_end=*/false, [this](absl::Status saved) {
       // Stopping: the paused workers are told to exit, not to go on.
       if (stop_seen_) return StopJob();
       EndPause();
+      // A live-serving export runs with training going on.
+      if (saved.ok() && ExportDue(absl::Now())) {
+        StartExport(/*final=*/false, [this] { return MaybeFinishPhase(); });
+        return absl::OkStatus();
+      }
       return MaybeFinishPhase();
     });
     if (!st.ok()) LOG(ERROR) << st;
@@ -1286,6 +1315,60 @@ class Scheduler::Impl {
           return then(st);
         });
     return absl::OkStatus();
+  }
+
+  // Exports the newest checkpoint (result_.last_checkpoint) into export.dir
+  // on the helper thread, as a delta on the last bundle this run wrote unless
+  // a full one is due, then runs `then`. A failed export is reported and the
+  // job goes on, except the final one (`final`), which fails the job.
+  void StartExport(bool final, std::function<absl::Status()> then) {
+    const proto::ExportConfig& ex = opt_.config.export_();
+    storage::ExportOptions o;
+    o.checkpoint_dir = result_.last_checkpoint;
+    o.out_root = ex.dir();
+    o.value_type = storage::ParseValueType(ex.value_type()).value_or(proto::FP32);  // validated with the config
+    const bool full = last_export_dir_.empty() || exports_since_full_ + 1 >= ex.full_every();
+    if (!full) o.base_dir = last_export_dir_;
+    auto manifest = std::make_shared<proto::ExportManifest>();
+    const absl::Time started = absl::Now();
+    RunTask(
+        "export",
+        [o, manifest]() {
+          absl::StatusOr<proto::ExportManifest> m = storage::ExportCheckpoint(o);
+          if (!m.ok()) return m.status();
+          *manifest = *std::move(m);
+          return absl::OkStatus();
+        },
+        [this, manifest, started, full, final, then](absl::Status st) {
+          const absl::Time now = absl::Now();
+          last_export_time_ = now;
+          last_export_steps_ = steps_total_;
+          if (!st.ok()) {
+            opt_.print(absl::StrCat("export failed: ", st.message()));
+            LOG(ERROR) << "export failed: " << st;
+            if (final) return absl::Status(st.code(), absl::StrCat("the final export failed: ", st.message()));
+            return then();
+          }
+          const std::string dir =
+              (std::filesystem::path(opt_.config.export_().dir()) / std::to_string(manifest->version())).string();
+          last_export_dir_ = dir;
+          exports_since_full_ = full ? 0 : exports_since_full_ + 1;
+          ++result_.exports;
+          result_.last_export = dir;
+          uint64_t rows = 0, bytes = 0;
+          for (const proto::ExportTable& t : manifest->tables()) rows += t.rows();
+          for (const proto::CheckpointFile& f : manifest->files()) bytes += f.size();
+          const double secs = absl::ToDoubleSeconds(now - started);
+          opt_.print(absl::StrFormat("export %d (%s): %d rows, %.1f MB in %.2fs -> %s", manifest->version(),
+                                     full ? "full" : absl::StrCat("delta on ", manifest->base_version()), rows,
+                                     bytes / 1e6, secs, dir));
+          JsonObject e;
+          e.Add("version", manifest->version()).Add("base_version", manifest->base_version());
+          e.Add("checkpoint", manifest->checkpoint_id()).Add("rows", rows).Add("bytes", bytes);
+          e.Add("seconds", secs).Add("dir", dir);
+          WriteEvent(Event("export").Add("export", e));
+          return then();
+        });
   }
 
   // ----- stop on request -----
@@ -1837,6 +1920,12 @@ class Scheduler::Impl {
   absl::flat_hash_set<int32_t> pause_waiting_;
   std::vector<net::Message> held_paused_;
   uint32_t saves_since_full_ = 0;
+  // Exports: the last bundle this run wrote (a delta's base), bundles since
+  // the last full one, and when the last was made.
+  std::string last_export_dir_;
+  uint32_t exports_since_full_ = 0;
+  absl::Time last_export_time_;
+  uint64_t last_export_steps_ = 0;
   absl::Time last_ckpt_time_;
   uint64_t last_ckpt_steps_ = 0;
   std::vector<std::string> resume_candidates_;  // newest first

@@ -91,6 +91,8 @@ struct JobResult {
   bool stopped = false;
   std::string last_checkpoint;
   uint32_t checkpoints = 0;       // taken by this job, over all its runs
+  uint32_t exports = 0;           // bundles this run wrote (export.dir)
+  std::string last_export;        // the newest of them, empty if none
   uint32_t recoveries = 0;        // lost processes the job recovered from (workers and servers)
   uint64_t requeued_chunks = 0;   // chunks handed out again after a lost worker
   // SSP: the largest gap seen between a step a worker was allowed to start

@@ -325,6 +325,12 @@ bool SamePath(const std::string& a, const std::string& b) {
 
 }  // namespace
 
+absl::StatusOr<proto::ValueType> ParseValueType(const std::string& name) {
+  if (name == "fp32") return proto::FP32;
+  if (name == "fp16") return proto::FP16;
+  return absl::InvalidArgumentError(absl::StrCat("'", name, "': the value type is fp32 or fp16"));
+}
+
 uint64_t ExportVersionOf(const std::string& name) {
   if (name.empty() || name.size() > 19 || name[0] == '0') return 0;
   for (char c : name) {

@@ -36,6 +36,10 @@ inline constexpr uint32_t kExportFormatVersion = 1;
 // for any other name.
 uint64_t ExportVersionOf(const std::string& name);
 
+// "fp32" or "fp16" (ExportConfig.value_type, `ember export --dtype`) as a
+// ValueType; InvalidArgument otherwise.
+[[nodiscard]] absl::StatusOr<proto::ValueType> ParseValueType(const std::string& name);
+
 // A bundle directory under an export root, as ListExports finds it.
 struct ExportEntry {
   uint64_t version = 0;
