@@ -148,7 +148,8 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
   if (read_only) {
     incoming = 0;
     for (size_t m = 0; m < misses; ++m) {
-      incoming += miss_slot_[m] != kNotRead && !Stale(miss_rows_.data() + size_t{miss_slot_[m]} * row_bytes, generation);
+      if (miss_slot_[m] == kNotRead) continue;
+      incoming += !Stale(miss_rows_.data() + size_t{miss_slot_[m]} * row_bytes, generation);
     }
   }
   absl::Status st = MakeRoom(incoming * ResidentRowCost(spec));

@@ -9,7 +9,8 @@
 //
 // Rows carry a reset generation: a row older than its table's current generation is
 // stale, re-initialised on first touch (resident or spilled; a read-only
-// lookup leaves it and finds no row) and skipped by scans. That makes a table reset O(1) (see ps::Server's RESET_TABLE).
+// lookup leaves it and finds no row) and skipped by scans. That makes a
+// table reset O(1) (see ps::Server's RESET_TABLE).
 //
 // Thread safety: none; one handler thread uses a TieredStore. The SpillStore
 // may be shared by the stores of all handlers.
