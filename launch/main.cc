@@ -56,6 +56,10 @@ DEFINE_string(export_dir, "", "Overrides export.dir: the export root the job wri
 DEFINE_uint32(export_every_seconds, 0, "Overrides export.every_seconds when > 0: live-serving exports (`scheduler`).");
 DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
                                 "launch/plot.py draws them (`scheduler`).");
+DEFINE_string(eval_scores_out, "", "Write the last evaluation's scores to this new file (`scheduler`): one line per "
+                                   "test sample, its task scores tab-separated (%.9g), in the order the scheduler "
+                                   "received them (one worker: the test files' order; several: the workers' runs "
+                                   "in arrival order). The job refuses to start if the file exists.");
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`, `convert`), export root (`export`: the bundle goes into "
                       "OUT/<version>), or output file (`predict`: must not exist).");
@@ -108,7 +112,8 @@ const std::vector<CommandHelp>& Commands() {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
        {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
-        "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file", "exit_with_parent", "log_dir"}},
+        "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file",
+        "eval_scores_out", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
        {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
@@ -239,6 +244,7 @@ int RunScheduler() {
   so.new_transport = NewTransport;
   so.resume = FLAGS_resume;
   so.metrics_file = FLAGS_metrics_file;
+  so.eval_scores_file = FLAGS_eval_scores_out;
   // SIGTERM or SIGINT: checkpoint at the next step boundary and stop every
   // node cleanly. A second one ends the scheduler at once.
   InstallStopHandler();

@@ -16,6 +16,10 @@
 // stream: pushes that arrive meanwhile wait) and run on the I/O thread.
 // RESET_TABLE bumps the table's generation: requests dispatched after it see
 // every older row as stale and re-initialise it on first touch.
+//
+// A PULL with Header.read_only (a worker's evaluation) creates and changes
+// no row, and answers admission.default_value for every key without a live
+// row of the table's current generation: what a served model answers.
 #ifndef EMBER_PS_SERVER_H_
 #define EMBER_PS_SERVER_H_
 

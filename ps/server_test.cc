@@ -1,12 +1,15 @@
 #include "ps/server.h"
 
+#include <filesystem>
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "net/client.h"
 #include "proto/keys.h"
 #include "ps/routing.h"
+#include "storage/initializer.h"
 #include "storage/sparse_table.h"
 
 namespace ember::ps {
@@ -223,6 +226,233 @@ TEST_F(ServerTest, DenseSlicePullPush) {
   m.header.set_dense_offset(99);
   EXPECT_FALSE(client_->Call(peer_, m, absl::Seconds(5)).ok());
 }
+
+// Read-only PULLs (evaluation) on one server, in memory (budget 0: the fast
+// path for tables without admission) and with a memory budget (every table
+// through the TieredStore, most rows in RocksDB). Table 0 has no default
+// value (0), table 1 admission.default_value 0.25 without a threshold, table
+// 2 admission by count with default -0.5.
+class ReadOnlyPullTest : public ::testing::TestWithParam<uint64_t> {
+ protected:
+  static constexpr uint32_t kShards = 8;
+
+  void SetUp() override {
+    spill_ = (std::filesystem::temp_directory_path() /
+              absl::StrCat("ember-readonly-", getpid(), "-", GetParam()))
+                 .string();
+    std::filesystem::remove_all(spill_);
+    auto* t = config_.add_tables();
+    t->set_name("emb");
+    t->set_dim(4);
+    t->mutable_optimizer()->set_kind(proto::OptimizerConfig::ADAGRAD);
+    t = config_.add_tables();
+    t->set_name("dflt");
+    t->set_dim(2);
+    t->mutable_admission()->set_default_value(0.25f);
+    t = config_.add_tables();
+    t->set_name("admit");
+    t->set_dim(2);
+    t->mutable_admission()->set_min_count(2);
+    t->mutable_admission()->set_sketch_width(65536);
+    t->mutable_admission()->set_default_value(-0.5f);
+    config_.mutable_cluster()->set_num_logical_shards(kShards);
+    config_.mutable_cluster()->set_server_threads(2);
+    config_.mutable_model()->mutable_dense_optimizer()->set_kind(proto::OptimizerConfig::SGD);
+    config_.mutable_storage()->set_memory_budget_bytes(GetParam());
+    config_.mutable_storage()->set_spill_path(spill_);
+    proto::ShardMap map;
+    map.set_num_logical_shards(kShards);
+    for (uint32_t s = 0; s < kShards; ++s) map.add_server_rank(0);
+
+    net::TransportOptions o;
+    o.kind = net::TransportOptions::Kind::kInproc;
+    o.hub = &hub_;
+    auto st = net::CreateTransport(o);
+    ASSERT_TRUE((*st)->Bind("inproc://ro0").ok());
+    ServerOptions so;
+    so.config = config_;
+    so.shard_map = map;
+    so.dense_init = {0};
+    auto server = Server::Create(so, std::move(*st));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    thread_ = std::thread([this] { ASSERT_TRUE(server_->Run().ok()); });
+    client_ = net::Client::Create(std::move(*net::CreateTransport(o)));
+    peer_ = *client_->Connect("inproc://ro0");
+  }
+  void TearDown() override {
+    client_.reset();
+    server_->Stop();
+    thread_.join();
+    server_.reset();
+    std::filesystem::remove_all(spill_);
+  }
+
+  uint32_t Dim(uint32_t table) const { return config_.tables(table).dim(); }
+
+  static std::vector<uint64_t> Keys(uint64_t first, size_t n) {
+    std::vector<uint64_t> keys;
+    for (uint64_t i = first; i < first + n; ++i) keys.push_back(proto::Mix64(i));
+    return keys;
+  }
+
+  std::vector<float> Pull(uint32_t table, const std::vector<uint64_t>& keys, bool read_only) {
+    net::Message m;
+    m.header.set_command(proto::PULL);
+    m.header.set_table(table);
+    m.header.set_dim(Dim(table));
+    m.header.set_num_keys(keys.size());
+    m.header.set_read_only(read_only);
+    m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+    auto r = client_->Call(peer_, std::move(m), absl::Seconds(30));
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) return {};
+    r->frames[0].Align<float>();
+    auto v = r->frames[0].As<float>();
+    return std::vector<float>(v.begin(), v.end());
+  }
+
+  void Push(uint32_t table, const std::vector<uint64_t>& keys, float g) {
+    net::Message m;
+    m.header.set_command(proto::PUSH);
+    m.header.set_table(table);
+    m.header.set_dim(Dim(table));
+    m.header.set_num_keys(keys.size());
+    m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+    const std::vector<float> grads(keys.size() * Dim(table), g);
+    m.frames.push_back(net::Frame::Copy(grads.data(), grads.size() * 4));
+    auto r = client_->Call(peer_, std::move(m), absl::Seconds(30));
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+
+  proto::ServerStatsProto Stats() {
+    net::Message m;
+    m.header.set_command(proto::STATS);
+    auto r = client_->Call(peer_, std::move(m), absl::Seconds(30));
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->header.stats_reply() : proto::ServerStatsProto();
+  }
+
+  // Resident rows plus, with a budget, RocksDB's estimate of its rows: exact
+  // while no row was ever spilled, or without a budget.
+  uint64_t Rows(uint32_t table) {
+    proto::ServerStatsProto s = Stats();
+    return s.tables(table).resident_rows() + s.tables(table).spilled_rows();
+  }
+  // Exact counters that any row created, read back or evicted moves.
+  std::vector<uint64_t> Footprint(uint32_t table) {
+    proto::TableStatsProto s = Stats().tables(table);
+    return {s.resident_rows(), s.evictions(), s.spill_reads()};
+  }
+
+  void ResetTable(uint32_t table) {
+    net::Message m;
+    m.header.set_command(proto::RESET_TABLE);
+    m.header.mutable_reset()->set_table(table);
+    auto r = client_->Call(peer_, std::move(m), absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+
+  std::string spill_;
+  proto::JobConfig config_;
+  net::InprocHub hub_;
+  std::unique_ptr<Server> server_;
+  std::thread thread_;
+  std::unique_ptr<net::Client> client_;
+  net::PeerId peer_;
+};
+
+TEST_P(ReadOnlyPullTest, UnseenKeysGiveTheDefaultAndCreateNoRow) {
+  const std::vector<uint64_t> keys = Keys(1, 3000);
+  const float defaults[3] = {0.0f, 0.25f, -0.5f};
+  for (uint32_t t = 0; t < 3; ++t) {
+    SCOPED_TRACE(config_.tables(t).name());
+    const std::vector<float> v = Pull(t, keys, /*read_only=*/true);
+    ASSERT_EQ(v.size(), keys.size() * Dim(t));
+    for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], defaults[t]) << i;
+    EXPECT_EQ(Rows(t), 0u);
+    EXPECT_EQ(Stats().tables(t).not_admitted(), 0u) << "an evaluation's unseen keys are no refused admissions";
+  }
+  // A training pull of the same keys creates (and initialises) them, except
+  // under admission; the read-only pulls did not count towards admission.
+  const std::vector<float> trained = Pull(0, keys, /*read_only=*/false);
+  EXPECT_EQ(Rows(0), keys.size());
+  std::vector<float> init(4);
+  storage::InitWeights(config_.tables(0).initializer(), keys[5], 0, init.data(), 4);
+  for (int j = 0; j < 4; ++j) EXPECT_EQ(trained[5 * 4 + j], init[j]);
+  Push(2, keys, 1.0f);  // first push of each key: counted, not admitted
+  EXPECT_EQ(Rows(2), 0u);
+}
+
+TEST_P(ReadOnlyPullTest, ExistingRowsGiveTheirWeights) {
+  const std::vector<uint64_t> keys = Keys(1, 3000);
+  for (uint32_t t = 0; t < 3; ++t) {
+    SCOPED_TRACE(config_.tables(t).name());
+    Push(t, keys, 0.5f);
+    Push(t, keys, 0.5f);  // table 2 admits at the second push
+    if (GetParam() == 0) EXPECT_EQ(Rows(t), keys.size());
+    const std::vector<float> before = Pull(t, keys, /*read_only=*/false);
+    std::vector<uint64_t> mixed = keys;  // plus keys never seen, and a repeat
+    const std::vector<uint64_t> unseen = Keys(100000, 50);
+    mixed.insert(mixed.end(), unseen.begin(), unseen.end());
+    mixed.push_back(keys[0]);
+    const std::vector<float> v = Pull(t, mixed, /*read_only=*/true);
+    ASSERT_EQ(v.size(), mixed.size() * Dim(t));
+    const size_t d = Dim(t);
+    EXPECT_EQ(std::vector<float>(v.begin(), v.begin() + keys.size() * d), before);
+    for (size_t i = keys.size() * d; i < (keys.size() + unseen.size()) * d; ++i) {
+      ASSERT_EQ(v[i], config_.tables(t).admission().default_value());
+    }
+    EXPECT_EQ(std::vector<float>(v.end() - d, v.end()), std::vector<float>(before.begin(), before.begin() + d));
+    // With a budget the read-only pull may read rows back (and evict
+    // others), as any lookup does; without one nothing may change.
+    if (GetParam() == 0) EXPECT_EQ(Rows(t), keys.size());
+    EXPECT_EQ(Pull(t, keys, /*read_only=*/false), before) << "the read-only pull changed a row";
+  }
+}
+
+TEST_P(ReadOnlyPullTest, RowsStaleSinceAResetGiveTheDefaultAndStayStale) {
+  const std::vector<uint64_t> keys = Keys(1, 3000);
+  for (uint32_t t : {0u, 1u}) {
+    SCOPED_TRACE(config_.tables(t).name());
+    Push(t, keys, 0.5f);
+    ResetTable(t);
+    const std::vector<uint64_t> footprint = Footprint(t);
+    const std::vector<float> v = Pull(t, keys, /*read_only=*/true);
+    ASSERT_EQ(v.size(), keys.size() * Dim(t));
+    for (size_t i = 0; i < v.size(); ++i) ASSERT_EQ(v[i], config_.tables(t).admission().default_value()) << i;
+    EXPECT_EQ(Pull(t, keys, /*read_only=*/true), v) << "a read-only pull re-drew a stale row";
+    EXPECT_EQ(Footprint(t), footprint) << "(resident rows, evictions, spill reads)";
+    // Training touches them: fresh draws for generation 1.
+    const std::vector<float> fresh = Pull(t, keys, /*read_only=*/false);
+    std::vector<float> init(Dim(t));
+    storage::InitWeights(config_.tables(t).initializer(), keys[7], 1, init.data(), Dim(t));
+    for (uint32_t j = 0; j < Dim(t); ++j) EXPECT_EQ(fresh[7 * Dim(t) + j], init[j]);
+    EXPECT_EQ(Pull(t, keys, /*read_only=*/true), fresh);
+  }
+}
+
+TEST_P(ReadOnlyPullTest, ReadOnlyPushIsRefused) {
+  const std::vector<uint64_t> keys = Keys(1, 10);
+  net::Message m;
+  m.header.set_command(proto::PUSH);
+  m.header.set_table(0);
+  m.header.set_dim(4);
+  m.header.set_num_keys(keys.size());
+  m.header.set_read_only(true);
+  m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+  const std::vector<float> grads(keys.size() * 4, 1.0f);
+  m.frames.push_back(net::Frame::Copy(grads.data(), grads.size() * 4));
+  auto r = client_->Call(peer_, std::move(m), absl::Seconds(30));
+  EXPECT_NE(r.status().message().find("read_only"), std::string::npos) << r.status();
+  EXPECT_EQ(Rows(0), 0u);
+}
+
+// 0: in memory; 40 KB: roughly 400 of the 3000 rows of a table stay resident.
+INSTANTIATE_TEST_SUITE_P(Budgets, ReadOnlyPullTest, ::testing::Values(uint64_t{0}, uint64_t{40000}),
+                         [](const ::testing::TestParamInfo<uint64_t>& i) {
+                           return i.param == 0 ? std::string("InMemory") : std::string("Tiered");
+                         });
 
 }  // namespace
 }  // namespace ember::ps

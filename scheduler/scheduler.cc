@@ -1,8 +1,13 @@
 #include "scheduler/scheduler.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -73,6 +78,64 @@ double ReadOracleAuc(const std::string& path) {
     }
   }
   return kNaN;
+}
+
+// SchedulerOptions.eval_scores_file may be written: it does not exist yet
+// (ember never overwrites a file it did not create) and its directory does.
+absl::Status CheckScoresFile(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::symlink_status(path, ec).type() != std::filesystem::file_type::not_found) {
+    return absl::AlreadyExistsError(absl::StrCat("--eval_scores_out ", path,
+                                                 ": already exists; ember writes the scores file only where none "
+                                                 "is (remove it or choose another path)"));
+  }
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (!std::filesystem::is_directory(dir, ec) || ::access(dir.c_str(), W_OK) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--eval_scores_out ", path, ": directory ", dir.string(), " does not exist or is not writable"));
+  }
+  return absl::OkStatus();
+}
+
+// The scores file's text: one line per sample, its num_tasks scores
+// separated by tabs, "%.9g" (a float's exact decimal round trip).
+std::string ScoresText(const std::vector<float>& scores, size_t num_tasks) {
+  std::string text;
+  text.reserve(scores.size() * 13);
+  char buf[32];
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const int n = std::snprintf(buf, sizeof(buf), "%.9g", static_cast<double>(scores[i]));
+    text.append(buf, static_cast<size_t>(n));
+    text.push_back((i + 1) % num_tasks == 0 ? '\n' : '\t');
+  }
+  return text;
+}
+
+// Writes `text` to `path` atomically without ever replacing a file: into a
+// new temporary file beside it (O_EXCL), synced, then hard-linked to `path`
+// (which fails if `path` exists) and the temporary name removed.
+absl::Status WriteNewFileAtomically(const std::string& path, const std::string& text) {
+  const std::string tmp = absl::StrCat(path, ".tmp-", ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
+  size_t done = 0;
+  int err = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      err = errno;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (err == 0 && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::link(tmp.c_str(), path.c_str()) != 0) err = errno;
+  ::unlink(tmp.c_str());
+  if (err != 0) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(err)));
+  return absl::OkStatus();
 }
 
 // " key=value" with 4 decimals when the figure is defined. An undefined one
@@ -219,6 +282,9 @@ class Scheduler::Impl {
     }
     for (const std::string& t : tasks) result_.tasks.push_back(TaskResult{t, kNaN, kNaN, kNaN});
     if (absl::Status st = InitCheckpoints(); !st.ok()) return st;
+    if (!opt_.eval_scores_file.empty()) {
+      if (absl::Status st = CheckScoresFile(opt_.eval_scores_file); !st.ok()) return st;
+    }
     if (!opt_.metrics_file.empty()) {
       absl::StatusOr<std::unique_ptr<MetricsLog>> log = MetricsLog::Open(opt_.metrics_file);
       if (!log.ok()) return log.status();
@@ -998,17 +1064,21 @@ class Scheduler::Impl {
     struct Out {
       std::vector<TaskResult> tasks;
       size_t n = 0;
+      std::string scores_text;  // the last evaluation's, when eval_scores_file is set
     };
     auto out = std::make_shared<Out>();
     out->tasks = result_.tasks;
     const bool no_users = opt_.config.data().user_column().empty();
+    const bool write_scores =
+        !opt_.eval_scores_file.empty() && PhaseAt(phase_.index() + 1).kind() == proto::DONE;
     RunTask(
         "evaluation metrics",
-        [out, no_users, scores = std::move(eval_scores_), labels = std::move(eval_labels_),
+        [out, no_users, write_scores, scores = std::move(eval_scores_), labels = std::move(eval_labels_),
          users = std::move(eval_users_)]() {
           const size_t num_tasks = out->tasks.size();
           const size_t n = users.size();
           out->n = n;
+          if (write_scores) out->scores_text = ScoresText(scores, std::max<size_t>(1, num_tasks));
           std::vector<float> s(n), l(n);
           for (size_t t = 0; t < num_tasks; ++t) {
             for (size_t i = 0; i < n; ++i) {
@@ -1022,7 +1092,7 @@ class Scheduler::Impl {
           }
           return absl::OkStatus();
         },
-        [this, out, no_users](absl::Status) {
+        [this, out, no_users, write_scores](absl::Status) {
           proto::EvalRecord rec;
           rec.set_epoch(phase_.epoch());
           rec.set_samples(out->n);
@@ -1043,6 +1113,14 @@ class Scheduler::Impl {
           WriteEvent(Event("eval").Add("test_samples", static_cast<uint64_t>(out->n)).Add("tasks", tasks));
           evals_.push_back(rec);
           ApplyEval(rec);
+          if (write_scores) {
+            // Here, not on the helper thread: an evaluation a recovery
+            // interrupted never reaches this point, so the file is written once.
+            if (absl::Status st = WriteNewFileAtomically(opt_.eval_scores_file, out->scores_text); !st.ok()) {
+              return absl::Status(st.code(), absl::StrCat("--eval_scores_out: ", st.message()));
+            }
+            LOG(INFO) << "eval scores of " << out->n << " samples written to " << opt_.eval_scores_file;
+          }
           return ResetsThenNextPhase();
         });
     return absl::OkStatus();

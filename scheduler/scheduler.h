@@ -62,6 +62,18 @@ struct SchedulerOptions {
   // If set, JSON lines of progress, evaluations, checkpoints, resets and
   // recoveries are appended here (see MetricsLog).
   std::string metrics_file;
+  // If set, the last evaluation's per-sample scores are written here
+  // (--eval_scores_out), so that they can be compared with a served model's:
+  // one line per test sample, its task scores (in `tasks` order) separated
+  // by tabs, each printed with "%.9g". Lines follow the order in which the
+  // scheduler received the workers' PHASE_DONEs, each worker's samples in
+  // the order it read them: with one worker that is the test files' order,
+  // chunk by chunk; with several, each worker's chunks form runs in an order
+  // that varies between runs. Written once, after the last EVAL, atomically
+  // (a new temporary file, then a hard link); never over an existing file:
+  // Create fails if `eval_scores_file` exists or its directory does not.
+  // Nothing is written if the job has no test data or stops early.
+  std::string eval_scores_file;
 };
 
 // Test metrics of one task after the last epoch (NaN if there was no test

@@ -83,7 +83,7 @@ absl::Status TieredStore::MakeRoom(uint64_t extra) {
 
 absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                   uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
-                                  uint8_t** rows, bool touch) {
+                                  uint8_t** rows, bool touch, bool read_only) {
   const TableSpec& spec = *specs_[t];
   const size_t row_bytes = spec.row_bytes();
   TierCounters& ctr = *counters_[t];
@@ -102,6 +102,10 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       continue;
     }
     if (Stale(row, generation)) {
+      if (read_only) {
+        rows[i] = nullptr;  // left as it is: only a write re-draws it
+        continue;
+      }
       spec.InitRow(keys[i], generation, row);
       TableSpec::Meta(row)->last_push_seq = push_seq;
     }
@@ -138,8 +142,17 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       if (read_found_[r]) miss_slot_[read_miss_[r]] = static_cast<uint32_t>(r);
     }
   }
-  // Pass 3: room for them, then admit them to memory.
-  absl::Status st = MakeRoom(misses * ResidentRowCost(spec));
+  // Pass 3: room for them, then admit them to memory. A read-only lookup
+  // brings in only the live rows it read, and evicts no more than they need.
+  size_t incoming = misses;
+  if (read_only) {
+    incoming = 0;
+    for (size_t m = 0; m < misses; ++m) {
+      if (miss_slot_[m] == kNotRead) continue;
+      incoming += !Stale(miss_rows_.data() + size_t{miss_slot_[m]} * row_bytes, generation);
+    }
+  }
+  absl::Status st = MakeRoom(incoming * ResidentRowCost(spec));
   if (!st.ok()) {
     Unpin(rows, n);
     return st;
@@ -149,7 +162,10 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
     const size_t i = miss_index_[m];
     ShardTable& tab = table(t, miss_shard_[m]);
     uint8_t* row = nullptr;
-    if (miss_slot_[m] != kNotRead) {
+    if (miss_slot_[m] != kNotRead && read_only &&
+        Stale(miss_rows_.data() + size_t{miss_slot_[m]} * row_bytes, generation)) {
+      row = nullptr;  // stale in RocksDB: not worth a resident slot
+    } else if (miss_slot_[m] != kNotRead) {
       bool existed;
       row = tab.Emplace(keys[i], &existed);
       if (!existed) {
@@ -164,7 +180,7 @@ absl::Status TieredStore::Resolve(uint32_t t, const uint64_t* keys, const uint32
       }
     } else {
       row = tab.Find(keys[i]);  // a repeated key created earlier in this loop
-      if (row == nullptr && create(i)) {
+      if (row == nullptr && !read_only && create(i)) {
         bool created;
         row = tab.FindOrCreate(keys[i], generation, &created);
         TableSpec::Meta(row)->last_push_seq = push_seq;

@@ -8,8 +8,9 @@
 // a new key's miss costs no RocksDB read.
 //
 // Rows carry a reset generation: a row older than its table's current generation is
-// stale, re-initialised on first touch (resident or spilled) and skipped by
-// scans. That makes a table reset O(1) (see ps::Server's RESET_TABLE).
+// stale, re-initialised on first touch (resident or spilled; a read-only
+// lookup leaves it and finds no row) and skipped by scans. That makes a
+// table reset O(1) (see ps::Server's RESET_TABLE).
 //
 // Thread safety: none; one handler thread uses a TieredStore. The SpillStore
 // may be shared by the stores of all handlers.
@@ -71,9 +72,13 @@ class TieredStore {
   // that enters memory (created or read back) starts on probation, without
   // the reference bit: it earns it on its next touching lookup, so a key
   // used once does not push out one used again and again.
+  // `read_only` (a read-only PULL, evaluation): no row is created (`create`
+  // is not called) and no stale row is re-initialised; a key whose row is
+  // missing or stale gets rows[i] = nullptr. Live rows read back from
+  // RocksDB still become resident, as on any lookup; stale ones stay there.
   [[nodiscard]] absl::Status Resolve(uint32_t t, const uint64_t* keys, const uint32_t* shards, size_t n,
                                      uint32_t generation, uint64_t push_seq, const std::function<bool(size_t)>& create,
-                                     uint8_t** rows, bool touch = true);
+                                     uint8_t** rows, bool touch = true, bool read_only = false);
   void Unpin(uint8_t** rows, size_t n);
 
   // Calls fn(row) for every row of (t, shard) that is not stale for

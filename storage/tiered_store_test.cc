@@ -128,6 +128,87 @@ TEST(TieredStoreTest, RowsUsedOnceAreEvictedBeforeRowsUsedAgain) {
   std::filesystem::remove_all(dir);
 }
 
+// A read-only lookup (an evaluation's PULL) creates nothing, re-draws no
+// stale row and brings in no stale spilled row: missing and stale keys come
+// back as nullptr, live ones (resident or read back) as they are.
+TEST(TieredStoreTest, ReadOnlyResolveCreatesAndReinitialisesNothing) {
+  const std::string dir =
+      (std::filesystem::temp_directory_path() / absl::StrCat("ember-tiered-readonly-", getpid())).string();
+  proto::TableConfig tc;
+  tc.set_name("t");
+  tc.set_dim(4);
+  TableSpec spec(tc);
+  SpillStoreOptions so;
+  so.path = dir;
+  so.tables = {"t"};
+  auto spill = SpillStore::Open(so);
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  TieredStore store({&spec}, {0}, 1, 10 * ResidentRowCost(spec), spill->get());
+  const size_t n = 100;
+  std::vector<uint8_t> row(spec.row_bytes());
+  for (uint64_t k = 1; k <= n; ++k) {  // generation 0; 10 resident, 90 in RocksDB
+    spec.InitRow(k, 0, row.data());
+    TableSpec::Weights(row.data())[0] = static_cast<float>(k);
+    ASSERT_TRUE(store.Load(0, 0, row.data()).ok());
+  }
+  ASSERT_TRUE(store.FlushPending().ok());
+  ASSERT_EQ(store.resident_rows(0), 10u);
+  auto never = [](size_t) {
+    ADD_FAILURE() << "create called on a read-only lookup";
+    return true;
+  };
+  auto read_only = [&](const std::vector<uint64_t>& keys, uint32_t generation, std::vector<uint8_t*>* rows) {
+    std::vector<uint32_t> shards(keys.size(), 0);
+    rows->assign(keys.size(), nullptr);
+    ASSERT_TRUE(store
+                    .Resolve(0, keys.data(), shards.data(), keys.size(), generation, 7, never, rows->data(),
+                             /*touch=*/true, /*read_only=*/true)
+                    .ok());
+  };
+  std::vector<uint64_t> unseen, all;
+  for (uint64_t k = 1000; k < 1050; ++k) unseen.push_back(k);
+  for (uint64_t k = 1; k <= n; ++k) all.push_back(k);
+  std::vector<uint8_t*> rows;
+
+  read_only(unseen, 0, &rows);
+  for (uint8_t* r : rows) EXPECT_EQ(r, nullptr);
+  EXPECT_EQ(store.resident_rows(0), 10u);
+  EXPECT_EQ(store.counters(0).evictions.load(), 0u) << "nothing comes in, so nothing need go";
+
+  // As after a RESET_TABLE: every row is stale for generation 1.
+  read_only(all, 1, &rows);
+  for (size_t i = 0; i < n; ++i) EXPECT_EQ(rows[i], nullptr) << "key " << all[i];
+  EXPECT_EQ(store.resident_rows(0), 10u);
+  EXPECT_EQ(store.counters(0).spill_reads.load(), 0u) << "stale rows stay in RocksDB";
+  size_t still_generation0 = 0;
+  std::vector<uint32_t> shard0(1, 0);
+  for (uint64_t k = 1; k <= n; ++k) {
+    uint8_t* r = store.table(0, 0).Find(k);
+    if (r == nullptr) continue;
+    EXPECT_EQ(TableSpec::Meta(r)->generation, 0u);
+    EXPECT_EQ(TableSpec::Weights(r)[0], static_cast<float>(k)) << "a stale row was re-drawn";
+    ++still_generation0;
+  }
+  EXPECT_EQ(still_generation0, 10u);
+
+  // Live rows come back with their weights, spilled ones read back.
+  read_only(all, 0, &rows);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_NE(rows[i], nullptr) << "key " << all[i];
+    EXPECT_EQ(TableSpec::Weights(rows[i])[0], static_cast<float>(all[i]));
+  }
+  store.Unpin(rows.data(), n);
+  EXPECT_EQ(store.counters(0).spill_reads.load(), 90u);
+
+  // A training lookup still re-draws a stale row.
+  std::vector<uint8_t*> one(1);
+  ASSERT_TRUE(store.Resolve(0, all.data(), shard0.data(), 1, 1, 8, [](size_t) { return true; }, one.data()).ok());
+  ASSERT_NE(one[0], nullptr);
+  EXPECT_EQ(TableSpec::Meta(one[0])->generation, 1u);
+  store.Unpin(one.data(), 1);
+  std::filesystem::remove_all(dir);
+}
+
 // The tier's memtables are hashed by shard prefix: a shard's rows must
 // still scan in key order, and a dropped shard (a range deletion) must read
 // back as empty while its neighbours keep their rows.

@@ -67,15 +67,16 @@ net::Message SparseRequest(proto::Command command, int32_t node_id, uint32_t tab
 }  // namespace
 
 PsClient::Ticket PsClient::Pull(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
-                                absl::Span<const uint32_t> server_begin, float* out) {
+                                absl::Span<const uint32_t> server_begin, float* out, PullMode mode) {
   Ticket t;
-  t.what = "PULL";
+  t.what = mode == PullMode::kReadOnly ? "read-only PULL" : "PULL";
   const uint32_t dim = dims_[table];
   for (uint32_t s = 0; s < servers_.size(); ++s) {
     const uint32_t step = options_.max_keys_per_message;
     for (uint32_t a = server_begin[s], end = server_begin[s + 1]; a < end; a += std::min(step, end - a)) {
       const uint32_t b = a + std::min(step, end - a);
       net::Message m = SparseRequest(proto::PULL, options_.node_id, table, dim, keys, a, b);
+      m.header.set_read_only(mode == PullMode::kReadOnly);
       t.parts.push_back({Start(s, std::move(m)), s, out + size_t{a} * dim, size_t{b - a} * dim});
     }
   }

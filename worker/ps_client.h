@@ -62,13 +62,25 @@ class PsClient {
   uint64_t dense_size() const { return dense_.total(); }
   const proto::ClusterInfo& cluster() const { return options_.cluster; }
 
+  // What a Pull may do to the servers' rows.
+  enum class PullMode {
+    // Training: a key without a row gets one, created and initialised
+    // (unless the table has admission), and a row stale since a table
+    // reset is re-drawn.
+    kTrain,
+    // Evaluation (Header.read_only): no row is created or changed; a key
+    // without a live row gets the table's admission.default_value, as the
+    // served model answers.
+    kReadOnly,
+  };
+
   // Pulls the rows of `keys` in `table`. `keys` must be grouped by server:
   // keys[server_begin[s] .. server_begin[s+1]) belong to server s (as
   // ps::KeyRouter and the BatchBuilder lay them out). After Wait, out[i*dim ..)
   // holds key i's row. `out` must stay valid until Wait returns; the key
   // frames share ownership of `keys`.
   Ticket Pull(uint32_t table, std::shared_ptr<const std::vector<uint64_t>> keys,
-              absl::Span<const uint32_t> server_begin, float* out);
+              absl::Span<const uint32_t> server_begin, float* out, PullMode mode = PullMode::kTrain);
 
   // Pushes per-key gradients (keys.size() x dim, summed per key) for `table`,
   // laid out like Pull's keys. The frames share ownership of both vectors.

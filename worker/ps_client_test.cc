@@ -98,6 +98,29 @@ TEST_F(PsClientTest, SparseRoundTripAcrossServers) {
   for (size_t i = 0; i < after.size(); ++i) ASSERT_FLOAT_EQ(after[i], before[i] - (*grads)[i]) << i;
 }
 
+// A read-only pull (evaluation) reads trained rows as they are and unseen
+// keys as the default value (0 here), creating none of them on any server.
+TEST_F(PsClientTest, ReadOnlyPullCreatesNoRows) {
+  std::mt19937_64 rng(9);
+  std::vector<uint64_t> raw(2000);
+  for (auto& k : raw) k = rng();
+  auto keys = std::make_shared<std::vector<uint64_t>>();
+  std::vector<uint32_t> begin;
+  ps::KeyRouter(cluster_.shard_map(), 2).Group(raw, keys.get(), &begin, nullptr);
+  std::vector<float> out(keys->size() * 3, 7.0f);
+  PsClient::Ticket t = client_->Pull(0, keys, begin, out.data(), PsClient::PullMode::kReadOnly);
+  ASSERT_TRUE(client_->Wait(t).ok());
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(out[i], 0.0f) << i;
+  for (const auto& s : servers_) EXPECT_EQ(s->stats().rows, 0u);
+  // Train them, then the read-only pull sees the trained rows.
+  std::vector<float> trained(keys->size() * 3);
+  t = client_->Pull(0, keys, begin, trained.data());
+  ASSERT_TRUE(client_->Wait(t).ok());
+  t = client_->Pull(0, keys, begin, out.data(), PsClient::PullMode::kReadOnly);
+  ASSERT_TRUE(client_->Wait(t).ok());
+  EXPECT_EQ(out, trained);
+}
+
 TEST_F(PsClientTest, DenseIsSlicedAcrossServers) {
   std::vector<float> dense(5);
   PsClient::Ticket t = client_->PullDense(dense.data());

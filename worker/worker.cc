@@ -272,8 +272,10 @@ class Worker::Impl {
     queue->Push(std::nullopt);
   }
 
-  // Starts the pulls for a batch.
-  std::unique_ptr<Step> Prepare(models::Batch batch) {
+  // Starts the pulls for a batch. An evaluation (`train` false) pulls
+  // read-only: unseen keys read as the table's default value, as in the
+  // served model, and the servers' rows stay as training left them.
+  std::unique_ptr<Step> Prepare(models::Batch batch, bool train) {
     auto step = std::make_unique<Step>();
     step->batch = std::make_shared<models::Batch>(std::move(batch));
     const size_t tables = dims_.size();
@@ -285,7 +287,8 @@ class Worker::Impl {
       if (tb.keys.empty()) continue;
       step->emb[t].resize(tb.keys.size() * dims_[t]);
       step->keys[t] = std::shared_ptr<const std::vector<uint64_t>>(step->batch, &tb.keys);
-      step->pulls.push_back(ps_->Pull(t, step->keys[t], tb.server_begin, step->emb[t].data()));
+      step->pulls.push_back(ps_->Pull(t, step->keys[t], tb.server_begin, step->emb[t].data(),
+                                      train ? PsClient::PullMode::kTrain : PsClient::PullMode::kReadOnly));
     }
     step->dense.resize(ps_->dense_size());
     step->pulls.push_back(ps_->PullDense(step->dense.data()));
@@ -408,7 +411,7 @@ class Worker::Impl {
     std::deque<PendingPush> pending;
     std::unique_ptr<Step> cur;
     std::optional<models::Batch> first = queue.Pop();
-    if (first) cur = Prepare(std::move(*first));
+    if (first) cur = Prepare(std::move(*first), train);
     absl::Time last_report = absl::Now();
     const absl::Duration report_every = absl::Milliseconds(config_.train().report_interval_ms());
     while (cur && st.ok()) {
@@ -421,7 +424,7 @@ class Worker::Impl {
       // they wait for the step barrier, so they see every worker's update.
       std::optional<models::Batch> nb = queue.Pop();
       if (!bsp || !train) {
-        if (nb) next = Prepare(std::move(*nb));
+        if (nb) next = Prepare(std::move(*nb), train);
       }
       st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), eval);
       if (step_delay_ > absl::ZeroDuration() && train) absl::SleepFor(step_delay_);
@@ -435,7 +438,7 @@ class Worker::Impl {
         } else {
           st = control_->StepBarrier();
         }
-        if (st.ok() && nb) next = Prepare(std::move(*nb));
+        if (st.ok() && nb) next = Prepare(std::move(*nb), train);
       }
       if (control_->Stopped()) st = absl::AbortedError("the scheduler ended the job");
       if (control_->RecoverRequested()) st = absl::AbortedError("the scheduler is recovering the job");
