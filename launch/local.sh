@@ -34,6 +34,8 @@ gen_flags=()
 cmake_flags=()
 binary=""
 checkpoint_dir=""
+export_dir=""
+export_every=0
 checkpoint_every=0
 resume=0
 max_restarts=3
@@ -62,6 +64,9 @@ Usage: launch/local.sh [options]
   --binary PATH    use this ember binary: no install, no build
   --checkpoint-dir DIR  where the job's checkpoints go (default: <log dir>/checkpoints)
   --checkpoint-every S  take a checkpoint every S seconds of training (default: the config's)
+  --export-dir DIR where the trained model is exported for serving (default: <log dir>/export);
+                   the run ends by scoring the test split with that bundle (ember predict)
+  --export-every S also export every S seconds while training, for live serving (ember serve --watch)
   --resume DIR     continue the job whose checkpoints are in DIR (the same
                    --config/--data-dir as the run that wrote them)
   --max-restarts N processes killed by a signal are started again up to N times in all (default 3)
@@ -86,13 +91,15 @@ while [ $# -gt 0 ]; do
     --binary) binary="$2"; shift 2 ;;
     --checkpoint-dir) checkpoint_dir="$2"; shift 2 ;;
     --checkpoint-every) checkpoint_every="$2"; shift 2 ;;
+    --export-dir) export_dir="$2"; shift 2 ;;
+    --export-every) export_every="$2"; shift 2 ;;
     --resume) checkpoint_dir="$2"; resume=1; shift 2 ;;
     --max-restarts) max_restarts="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in servers workers port server_port epochs checkpoint_every max_restarts; do
+for v in servers workers port server_port epochs checkpoint_every export_every max_restarts; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --$v must be a number, got '${!v}'" >&2; exit 2; }
 done
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
@@ -146,6 +153,7 @@ mkdir -p "$log_dir"
 echo "logs in $log_dir"
 
 [ -n "$checkpoint_dir" ] || checkpoint_dir="$log_dir/checkpoints"
+[ -n "$export_dir" ] || export_dir="$log_dir/export"
 endpoint="tcp://127.0.0.1:$port"
 
 pids=()
@@ -186,7 +194,8 @@ start_process() {
 }
 sched_flags=(--config="$config" --port="$port" --num_servers="$servers"
              --num_workers="$workers" --result_file="$log_dir/result.txt"
-             --checkpoint_dir="$checkpoint_dir" --metrics_file="$log_dir/metrics.jsonl")
+             --checkpoint_dir="$checkpoint_dir" --export_dir="$export_dir" --metrics_file="$log_dir/metrics.jsonl")
+[ "$export_every" -gt 0 ] && sched_flags+=(--export_every_seconds="$export_every")
 [ -n "$data_dir" ] && sched_flags+=(--data_dir="$data_dir")
 [ "$epochs" -gt 0 ] && sched_flags+=(--epochs="$epochs")
 [ "$checkpoint_every" -gt 0 ] && sched_flags+=(--checkpoint_every_seconds="$checkpoint_every")
@@ -296,4 +305,23 @@ if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
   echo "error: the job failed (see $log_dir)" >&2
   exit 1
 fi
-grep '^final:' "$log_dir/scheduler.out" | tail -1
+final=$(grep '^final:' "$log_dir/scheduler.out" | tail -1)
+echo "$final"
+# The servable model: the job's last export, scored on the test split by
+# `ember predict` (outside the cluster), beside the job's own evaluation.
+bundle=$(sed -n 's/^export [0-9]* .* -> //p' "$log_dir/scheduler.out" | tail -1)
+if [ -z "$bundle" ]; then
+  echo "error: the job exported no model (see $log_dir/scheduler.out)" >&2
+  exit 1
+fi
+predictions="$log_dir/predictions.tsv"
+n=1
+while [ -e "$predictions" ]; do predictions="$log_dir/predictions.$n.tsv"; n=$((n + 1)); done
+if ! predict=$("$ember" predict --bundle="$bundle" --out="$predictions" 2>"$log_dir/predict.log"); then
+  sed 's/^/  predict: /' "$log_dir/predict.log" | tail -3 >&2
+  echo "error: ember predict failed on the exported model $bundle" >&2
+  exit 1
+fi
+export_auc=$(sed -n 's/.* auc=\([^ ]*\).*/\1/p' <<<"$predict")
+echo "exported: bundle=$bundle export_auc=${export_auc:-n/a} (ember predict on the test split; the job's auc=$(sed -n 's/^final: auc=\([^ ]*\).*/\1/p' <<<"$final")) predictions=$predictions"
+echo "serve it: $ember serve --bundle=$export_dir --port=8500 --watch   (see README.md, Serving)"

@@ -78,7 +78,7 @@ DEFINE_bool(overwrite, false, "Replace a data set that gen-data (or, for `conver
 // convert.
 DEFINE_string(input, "", "Input of `convert`: the movielens directory (ratings.csv, movies.csv), or the census, "
                          "criteo or avazu file (.gz accepted). Of `predict`: log files, as data.train names them (a "
-                         "file, a directory or a glob), several separated by commas.");
+                         "file, a directory or a glob), several separated by commas; default: the job's data.test.");
 DEFINE_uint32(max_history, 50, "Longest behaviour sequence `convert` writes (movielens).");
 DEFINE_uint64(max_bad_lines, 100, "Malformed input lines `convert` skips before it fails.");
 DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (any GenDataOptions field, "
@@ -127,7 +127,7 @@ const std::vector<CommandHelp>& Commands() {
       {"export", "ember export --checkpoint=CKPT_DIR --out=EXPORT_ROOT [--dtype=fp16] [--base=EXPORT_ROOT/V]",
        "write a serving bundle (embeddings without optimizer state, dense weights, config) from a checkpoint",
        {"checkpoint", "out", "dtype", "base", "config"}},
-      {"predict", "ember predict --bundle=DIR --input=FILES --out=FILE",
+      {"predict", "ember predict --bundle=DIR [--input=FILES] --out=FILE",
        "score log lines with an exported model: one line of task scores per input line", {"bundle", "input", "out"}},
       {"inspect", "ember inspect DIR [flags]",
        "print a checkpoint or an export bundle and verify every byte; exit code 0 if it all verifies, 1 otherwise",
@@ -461,12 +461,16 @@ int RunExport() {
 
 int RunPredict() {
   if (FLAGS_bundle.empty()) return ErrorExit(absl::InvalidArgumentError("flag --bundle: required"));
-  if (FLAGS_input.empty()) return ErrorExit(absl::InvalidArgumentError("flag --input: required"));
   if (FLAGS_out.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required"));
   absl::StatusOr<std::unique_ptr<serving::Predictor>> predictor = serving::Predictor::Load(FLAGS_bundle);
   if (!predictor.ok()) return ErrorExit(predictor.status());
   serving::PredictFilesOptions o;
-  for (absl::string_view spec : absl::StrSplit(FLAGS_input, ',', absl::SkipEmpty())) {
+  // Without --input: the job's test split, as its config (in the bundle) names it.
+  const std::string input = FLAGS_input.empty() ? (*predictor)->config().data().test() : FLAGS_input;
+  if (input.empty()) {
+    return ErrorExit(absl::InvalidArgumentError("flag --input: required (the bundle's config names no data.test)"));
+  }
+  for (absl::string_view spec : absl::StrSplit(input, ',', absl::SkipEmpty())) {
     absl::StatusOr<std::vector<std::string>> files = scheduler::ListDataFiles(std::string(spec));
     if (!files.ok()) return ErrorExit(absl::InvalidArgumentError(absl::StrCat("flag --input: ", files.status().message())));
     o.inputs.insert(o.inputs.end(), files->begin(), files->end());

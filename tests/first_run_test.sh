@@ -58,6 +58,15 @@ final="$(echo "$out" | grep '^final:')" || fail "no final line"
 [[ "$final" == *" auc="* ]] || fail "no auc in: $final"
 [[ "$final" != *oracle_auc* ]] || fail "a real data set reports an oracle: $final"
 [[ "$final" != *nan* ]] || fail "nan in: $final"
+# It ends with the exported model, scored by ember predict as training scored it.
+exported="$(echo "$out" | grep '^exported:')" || fail "no exported line: $out"
+echo "$exported"
+auc=$(sed -n 's/^final: auc=\([^ ]*\).*/\1/p' <<<"$final")
+export_auc=$(sed -n 's/.* export_auc=\([^ ]*\).*/\1/p' <<<"$exported")
+awk -v a="$auc" -v b="$export_auc" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(b != "" && d <= 0.0001) }' ||
+  fail "export_auc=$export_auc is not within 0.0001 of auc=$auc"
+bundle=$(sed -n 's/^exported: bundle=\([^ ]*\).*/\1/p' <<<"$exported")
+ember inspect "$bundle" >/dev/null || fail "ember inspect refuses the exported bundle $bundle"
 [ "$(digest data/ml)" == "$before" ] || fail "local.sh changed the converted files in data/ml"
 out="$(local_sh ml2 --config data/ml/job.conf --data-dir data/ml)" || fail "local.sh --config data/ml/job.conf: $out"
 [ "$(digest data/ml)" == "$before" ] || fail "local.sh (job.conf form) changed the converted files"
