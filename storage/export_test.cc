@@ -14,24 +14,14 @@
 #include "storage/shard_checkpoint.h"
 #include "storage/sparse_table.h"
 #include "storage/tiered_store.h"
+#include "storage/test_checkpoint.h"
 
 namespace ember::storage {
 namespace {
 
 namespace fs = std::filesystem;
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/ember_export_test.XXXXXX";
-    path_ = ::mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::CheckpointWriter;
+using testing::TempDir;
 
 proto::JobConfig TestConfig() {
   proto::JobConfig c;
@@ -50,61 +40,6 @@ proto::JobConfig TestConfig() {
 }
 
 constexpr uint64_t kDense = 37;
-
-// A model state a test edits and saves as checkpoints.
-class State {
- public:
-  explicit State(const proto::JobConfig& config) : config_(config) {
-    for (const auto& t : config_.tables()) specs_.push_back(std::make_unique<TableSpec>(t));
-    std::vector<uint32_t> all;
-    for (uint32_t s = 0; s < config_.cluster().num_logical_shards(); ++s) all.push_back(s);
-    store_ = std::make_unique<TieredStore>(Specs(), all, config_.cluster().num_logical_shards(), 0, nullptr);
-    dense_.weights.resize(kDense);
-    for (uint64_t i = 0; i < kDense; ++i) dense_.weights[i] = 0.01f * i;
-  }
-  std::vector<const TableSpec*> Specs() const {
-    std::vector<const TableSpec*> v;
-    for (const auto& s : specs_) v.push_back(s.get());
-    return v;
-  }
-  // Sets (creating if needed) the row of `key` in table t to `value` in every weight.
-  void Set(uint32_t t, uint64_t key, float value, uint64_t push_seq = 1) {
-    ShardTable& tab = store_->table(t, proto::ShardOf(key, config_.cluster().num_logical_shards()));
-    bool created;
-    uint8_t* row = tab.FindOrCreate(key, 0, &created);
-    float* w = TableSpec::Weights(row);
-    for (uint32_t i = 0; i < specs_[t]->dim(); ++i) w[i] = value + 0.001f * i;
-    TableSpec::Meta(row)->last_push_seq = push_seq;
-  }
-  void Erase(uint32_t t, uint64_t key) {
-    store_->table(t, proto::ShardOf(key, config_.cluster().num_logical_shards())).Erase(key);
-  }
-  // Writes checkpoint `id` under root; returns its directory.
-  std::string Save(const std::string& root, uint64_t id, uint64_t push_seq = 1) {
-    const std::string dir = root + "/" + CheckpointDirName(id);
-    fs::create_directories(dir);
-    SaveSource src;
-    src.rank = 0;
-    src.num_logical_shards = config_.cluster().num_logical_shards();
-    src.specs = Specs();
-    src.stores = {store_.get()};
-    src.generations.assign(specs_.size(), 0);
-    src.dense = &dense_;
-    src.push_seq = push_seq;
-    absl::StatusOr<proto::CheckpointPart> part = WriteCheckpointPart(dir, src);
-    EXPECT_TRUE(part.ok()) << part.status();
-    proto::CheckpointManifest m = MergeParts(config_, kDense, id, 0, 0, {*part});
-    EXPECT_TRUE(WriteManifest(dir, m).ok());
-    return dir;
-  }
-  DenseSlice& dense() { return dense_; }
-
- private:
-  proto::JobConfig config_;
-  std::vector<std::unique_ptr<TableSpec>> specs_;
-  std::unique_ptr<TieredStore> store_;
-  DenseSlice dense_;
-};
 
 absl::StatusOr<proto::ExportManifest> Export(const std::string& ckpt, const std::string& root,
                                              const std::string& base = "", proto::ValueType type = proto::FP32) {
@@ -141,7 +76,7 @@ void ExpectSameModel(const ExportedModel& a, const ExportedModel& b) {
 TEST(ExportTest, FullBundleServesEveryRowAndTheDefaultOtherwise) {
   TempDir tmp;
   const proto::JobConfig config = TestConfig();
-  State state(config);
+  CheckpointWriter state(config, kDense);
   for (uint64_t k = 1; k <= 500; ++k) state.Set(0, proto::Hash64(1, std::to_string(k)), 0.1f * k);
   for (uint64_t k = 1; k <= 50; ++k) state.Set(1, proto::Hash64(2, std::to_string(k)), -0.2f * k);
   const std::string ckpt = state.Save(tmp.path() + "/ckpt", 1);
@@ -155,7 +90,7 @@ TEST(ExportTest, FullBundleServesEveryRowAndTheDefaultOtherwise) {
 
   absl::StatusOr<std::shared_ptr<const ExportedModel>> model = ExportedModel::Load(tmp.path() + "/export/1");
   ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_EQ((*model)->dense(), state.dense().weights);
+  EXPECT_EQ((*model)->dense(), state.dense());
   std::vector<float> w(8);
   for (uint64_t k = 1; k <= 500; ++k) {
     ASSERT_TRUE((*model)->Lookup(0, proto::Hash64(1, std::to_string(k)), w.data()));
@@ -179,7 +114,7 @@ TEST(ExportTest, FullBundleServesEveryRowAndTheDefaultOtherwise) {
 TEST(ExportTest, BasePlusDeltasEqualsAFullExportBitForBit) {
   TempDir tmp;
   const proto::JobConfig config = TestConfig();
-  State state(config);
+  CheckpointWriter state(config, kDense);
   std::mt19937_64 rng(7);
   std::vector<uint64_t> keys;
   for (int k = 0; k < 2000; ++k) {
@@ -193,7 +128,7 @@ TEST(ExportTest, BasePlusDeltasEqualsAFullExportBitForBit) {
   for (int k = 0; k < 2000; k += 7) state.Set(0, keys[k], 5.0f + k);
   for (int k = 3; k < 2000; k += 11) state.Erase(0, keys[k]);
   for (int k = 0; k < 300; ++k) state.Set(0, rng(), 9.0f);
-  state.dense().weights[3] = 42.0f;
+  state.dense()[3] = 42.0f;
   const std::string c2 = state.Save(tmp.path() + "/ckpt", 2);
   absl::StatusOr<proto::ExportManifest> d2 = Export(c2, root, root + "/1");  // version 2, delta on 1
   ASSERT_TRUE(d2.ok()) << d2.status();
@@ -236,7 +171,7 @@ TEST(ExportTest, BasePlusDeltasEqualsAFullExportBitForBit) {
 
 TEST(ExportTest, Fp16IsCloseAndRefusedAsABaseForFp32) {
   TempDir tmp;
-  State state(TestConfig());
+  CheckpointWriter state(TestConfig(), kDense);
   std::mt19937_64 rng(3);
   std::uniform_real_distribution<float> u(-1, 1);
   std::vector<std::pair<uint64_t, float>> rows;
@@ -265,7 +200,7 @@ TEST(ExportTest, ExpiredRowsAreNotExported) {
   TempDir tmp;
   proto::JobConfig config = TestConfig();
   config.mutable_tables(0)->mutable_expiry()->set_after_pushes(100);
-  State state(config);
+  CheckpointWriter state(config, kDense);
   state.Set(0, 11, 1.0f, /*push_seq=*/950);  // pushed 50 before the cut: kept
   state.Set(0, 12, 1.0f, /*push_seq=*/800);  // 200 before: expired
   absl::StatusOr<proto::ExportManifest> m = Export(state.Save(tmp.path() + "/ckpt", 1, 1000), tmp.path() + "/e");
@@ -275,7 +210,7 @@ TEST(ExportTest, ExpiredRowsAreNotExported) {
 
 TEST(ExportTest, DamagedOrIncompleteBundlesAreRefusedNamingTheFile) {
   TempDir tmp;
-  State state(TestConfig());
+  CheckpointWriter state(TestConfig(), kDense);
   for (uint64_t k = 1; k <= 100; ++k) state.Set(0, k * 0x9e3779b97f4a7c15ULL, 1.0f);
   const std::string root = tmp.path() + "/export";
   ASSERT_TRUE(Export(state.Save(tmp.path() + "/ckpt", 1), root).ok());
@@ -302,7 +237,7 @@ TEST(ExportTest, DamagedOrIncompleteBundlesAreRefusedNamingTheFile) {
 
 TEST(ExportTest, ACheckpointWithoutConfigNeedsOne) {
   TempDir tmp;
-  State state(TestConfig());
+  CheckpointWriter state(TestConfig(), kDense);
   state.Set(0, 5, 1.0f);
   const std::string ckpt = state.Save(tmp.path() + "/ckpt", 1);
   absl::StatusOr<proto::CheckpointManifest> m = ReadManifest(ckpt);
