@@ -20,30 +20,7 @@
 #include "proto/config.h"
 #include "proto/config.pb.h"
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
-    __has_feature(memory_sanitizer)
-#define EMBER_SANITIZER_MALLOC 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define EMBER_SANITIZER_MALLOC 1
-#endif
-#if defined(__GLIBC__) && !defined(EMBER_SANITIZER_MALLOC)
-#define EMBER_COUNT_MALLOC 1
-#endif
-
-namespace {
-std::atomic<long> g_mallocs{0};
-}  // namespace
-
-#ifdef EMBER_COUNT_MALLOC
-extern "C" void* __libc_malloc(size_t size);
-extern "C" void* malloc(size_t size) {
-  g_mallocs.fetch_add(1, std::memory_order_relaxed);
-  return __libc_malloc(size);
-}
-#endif
+#include "models/internal/count_malloc.h"
 
 namespace ember::models {
 namespace {

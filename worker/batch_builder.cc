@@ -4,6 +4,7 @@
 #include "worker/batch_builder.h"
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cstring>
 #include <limits>
@@ -314,9 +315,10 @@ absl::Status BatchBuilder::AddLine(std::string_view line) {
   dense_.insert(dense_.end(), scratch_.dense.begin(), scratch_.dense.end());
   auto add = [this](ColumnState& col, uint64_t key) {
     TableState& table = tables_[col.table];
-    auto [it, inserted] = table.index.try_emplace(key, static_cast<uint32_t>(table.keys.size()));
+    bool inserted;
+    const uint32_t pos = table.index.FindOrInsert(key, static_cast<uint32_t>(table.keys.size()), &inserted);
     if (inserted) table.keys.push_back(key);
-    col.rows.push_back(it->second);
+    col.rows.push_back(pos);
   };
   for (size_t j = 0; j < num_sparse; ++j) {
     ColumnState& col = columns_[j];
@@ -441,6 +443,47 @@ void BatchBuilder::Finish(models::Batch* out) {
 
 void BatchBuilder::Clear() { Reset(); }
 
+uint32_t BatchBuilder::KeyIndex::FindOrInsert(uint64_t key, uint32_t pos, bool* inserted) {
+  if ((size_ + 1) * 4 > slots_.size()) Grow();
+  const size_t mask = slots_.size() - 1;
+  for (size_t i = static_cast<size_t>((key * 0x9e3779b97f4a7c15ULL) >> shift_);; i = (i + 1) & mask) {
+    Slot& s = slots_[i];
+    if (s.stamp != stamp_) {
+      s = Slot{key, pos, stamp_};
+      ++size_;
+      *inserted = true;
+      return pos;
+    }
+    if (s.key == key) {
+      *inserted = false;
+      return s.pos;
+    }
+  }
+}
+
+void BatchBuilder::KeyIndex::Grow() {
+  std::vector<Slot> old;
+  old.swap(slots_);
+  const uint32_t live = stamp_;
+  const size_t capacity = std::max<size_t>(64, old.size() * 2);
+  slots_.assign(capacity, Slot{0, 0, 0});
+  shift_ = 64 - std::countr_zero(capacity);
+  stamp_ = 1;
+  size_ = 0;
+  bool unused;
+  for (const Slot& s : old) {
+    if (s.stamp == live) FindOrInsert(s.key, s.pos, &unused);
+  }
+}
+
+void BatchBuilder::KeyIndex::Clear() {
+  size_ = 0;
+  if (++stamp_ == 0) {  // wrapped: every stamp must differ from the new one
+    for (Slot& s : slots_) s.stamp = 0;
+    stamp_ = 1;
+  }
+}
+
 void BatchBuilder::Reset() {
   size_ = 0;
   bytes_ = 0;
@@ -453,11 +496,7 @@ void BatchBuilder::Reset() {
     col.rows.clear();
   }
   for (TableState& table : tables_) {
-    // absl's clear() frees a large table; reserving for the last batch's
-    // distinct keys makes that one allocation instead of a series of rehashes.
-    if (!table.keys.empty()) table.last_size = table.keys.size();
-    table.index.clear();
-    table.index.reserve(table.last_size);
+    table.index.Clear();
     table.keys.clear();
   }
 }

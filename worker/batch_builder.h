@@ -73,11 +73,35 @@ class BatchBuilder {
   // Headroom left under 2^32 rows per column for one line's view rows.
   static constexpr uint64_t kMaxViewRows = uint64_t{1} << 24;
 
+  // A batch's distinct keys of one table -> their position: open addressing
+  // with linear probing, at most a quarter full, emptied in O(1) by a new
+  // stamp. (absl's clear()
+  // frees a table of more than 127 slots, so every batch allocated its index
+  // again; serving::Predictor promises no allocation per call.) Grows, and
+  // so allocates, only when a batch has more keys than any before it.
+  class KeyIndex {
+   public:
+    // The position of `key`; a new key is inserted with `pos` (*inserted).
+    uint32_t FindOrInsert(uint64_t key, uint32_t pos, bool* inserted);
+    void Clear();
+
+   private:
+    struct Slot {
+      uint64_t key;
+      uint32_t pos;
+      uint32_t stamp;  // the slot is in use iff stamp == stamp_
+    };
+    void Grow();
+    std::vector<Slot> slots_;
+    uint32_t stamp_ = 1;
+    size_t size_ = 0;
+    int shift_ = 64;  // slot of a key: (key * golden) >> shift_
+  };
+
   // Samples of one table: its distinct keys in first-seen order.
   struct TableState {
-    absl::flat_hash_map<uint64_t, uint32_t> index;  // key -> position in keys
+    KeyIndex index;  // key -> position in keys
     std::vector<uint64_t> keys;
-    size_t last_size = 0;  // distinct keys of the previous batch, for reserve()
   };
 
   // Pending CSR of one sparse column or attention view; rows index
