@@ -138,8 +138,9 @@ class Predictor::Impl {
   }
 
   void Predict(absl::Span<const std::string_view> lines, std::vector<float>* scores,
-               std::vector<LineError>* errors) const {
+               std::vector<LineError>* errors, uint64_t* version) const {
     const std::shared_ptr<const storage::ExportedModel> model = Current();
+    if (version != nullptr) *version = model->version();
     std::unique_ptr<Context> ctx = Acquire();
     errors->clear();
     ctx->good.clear();
@@ -321,8 +322,8 @@ const std::vector<std::string>& Predictor::tasks() const { return impl_->tasks_;
 ModelVersion Predictor::version() const { return impl_->version(); }
 
 void Predictor::Predict(absl::Span<const std::string_view> lines, std::vector<float>* scores,
-                        std::vector<LineError>* errors) const {
-  impl_->Predict(lines, scores, errors);
+                        std::vector<LineError>* errors, uint64_t* version) const {
+  impl_->Predict(lines, scores, errors, version);
 }
 
 absl::Status Predictor::LineFromColumns(absl::Span<const std::string_view> names,

@@ -75,8 +75,10 @@ class Predictor {
   // *scores to lines.size() x tasks().size(), row-major, each a probability.
   // A line that does not parse gets NaN scores and an entry in *errors
   // (cleared first); the other lines are scored as usual.
+  // If `version` is not null it gets the version of the model that scored
+  // the call.
   void Predict(absl::Span<const std::string_view> lines, std::vector<float>* scores,
-               std::vector<LineError>* errors) const;
+               std::vector<LineError>* errors, uint64_t* version = nullptr) const;
 
   // Makes a log line from column values: `values[i]` is the text of column
   // `names[i]` (for MULTI_SPARSE / SEQUENCE / TIME_SEQUENCE, the pieces
