@@ -108,7 +108,6 @@ uint64_t GetU64(const char* p) {
 }
 
 // MANIFEST frame: magic, format version, payload CRC-32C, payload length.
-constexpr char kMagic[8] = {'E', 'M', 'B', 'E', 'R', 'C', 'K', 'P'};
 constexpr size_t kFrameHeader = 8 + 4 + 4 + 8;
 
 absl::Status ErrnoError(int err, const std::string& path, absl::string_view what) {
@@ -252,24 +251,20 @@ uint64_t CheckpointIdOf(const std::string& dir_name) {
   return CheckpointDirName(id) == dir_name ? id : 0;
 }
 
-absl::Status WriteManifest(const std::string& dir, const proto::CheckpointManifest& manifest) {
+absl::Status WriteFramed(const std::string& dir, const FrameKind& kind, const google::protobuf::MessageLite& message) {
   const std::string path = JoinPath(dir, kManifestName);
-  if (manifest.format_version() != kCheckpointFormatVersion) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": manifest.format_version is ", manifest.format_version(),
-                                                   ", this build writes version ", kCheckpointFormatVersion));
-  }
   std::string payload;
-  if (!manifest.SerializeToString(&payload)) {
-    return absl::InternalError(absl::StrCat(path, ": cannot serialize the manifest"));
+  if (!message.SerializeToString(&payload)) {
+    return absl::InternalError(absl::StrCat(path, ": cannot serialize the ", kind.what));
   }
-  std::string frame(kMagic, sizeof(kMagic));
-  PutU32(&frame, kCheckpointFormatVersion);
+  std::string frame(kind.magic, 8);
+  PutU32(&frame, kind.version);
   PutU32(&frame, Crc32c(payload.data(), payload.size()));
   PutU64(&frame, payload.size());
   frame += payload;
 
   const std::string tmp = path + ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
   if (fd.get() < 0) return ErrnoError(errno, tmp, "cannot create");
   absl::Status st = WriteAll(fd.get(), frame.data(), frame.size(), tmp);
   if (st.ok() && ::fdatasync(fd.get()) != 0) st = ErrnoError(errno, tmp, "fdatasync failed");
@@ -286,26 +281,30 @@ absl::Status WriteManifest(const std::string& dir, const proto::CheckpointManife
   return absl::OkStatus();
 }
 
-absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir) {
+absl::Status ReadFramed(const std::string& dir, const FrameKind& kind, google::protobuf::MessageLite* message) {
   const std::string path = JoinPath(dir, kManifestName);
   int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (raw < 0) {
     if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat(path, ": no MANIFEST: the checkpoint is incomplete or not a checkpoint"));
+      return absl::NotFoundError(
+          absl::StrCat(path, ": no MANIFEST: the ", kind.dir_what, " is incomplete or not a ", kind.dir_what));
     }
     return ErrnoError(errno, path, "cannot open");
   }
   Fd fd(raw);
   absl::StatusOr<uint64_t> size = FileSize(fd.get(), path);
   if (!size.ok()) return size.status();
+  if (*size > (uint64_t{1} << 30)) {
+    return absl::DataLossError(absl::StrCat(path, ": ", *size, " bytes, too large for a ", kind.what));
+  }
   std::string bytes(*size, '\0');
   size_t got = 0;
   if (absl::Status st = PreadAll(fd.get(), bytes.data(), bytes.size(), 0, path, &got); !st.ok()) return st;
   bytes.resize(got);
 
-  const size_t magic_seen = std::min(bytes.size(), sizeof(kMagic));
-  if (std::memcmp(bytes.data(), kMagic, magic_seen) != 0) {
-    return absl::DataLossError(absl::StrCat(path, ": bad magic: not an ember checkpoint manifest"));
+  const size_t magic_seen = std::min<size_t>(bytes.size(), 8);
+  if (std::memcmp(bytes.data(), kind.magic, magic_seen) != 0) {
+    return absl::DataLossError(absl::StrCat(path, ": bad magic: not an ember ", kind.what));
   }
   if (bytes.size() < kFrameHeader) {
     return absl::DataLossError(
@@ -314,9 +313,9 @@ absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir) {
   const uint32_t version = GetU32(bytes.data() + 8);
   const uint32_t crc = GetU32(bytes.data() + 12);
   const uint64_t length = GetU64(bytes.data() + 16);
-  if (version != kCheckpointFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(path, ": checkpoint format version ", version,
-                                                      ", this build reads version ", kCheckpointFormatVersion));
+  if (version != kind.version) {
+    return absl::FailedPreconditionError(absl::StrCat(path, ": ", kind.dir_what, " format version ", version,
+                                                      ", this build reads version ", kind.version));
   }
   const uint64_t have = bytes.size() - kFrameHeader;
   if (length > have) {
@@ -332,13 +331,32 @@ absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir) {
     return absl::DataLossError(
         absl::StrCat(path, ": checksum mismatch (crc ", CrcHex(actual), ", header says ", CrcHex(crc), ")"));
   }
-  proto::CheckpointManifest manifest;
-  if (!manifest.ParseFromArray(payload, static_cast<int>(length))) {
-    return absl::DataLossError(absl::StrCat(path, ": the payload does not parse as a CheckpointManifest"));
+  if (!message->ParseFromArray(payload, static_cast<int>(length))) {
+    return absl::DataLossError(absl::StrCat(path, ": the payload does not parse as a ", kind.what));
   }
+  return absl::OkStatus();
+}
+
+namespace {
+constexpr FrameKind kCheckpointFrame{"EMBERCKP", kCheckpointFormatVersion, "checkpoint manifest", "checkpoint"};
+}  // namespace
+
+absl::Status WriteManifest(const std::string& dir, const proto::CheckpointManifest& manifest) {
   if (manifest.format_version() != kCheckpointFormatVersion) {
-    return absl::FailedPreconditionError(absl::StrCat(path, ": manifest format_version ", manifest.format_version(),
-                                                      ", this build reads version ", kCheckpointFormatVersion));
+    return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, kManifestName), ": manifest.format_version is ",
+                                                   manifest.format_version(), ", this build writes version ",
+                                                   kCheckpointFormatVersion));
+  }
+  return WriteFramed(dir, kCheckpointFrame, manifest);
+}
+
+absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir) {
+  proto::CheckpointManifest manifest;
+  if (absl::Status st = ReadFramed(dir, kCheckpointFrame, &manifest); !st.ok()) return st;
+  if (manifest.format_version() != kCheckpointFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(JoinPath(dir, kManifestName), ": manifest format_version ",
+                                                      manifest.format_version(), ", this build reads version ",
+                                                      kCheckpointFormatVersion));
   }
   return manifest;
 }

@@ -21,6 +21,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "google/protobuf/message_lite.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
 
@@ -47,6 +48,25 @@ uint64_t ConfigFingerprint(const proto::JobConfig& config, uint64_t dense_total)
 std::string CheckpointDirName(uint64_t id);
 // The id in a directory name made by CheckpointDirName, or 0.
 uint64_t CheckpointIdOf(const std::string& dir_name);
+
+// The frame a MANIFEST is written in, checkpoint's and export's alike:
+// 8 bytes of magic, uint32 format version, uint32 CRC-32C of the payload,
+// uint64 payload length, the payload (a serialized protobuf message).
+struct FrameKind {
+  const char* magic;    // exactly 8 characters, e.g. "EMBERCKP"
+  uint32_t version;     // the format version this build reads and writes
+  const char* what;     // for errors: "checkpoint manifest"
+  const char* dir_what; // for errors: "checkpoint"
+};
+// Writes `message` framed as `kind` to dir/MANIFEST, atomically (as
+// WriteManifest below); errors name the file.
+[[nodiscard]] absl::Status WriteFramed(const std::string& dir, const FrameKind& kind,
+                                       const google::protobuf::MessageLite& message);
+// Reads dir/MANIFEST framed as `kind` into *message: NOT_FOUND without one,
+// DATA_LOSS if damaged (magic, length, checksum, parse), FAILED_PRECONDITION
+// for another frame version; the message names the file.
+[[nodiscard]] absl::Status ReadFramed(const std::string& dir, const FrameKind& kind,
+                                      google::protobuf::MessageLite* message);
 
 // Writes dir/MANIFEST: to a temporary file, fdatasync, rename, fsync of the
 // directory. A reader sees the old state or the whole new manifest.

@@ -125,6 +125,7 @@ proto::CheckpointManifest MergeParts(const proto::JobConfig& config, uint64_t de
   m.set_created_unix(static_cast<int64_t>(std::time(nullptr)));
   m.set_dense_total(dense_total);
   m.set_job_name(config.name());
+  *m.mutable_config() = config;
   m.set_epoch(epoch);
   for (int t = 0; t < config.tables_size(); ++t) {
     const proto::TableConfig& tc = config.tables(t);

@@ -42,6 +42,14 @@ inline constexpr uint16_t kRowRef = 2;     // touched since the CLOCK hand last 
 inline constexpr uint16_t kRowPinned = 4;  // in use by the request being served: not evictable
 inline constexpr uint16_t kRowDirty = 8;   // differs from (or is absent in) the RocksDB tier
 
+// Whether row `r` has expired under `x` (proto::ExpiryConfig) at a cut
+// where the push counter is `now_push_seq` and the newest log day is
+// `now_day`: the servers' sweep and the exporter share this rule.
+inline bool RowExpired(const proto::ExpiryConfig& x, const RowMeta& r, uint64_t now_push_seq, uint32_t now_day) {
+  if (x.after_pushes() > 0 && now_push_seq - r.last_push_seq > x.after_pushes()) return true;
+  return x.after_days() > 0 && r.last_day > 0 && now_day > r.last_day && now_day - r.last_day > x.after_days();
+}
+
 namespace internal {
 
 // Allocates page-aligned memory and faults its pages in up front with
