@@ -1,5 +1,5 @@
 // `ember serve` as a real process: trains a tiny job, exports it, starts the
-// server and checks its answers against `ember predict` on the same lines,
+// server and checks its answers against a Predictor's (`ember predict`'s code) on the same lines,
 // its 4xx answers to bad requests (and that it keeps serving after each),
 // /healthz, /metrics, the model status, and a clean stop on SIGTERM. The
 // harness kills every process it started, even if the test fails.
@@ -22,6 +22,8 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "serving/predictor.h"
+#include "storage/export.h"
 #include "tests/cluster_harness.h"
 
 namespace ember::testing {
@@ -29,14 +31,6 @@ namespace {
 
 using Json = nlohmann::json;
 namespace fs = std::filesystem;
-
-// Runs `ember <args>` to completion; its exit code (the log is `log`).
-int RunEmber(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<std::string> argv = {EmberBinary()};
-  argv.insert(argv.end(), args.begin(), args.end());
-  Process p(argv, log);
-  return p.Wait(absl::Minutes(5));
-}
 
 // The newest entry of `dir` whose name starts with `prefix`.
 std::string Newest(const std::string& dir, const std::string& prefix) {
@@ -84,26 +78,28 @@ class ServeTest : public ::testing::Test {
     const std::string ckpt = Newest(dir + "/ckpt", "ckpt-");
     ASSERT_FALSE(ckpt.empty());
     export_root_ = new std::string(dir + "/export");
-    ASSERT_EQ(RunEmber({"export", "--checkpoint=" + ckpt, "--out=" + *export_root_}, dir + "/export.log"), 0)
-        << ReadFile(dir + "/export.log");
-    // The test split's first lines, and what `ember predict` makes of them.
+    // In-process, as `ember export` does it.
+    storage::ExportOptions eo;
+    eo.checkpoint_dir = ckpt;
+    eo.out_root = *export_root_;
+    absl::StatusOr<proto::ExportManifest> m = storage::ExportCheckpoint(eo);
+    ASSERT_TRUE(m.ok()) << m.status();
+    // The test split's first lines, and what a Predictor (the code under
+    // `ember predict`) makes of them.
     const std::string test_file = Newest(data + "/test", "");
     ASSERT_FALSE(test_file.empty());
     lines_ = new std::vector<std::string>(Lines(ReadFile(test_file)));
     lines_->resize(std::min<size_t>(lines_->size(), 50));
     ASSERT_EQ(lines_->size(), 50u);
-    WriteFile(dir + "/lines.tsv", absl::StrJoin(*lines_, "\n") + "\n");
-    ASSERT_EQ(RunEmber({"predict", "--bundle=" + *export_root_, "--input=" + dir + "/lines.tsv",
-                        "--out=" + dir + "/scores.txt"},
-                       dir + "/predict.log"),
-              0)
-        << ReadFile(dir + "/predict.log");
-    expected_ = new std::vector<double>;
-    for (const std::string& l : Lines(ReadFile(dir + "/scores.txt"))) {
-      double v = 0;
-      ASSERT_TRUE(absl::SimpleAtod(l, &v)) << l;
-      expected_->push_back(v);
-    }
+    absl::StatusOr<std::unique_ptr<serving::Predictor>> predictor = serving::Predictor::Load(*export_root_);
+    ASSERT_TRUE(predictor.ok()) << predictor.status();
+    ASSERT_EQ((*predictor)->tasks().size(), 1u);
+    std::vector<std::string_view> views(lines_->begin(), lines_->end());
+    std::vector<float> scores;
+    std::vector<serving::LineError> errors;
+    (*predictor)->Predict(views, &scores, &errors);
+    ASSERT_TRUE(errors.empty()) << errors[0].reason;
+    expected_ = new std::vector<double>(scores.begin(), scores.end());
     ASSERT_EQ(expected_->size(), lines_->size());
   }
   static void TearDownTestSuite() {
@@ -118,7 +114,9 @@ class ServeTest : public ::testing::Test {
     std::vector<std::string> argv = {EmberBinary(), "serve", "--bundle=" + *export_root_, "--port=0",
                                      "--exit_with_parent"};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    server_ = std::make_unique<Process>(argv, tmp_->path() + "/serve.log");
+    // A log of its own: an earlier server's line names another port.
+    static int servers = 0;
+    server_ = std::make_unique<Process>(argv, absl::StrCat(tmp_->path(), "/serve", servers++, ".log"));
     const int port = WaitForServing(*server_, absl::Minutes(1));
     ASSERT_GT(port, 0) << ReadFile(server_->log());
     client_ = std::make_unique<httplib::Client>("127.0.0.1", port);
@@ -141,8 +139,8 @@ class ServeTest : public ::testing::Test {
     ASSERT_EQ(j["predictions"].size(), lines_->size()) << r->body;
     for (size_t i = 0; i < lines_->size(); ++i) {
       ASSERT_TRUE(j["predictions"][i].is_number()) << r->body;
-      // `ember predict` prints its own rounding; the server the exact float.
-      EXPECT_NEAR(j["predictions"][i].get<double>(), (*expected_)[i], 1e-6) << "line " << i;
+      // The server writes the float's shortest exact form.
+      EXPECT_EQ(static_cast<float>(j["predictions"][i].get<double>()), (*expected_)[i]) << "line " << i;
     }
   }
 
@@ -150,6 +148,7 @@ class ServeTest : public ::testing::Test {
   void ExpectError(const httplib::Result& r, int status, const std::string& reason) {
     ASSERT_TRUE(r) << httplib::to_string(r.error());
     EXPECT_EQ(r->status, status) << r->body;
+    std::printf("%d %s\n", r->status, r->body.c_str());
     Json j = Json::parse(r->body, nullptr, false);
     ASSERT_TRUE(j.is_object() && j.contains("error")) << r->body;
     EXPECT_TRUE(absl::StrContains(j["error"].get<std::string>(), reason)) << r->body << " lacks: " << reason;
