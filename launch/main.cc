@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -28,6 +29,7 @@
 #include "scheduler/scheduler.h"
 #include "scheduler/scheduler_client.h"
 #include "scheduler/chunks.h"
+#include "serving/http_server.h"
 #include "serving/predict_files.h"
 #include "serving/predictor.h"
 #include "storage/export.h"
@@ -87,9 +89,17 @@ DEFINE_string(gen_options, "", "More gen-data options as name=value,name=value (
 DEFINE_string(checkpoint, "", "Checkpoint directory to export (`export`), e.g. CKPT_ROOT/ckpt-00000007.");
 DEFINE_string(dtype, "fp32", "Embedding value type of the bundle: fp32 or fp16 (`export`).");
 DEFINE_string(base, "", "Make a delta bundle on this bundle (a version directory in --out) (`export`).");
-DEFINE_string(bundle, "", "A bundle directory, or an export root (its newest complete bundle) (`predict`).");
 // inspect.
 DEFINE_int32(sample_rows, 3, "Rows decoded and printed per table (`inspect`).");
+// serve.
+DEFINE_string(bundle, "", "Export bundle directory, or an export root (its newest complete bundle) (`predict`, `serve`).");
+DEFINE_string(model_name, "", "The <name> of /v1/models/<name>; empty = the bundle's job name (`serve`).");
+DEFINE_bool(watch, false, "Poll the export root (--bundle if it is a root, else its parent) and apply newer full or "
+                          "delta bundles live (`serve`).");
+DEFINE_int32(watch_interval_ms, 1000, "How often --watch polls, in ms, 10..3600000 (`serve`).");
+DEFINE_int32(threads, 0, "Request threads, i.e. connections served at once; 0 = max(8, 2 x cores) (`serve`).");
+DEFINE_uint64(max_body_bytes, 64ull << 20, "Largest request body; a larger one gets 413 (`serve`).");
+DEFINE_uint64(max_instances, 100000, "Most instances in one predict request (`serve`).");
 // Launchers.
 DEFINE_bool(exit_with_parent, false, "Die with the process that started this one, even if it is killed with "
                                      "SIGKILL (`scheduler`, `server`, `worker`; launch/local.sh sets it).");
@@ -132,6 +142,10 @@ const std::vector<CommandHelp>& Commands() {
       {"inspect", "ember inspect DIR [flags]",
        "print a checkpoint or an export bundle and verify every byte; exit code 0 if it all verifies, 1 otherwise",
        {"sample_rows"}},
+      {"serve", "ember serve --bundle=DIR [--port=P] [flags]",
+       "answer predict requests over HTTP (TF Serving's REST API, /healthz, /metrics); docs/serving.md",
+       {"bundle", "port", "host", "model_name", "watch", "watch_interval_ms", "threads", "max_body_bytes",
+        "max_instances", "exit_with_parent", "log_dir"}},
   };
   return commands;
 }
@@ -517,6 +531,44 @@ int RunInspect(const std::string& dir) {
   return 0;
 }
 
+// `ember serve`: loads the bundle, serves it until SIGTERM/SIGINT. Prints
+// "serving <name> version <v> on http://host:port" once it listens.
+int RunServe() {
+  if (FLAGS_bundle.empty()) return ErrorExit(absl::InvalidArgumentError("flag --bundle: required"));
+  if (absl::Status st = CheckPort(false); !st.ok()) return ErrorExit(st);
+  if (FLAGS_threads < 0) return ErrorExit(absl::InvalidArgumentError("flag --threads: must be >= 0"));
+  absl::StatusOr<std::unique_ptr<serving::Predictor>> predictor = serving::Predictor::Load(FLAGS_bundle);
+  if (!predictor.ok()) return ErrorExit(predictor.status());
+  serving::HttpServerOptions o;
+  o.host = FLAGS_host;
+  o.port = FLAGS_port;
+  o.model_name = FLAGS_model_name;
+  o.threads = FLAGS_threads;
+  o.max_body_bytes = FLAGS_max_body_bytes;
+  o.max_instances = FLAGS_max_instances;
+  if (FLAGS_watch) {
+    // A bundle has its MANIFEST; anything else given is the root itself.
+    std::string dir = FLAGS_bundle;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    const bool is_bundle = access((dir + "/MANIFEST").c_str(), F_OK) == 0;
+    const size_t slash = dir.rfind('/');
+    o.watch_root = !is_bundle ? dir : slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+    o.watch_interval_ms = FLAGS_watch_interval_ms;
+  }
+  InstallStopHandler();
+  auto server = serving::HttpServer::Start(o, predictor->get());
+  if (!server.ok()) return ErrorExit(server.status());
+  const serving::ModelVersion v = (*predictor)->version();
+  std::printf("serving %s version %llu on http://%s:%d%s\n", (*server)->model_name().c_str(),
+              static_cast<unsigned long long>(v.version), FLAGS_host.c_str(), (*server)->port(),
+              o.watch_root.empty() ? "" : absl::StrCat(" (watching ", o.watch_root, ")").c_str());
+  std::fflush(stdout);
+  while (!g_stop_requested.load()) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  (*server)->Stop();
+  LOG(INFO) << "serve stopped";
+  return 0;
+}
+
 }  // namespace
 }  // namespace ember
 
@@ -579,6 +631,7 @@ int main(int argc, char** argv) {
   if (command == "inspect") return ember::RunInspect(positional);
   if (command == "export") return ember::RunExport();
   if (command == "predict") return ember::RunPredict();
+  if (command == "serve") return ember::RunServe();
   std::fprintf(stderr, "error: unknown command '%s'\n%s\n", command.c_str(), ember::Usage().c_str());
   return 2;
 }

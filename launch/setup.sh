@@ -3,7 +3,8 @@
 
 EMBER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
-  libeigen3-dev libgoogle-glog-dev libgflags-dev librocksdb-dev libgtest-dev libgmock-dev libabsl-dev zlib1g-dev"
+  libeigen3-dev libgoogle-glog-dev libgflags-dev librocksdb-dev libgtest-dev libgmock-dev libabsl-dev zlib1g-dev
+  libcpp-httplib-dev nlohmann-json3-dev"
 # Not needed to build or train; tests/run.sh adds them for the tests of the
 # tools beside the binary (launch/plot.py: tests/plot_test.sh).
 EMBER_TEST_PACKAGES="python3-matplotlib"
