@@ -469,7 +469,14 @@ class HttpServer::Impl {
         return;
       }
     }
-    predictor_->Predict(s.views, &s.scores, &s.errors);
+    uint64_t used = 0;
+    predictor_->Predict(s.views, &s.scores, &s.errors, &used);
+    if (req.matches[2].length() > 0 && used != v.version) {
+      // A pinned version that --watch replaced between the check and the call.
+      SetError(res, 404, absl::StrCat("version ", v.version, " of model '", options_.model_name,
+                                      "' is no longer available; serving version ", used));
+      return;
+    }
     if (!s.errors.empty()) {
       const LineError& e = s.errors.front();
       std::string message = absl::StrCat("instances[", e.index, "]: ", e.reason);
@@ -496,7 +503,11 @@ class HttpServer::Impl {
       }
       out.push_back('}');
     }
-    out.append("]}");
+    // The version that scored the request (all of it), as a string like
+    // TF Serving's model_spec.version; clients that do not know it ignore it.
+    out.append("],\"model_version\":\"");
+    out.append(std::to_string(used));
+    out.append("\"}");
     res.set_content(out, "application/json");
     metrics_.instances.fetch_add(n, std::memory_order_relaxed);
   }

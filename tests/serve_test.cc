@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -276,6 +277,106 @@ TEST_F(ServeTest, BadRequestsGetA4xxWithAReasonAndTheServerKeepsServing) {
   ExpectError(client_->Get("/v2/nothing"), 404, "no such endpoint");
   ASSERT_NO_FATAL_FAILURE(ExpectGoodAnswer());
   EXPECT_TRUE(server_->Running());
+}
+
+// Live updates: a training job exports a base and then deltas (and a full
+// bundle every third export) every second while `ember serve --watch` runs;
+// a client asks all along. No request may fail, and the answers of each
+// version served must equal those of a fresh full export of the checkpoint
+// that version was made from.
+TEST(ServeLiveTest, WatchAppliesTheExportsOfARunningJob) {
+  TempDir tmp;
+  const std::string dir = tmp.path(), data = dir + "/data", root = dir + "/export";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=60000", "--test_rows=200", "--train_files=2", "--test_files=1"}));
+  // Every checkpoint kept, so that each export's checkpoint can be exported
+  // again at the end; a full bundle every third export.
+  const std::string conf = dir + "/live.conf";
+  WriteFile(conf, ReadFile(SourceDir() + "/examples/local.conf") +
+                      "\ncheckpoint { keep: 1000 every_seconds: 0 }\nexport { full_every: 3 }\n");
+  fs::create_directories(dir + "/job");
+  Cluster c(dir + "/job", conf, 1, 1,
+            {"--data_dir=" + data, "--epochs=2", "--checkpoint_dir=" + dir + "/ckpt", "--export_dir=" + root,
+             "--export_every_seconds=1"},
+            {{"--debug_step_delay_ms=40"}});
+  const absl::Time deadline = absl::Now() + absl::Minutes(4);
+  while (!fs::exists(root + "/1/MANIFEST") && absl::Now() < deadline && c.scheduler().Running()) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ASSERT_TRUE(fs::exists(root + "/1/MANIFEST")) << ReadFile(c.scheduler().log());
+  Process server({EmberBinary(), "serve", "--bundle=" + root, "--port=0", "--watch", "--watch_interval_ms=50",
+                  "--exit_with_parent"},
+                 dir + "/serve.log");
+  const int port = WaitForServing(server, absl::Minutes(1));
+  ASSERT_GT(port, 0) << ReadFile(server.log());
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+
+  std::vector<std::string> lines = Lines(ReadFile(Newest(data + "/test", "")));
+  lines.resize(20);
+  Json body;
+  body["instances"] = lines;
+  const std::string request = body.dump();
+  std::map<uint64_t, std::vector<float>> answers;  // version -> scores
+  int requests = 0, failures = 0, inconsistent = 0;
+  std::string first_failure;
+  // Until the job has ended and the server serves its last export.
+  auto newest_export = [&] {
+    uint64_t v = 0;
+    for (const auto& e : storage::ListExports(root)) {
+      if (e.complete) v = std::max(v, e.version);
+    }
+    return v;
+  };
+  const absl::Time end = absl::Now() + absl::Minutes(4);
+  for (;;) {
+    httplib::Result r = client.Post("/v1/models/local:predict", request, "application/json");
+    ++requests;
+    if (!r || r->status != 200) {
+      ++failures;
+      if (first_failure.empty()) first_failure = r ? r->body : httplib::to_string(r.error());
+      continue;
+    }
+    const Json j = Json::parse(r->body);
+    uint64_t version = 0;
+    ASSERT_TRUE(absl::SimpleAtoi(j["model_version"].get<std::string>(), &version)) << r->body;
+    std::vector<float> scores;
+    for (const Json& p : j["predictions"]) scores.push_back(static_cast<float>(p.get<double>()));
+    auto [it, added] = answers.emplace(version, scores);
+    if (!added && it->second != scores) ++inconsistent;
+    if (!c.scheduler().Running() && version == newest_export()) break;
+    if (absl::Now() > end) break;
+  }
+  ASSERT_TRUE(c.WaitAll(absl::Minutes(1)));
+  EXPECT_EQ(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
+  std::printf("%d requests, %zu versions served (newest export %llu), %d failed\n", requests, answers.size(),
+              static_cast<unsigned long long>(newest_export()), failures);
+  EXPECT_EQ(failures, 0) << first_failure;
+  EXPECT_EQ(inconsistent, 0) << "a version answered the same request two ways";
+  EXPECT_EQ(answers.rbegin()->first, newest_export()) << ReadFile(server.log());
+  EXPECT_GE(answers.size(), 3u) << ReadFile(c.scheduler().log());
+
+  // Each version served against a fresh full export of its checkpoint.
+  int deltas = 0;
+  std::vector<std::string_view> views(lines.begin(), lines.end());
+  for (const auto& [version, scores] : answers) {
+    absl::StatusOr<proto::ExportManifest> m = storage::ReadExportManifest(absl::StrCat(root, "/", version));
+    ASSERT_TRUE(m.ok()) << m.status();
+    if (m->base_version() != 0) ++deltas;
+    storage::ExportOptions o;
+    o.checkpoint_dir = m->checkpoint_dir();
+    o.out_root = absl::StrCat(dir, "/fresh-", version);
+    absl::StatusOr<proto::ExportManifest> fresh = storage::ExportCheckpoint(o);
+    ASSERT_TRUE(fresh.ok()) << fresh.status();
+    auto predictor = serving::Predictor::Load(o.out_root);
+    ASSERT_TRUE(predictor.ok()) << predictor.status();
+    std::vector<float> want;
+    std::vector<serving::LineError> errors;
+    (*predictor)->Predict(views, &want, &errors);
+    EXPECT_EQ(scores, want) << "version " << version << " (base " << m->base_version() << ")";
+  }
+  EXPECT_GE(deltas, 1) << "no delta was served";
+  server.Kill(SIGTERM);
+  EXPECT_EQ(server.Wait(absl::Seconds(30)), 0) << ReadFile(server.log());
 }
 
 }  // namespace
