@@ -111,6 +111,13 @@ void DiceForwardKernel(Mode mode, absl::Span<const T> alpha, absl::Span<const T>
   // Eigen's logistic() is 1 / (1 + exp(-x)), except in float, where a
   // rational approximation good to a couple of ulps replaces exp and costs
   // about half as much (measured with SSE).
+  if (mode == Mode::kEval && !keep_xhat) {
+    // Inference keeps no scratch for a backward pass: one pass per row.
+    for (Eigen::Index r = 0; r < rows; ++r) {
+      y.row(r).array() = x.row(r).array() * (a + ((x.row(r).array() - m) * s).logistic() * (T(1) - a));
+    }
+    return;
+  }
   for (Eigen::Index r = 0; r < rows; ++r) {
     auto pr = p.row(r).array();
     if (keep_xhat) {
