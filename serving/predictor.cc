@@ -262,14 +262,30 @@ class Predictor::Impl {
       e = it == by_version.end() || !it->second->complete ? nullptr : it->second;
       if (e == nullptr) steps.clear();
     }
-    if (steps.empty()) {
-      if (absl::Status st = Update(newest->dir); !st.ok()) return st;
-      return true;
-    }
+    if (steps.empty()) steps.push_back(newest);
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      if (absl::Status st = Update((*it)->dir); !st.ok()) return st;
+      // A bundle refused before is not read again (a watcher polls often and
+      // a bundle may be large) unless its MANIFEST changed since.
+      const std::string stamp = ManifestStamp((*it)->dir);
+      auto refused = refused_.find((*it)->dir);
+      if (refused != refused_.end() && refused->second.first == stamp) return refused->second.second;
+      if (absl::Status st = Update((*it)->dir); !st.ok()) {
+        refused_[(*it)->dir] = {stamp, st};
+        return st;
+      }
     }
     return true;
+  }
+
+  // Size and modification time of dir/MANIFEST, "" if it has none.
+  static std::string ManifestStamp(const std::string& dir) {
+    std::error_code ec;
+    const fs::path m = fs::path(dir) / storage::kManifestName;
+    const auto size = fs::file_size(m, ec);
+    if (ec) return "";
+    const auto time = fs::last_write_time(m, ec);
+    if (ec) return "";
+    return absl::StrCat(size, "@", time.time_since_epoch().count());
   }
 
   ModelVersion version() const {
@@ -288,6 +304,8 @@ class Predictor::Impl {
   ModelVersion version_ ABSL_GUARDED_BY(model_mu_);
 
   absl::Mutex update_mu_;  // one Update or UpdateFromRoot at a time
+  // Bundles UpdateFromRoot refused: dir -> (ManifestStamp, why).
+  absl::flat_hash_map<std::string, std::pair<std::string, absl::Status>> refused_;
 
   mutable absl::Mutex pool_mu_;
   mutable std::vector<std::unique_ptr<Context>> free_ ABSL_GUARDED_BY(pool_mu_);

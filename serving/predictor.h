@@ -100,7 +100,8 @@ class Predictor {
   // `root`, if it is newer than the current one: applies the deltas in
   // between, or loads the newest full bundle and its deltas. Returns whether
   // the version changed. A refused bundle is reported as an error; the
-  // current model stays.
+  // current model stays. A bundle refused once is not read again until its
+  // MANIFEST changes: the same error is returned at once.
   [[nodiscard]] absl::StatusOr<bool> UpdateFromRoot(const std::string& root);
 
  private:

@@ -243,6 +243,9 @@ TEST(PredictorTest, RefusedUpdatesKeepTheModelServed) {
   absl::StatusOr<bool> changed = p->UpdateFromRoot(root);
   EXPECT_FALSE(changed.ok());
   EXPECT_EQ(p->version().version, 1u);
+  // Polled again: the same refusal, without reading the bundle again.
+  absl::StatusOr<bool> again = p->UpdateFromRoot(root);
+  EXPECT_EQ(again.status(), changed.status());
   p->Predict(Views(kLines), &after, &errors);
   EXPECT_EQ(before, after);
   // A bundle being written (no MANIFEST yet) is not a candidate.
