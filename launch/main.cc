@@ -511,20 +511,11 @@ int RunPredict() {
   return 0;
 }
 
-// True if dir/MANIFEST is an export bundle's (its magic), not a checkpoint's.
-bool IsExportBundle(const std::string& dir) {
-  std::FILE* f = std::fopen((dir + "/MANIFEST").c_str(), "rb");
-  if (f == nullptr) return false;
-  char magic[8] = {0};
-  const bool bundle = std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "EMBEREXP", 8) == 0;
-  std::fclose(f);
-  return bundle;
-}
 
 // Prints and verifies one checkpoint or bundle directory; the report goes to
 // stdout.
 int RunInspect(const std::string& dir) {
-  absl::Status st = IsExportBundle(dir) ? storage::InspectExport(dir, FLAGS_sample_rows, std::cout)
+  absl::Status st = storage::IsExportBundle(dir) ? storage::InspectExport(dir, FLAGS_sample_rows, std::cout)
                                         : storage::InspectCheckpoint(dir, FLAGS_sample_rows, std::cout);
   std::cout.flush();
   if (!st.ok()) return ErrorExit(st);
@@ -547,12 +538,7 @@ int RunServe() {
   o.max_body_bytes = FLAGS_max_body_bytes;
   o.max_instances = FLAGS_max_instances;
   if (FLAGS_watch) {
-    // A bundle has its MANIFEST; anything else given is the root itself.
-    std::string dir = FLAGS_bundle;
-    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-    const bool is_bundle = access((dir + "/MANIFEST").c_str(), F_OK) == 0;
-    const size_t slash = dir.rfind('/');
-    o.watch_root = !is_bundle ? dir : slash == std::string::npos ? "." : slash == 0 ? "/" : dir.substr(0, slash);
+    o.watch_root = storage::ExportRootOf(FLAGS_bundle);
     o.watch_interval_ms = FLAGS_watch_interval_ms;
   }
   InstallStopHandler();

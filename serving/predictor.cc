@@ -46,11 +46,6 @@ bool SameLayout(const storage::ExportedModel& a, const storage::ExportedModel& b
          a.config().model().SerializeAsString() == b.config().model().SerializeAsString();
 }
 
-// A bundle directory holds a MANIFEST; anything else is taken for a root.
-bool IsBundle(const std::string& dir) {
-  std::error_code ec;
-  return fs::exists(fs::path(dir) / storage::kManifestName, ec);
-}
 
 }  // namespace
 
@@ -313,7 +308,7 @@ class Predictor::Impl {
 
 absl::StatusOr<std::unique_ptr<Predictor>> Predictor::Load(const std::string& dir) {
   std::string bundle = dir;
-  if (!IsBundle(dir)) {
+  if (!storage::IsExportBundle(dir)) {
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) return absl::NotFoundError(absl::StrCat(dir, ": no such directory"));
     bundle.clear();

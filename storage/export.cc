@@ -331,6 +331,18 @@ absl::StatusOr<proto::ValueType> ParseValueType(const std::string& name) {
   return absl::InvalidArgumentError(absl::StrCat("'", name, "': the value type is fp32 or fp16"));
 }
 
+bool IsExportBundle(const std::string& dir) {
+  Fd fd(::open(Join(dir, kManifestName).c_str(), O_RDONLY | O_CLOEXEC));
+  char magic[8];
+  return fd.get() >= 0 && ::pread(fd.get(), magic, 8, 0) == 8 && std::memcmp(magic, kExportFrame.magic, 8) == 0;
+}
+
+std::string ExportRootOf(const std::string& dir) {
+  const fs::path p = Clean(dir);
+  if (!IsExportBundle(dir)) return p.string();
+  return p.has_parent_path() ? p.parent_path().string() : ".";
+}
+
 uint64_t ExportVersionOf(const std::string& name) {
   if (name.empty() || name.size() > 19 || name[0] == '0') return 0;
   for (char c : name) {

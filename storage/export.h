@@ -40,6 +40,13 @@ uint64_t ExportVersionOf(const std::string& name);
 // ValueType; InvalidArgument otherwise.
 [[nodiscard]] absl::StatusOr<proto::ValueType> ParseValueType(const std::string& name);
 
+// True if dir/MANIFEST is an export bundle's (by its magic); false for a
+// checkpoint's MANIFEST, none, or anything else.
+bool IsExportBundle(const std::string& dir);
+// The export root `dir` belongs to: its parent if it is a bundle
+// (IsExportBundle), else `dir` itself (taken for a root).
+std::string ExportRootOf(const std::string& dir);
+
 // A bundle directory under an export root, as ListExports finds it.
 struct ExportEntry {
   uint64_t version = 0;
