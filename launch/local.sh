@@ -4,6 +4,10 @@
 # scheduler, S servers and W workers on 127.0.0.1, trains, evaluates, stops
 # everything, and ends with
 #   final: auc=<a> [oracle_auc=<o>] logloss=<l> samples=<n> samples_per_sec=<r> ...
+#   exported: bundle=<dir> export_auc=<a> ...
+# the second line being the trained model, exported for serving (into
+# <log dir>/export, or --export-dir) and scored on the test split by
+# `ember predict`.
 # The job checkpoints into <log dir>/checkpoints (or --checkpoint-dir). A
 # process killed by a signal (kill -9, the OOM killer) is started again, as
 # Kubernetes or Slurm would: a server or worker alone (the scheduler restores
@@ -324,4 +328,4 @@ if ! predict=$("$ember" predict --bundle="$bundle" --out="$predictions" 2>"$log_
 fi
 export_auc=$(sed -n 's/.* auc=\([^ ]*\).*/\1/p' <<<"$predict")
 echo "exported: bundle=$bundle export_auc=${export_auc:-n/a} (ember predict on the test split; the job's auc=$(sed -n 's/^final: auc=\([^ ]*\).*/\1/p' <<<"$final")) predictions=$predictions"
-echo "serve it: $ember serve --bundle=$export_dir --port=8500 --watch   (see README.md, Serving)"
+echo "serve it: $ember serve --bundle=$export_dir --port=8500 --watch   (README.md: Serving over HTTP)"
