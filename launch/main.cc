@@ -291,6 +291,10 @@ int RunScheduler() {
     }
     std::fclose(f);
   }
+  if (!result->diverged.empty()) {
+    // Trained to the end (train.divergence.stop is off), but not a model to use.
+    return ErrorExit(absl::AbortedError(absl::StrCat("training diverged: ", result->diverged)));
+  }
   return 0;
 }
 

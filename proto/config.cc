@@ -126,6 +126,13 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   if (ex.value_type() != "fp32" && ex.value_type() != "fp16")
     return Invalid("export.value_type", absl::StrCat("'", ex.value_type(), "': must be fp32 or fp16"));
   if (ex.full_every() < 1) return Invalid("export.full_every", "must be >= 1 (1 = every bundle is full)");
+  const DivergenceConfig& dv = config.train().divergence();
+  if (!(dv.loss_ratio() > 1.0)) return Invalid("train.divergence.loss_ratio", "must be > 1");
+  if (dv.loss_reports() < 1) return Invalid("train.divergence.loss_reports", "must be >= 1");
+  if (!(dv.auc_margin() >= 0 && dv.auc_margin() < 0.5)) {
+    return Invalid("train.divergence.auc_margin", "must be in [0, 0.5)");
+  }
+  if (dv.stuck_seconds() < 1) return Invalid("train.divergence.stuck_seconds", "must be >= 1");
   if (config.train().staleness() > 1000000) return Invalid("train.staleness", "must be in [0, 1000000]");
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");

@@ -33,6 +33,7 @@
 #include "proto/config.h"
 #include "ps/checkpoint_coordinator.h"
 #include "scheduler/chunks.h"
+#include "scheduler/divergence.h"
 #include "scheduler/metrics_log.h"
 #include "storage/checkpoint_files.h"
 #include "storage/export.h"
@@ -231,6 +232,8 @@ std::string FinalLine(const JobResult& r) {
     absl::StrAppend(&line, Figure("auc_" + t.name, t.auc), Figure("gauc_" + t.name, t.gauc),
                     Figure("logloss_" + t.name, t.logloss));
   }
+  // A model that diverged is not a result: the line says so up front.
+  if (!r.diverged.empty()) line = absl::StrCat("final: DIVERGED (", r.diverged, ")", line.substr(6));
   return line;
 }
 
@@ -456,8 +459,18 @@ class Scheduler::Impl {
     if (phase_.kind() == proto::TRAIN &&
         now - last_progress_ >= absl::Milliseconds(opt_.config.train().report_interval_ms())) {
       PrintProgress(now);
+      if (absl::Status st = DivergenceStop(); !st.ok()) return st;
     }
     return absl::OkStatus();
+  }
+
+  // The job's end if training diverged and train.divergence.stop is on.
+  absl::Status DivergenceStop() const {
+    if (result_.diverged.empty() || !opt_.config.train().divergence().stop()) return absl::OkStatus();
+    return absl::AbortedError(absl::StrCat(
+        "training diverged: ", result_.diverged,
+        ". Lower the learning rates (model.dense_optimizer, tables[].optimizer) or check the data; "
+        "train.divergence holds the rules"));
   }
 
   // True if a live worker has missed two heartbeats: it is probably dead. A
@@ -1034,6 +1047,7 @@ class Scheduler::Impl {
     const absl::Time now = absl::Now();
     if (phase_.kind() == proto::TRAIN) {
       PrintProgress(now);
+      if (absl::Status st = DivergenceStop(); !st.ok()) return st;
       // Wall time of the epoch, recoveries included.
       const double secs = EpochSeconds();
       result_.train_seconds += secs;
@@ -1860,6 +1874,16 @@ class Scheduler::Impl {
                                opt_.config.train().epochs(), 100 * done, epoch_samples_, rate, interval_loss,
                                Figure("train_auc", train_auc), eta));
     WriteEvent(Event("progress").Add("samples_per_sec", rate).Add("loss", interval_loss).Add("train_auc", train_auc));
+    const std::string diverged =
+        divergence_.Observe(interval_loss, train_auc, result_.train_seconds + EpochSeconds());
+    if (!diverged.empty() && result_.diverged.empty()) {
+      result_.diverged = diverged;
+      const bool stop = opt_.config.train().divergence().stop();
+      opt_.print(absl::StrCat("divergence: ", diverged,
+                              stop ? "; stopping the job" : "; training goes on (train.divergence.stop is off)"));
+      LOG(ERROR) << "divergence: " << diverged;
+      WriteEvent(Event("divergence").Add("reason", diverged));
+    }
     last_progress_ = now;
     last_samples_ = samples_total_;
     last_loss_ = loss_total_;
@@ -1998,6 +2022,7 @@ class Scheduler::Impl {
   absl::flat_hash_set<int32_t> pause_waiting_;
   std::vector<net::Message> held_paused_;
   uint32_t saves_since_full_ = 0;
+  DivergenceWatch divergence_{opt_.config.train().divergence()};
   // Exports: the last bundle this run wrote (a delta's base), bundles since
   // the last full one, and when the last was made.
   std::string last_export_dir_;

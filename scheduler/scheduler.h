@@ -103,6 +103,8 @@ struct JobResult {
   bool stopped = false;
   std::string last_checkpoint;
   uint32_t checkpoints = 0;       // taken by this job, over all its runs
+  // Why training diverged (DivergenceWatch), empty if it did not.
+  std::string diverged;
   uint32_t exports = 0;           // bundles this run wrote (export.dir)
   std::string last_export;        // the newest of them, empty if none
   uint32_t recoveries = 0;        // lost processes the job recovered from (workers and servers)
@@ -135,6 +137,8 @@ class Scheduler {
 // followed by, for each task, auc_<task>= gauc_<task>= logloss_<task>=.
 // A figure that is undefined (NaN: no oracle for real data, a GAUC without
 // data.user_column, an AUC over one class) is left out, never printed as nan.
+// A job whose training diverged (JobResult.diverged) gets
+// "final: DIVERGED (<reason>) auc=..." instead.
 std::string FinalLine(const JobResult& r);
 
 }  // namespace ember::scheduler

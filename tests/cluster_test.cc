@@ -1,5 +1,6 @@
 // Whole-cluster tests: a real scheduler, servers and workers on 127.0.0.1.
 #include <cstdlib>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -138,6 +139,43 @@ TEST(ClusterTest, EveryLineBadStopsAtTheBudgetWithTheCause) {
 }
 
 // A killed worker no longer stops the job: tests/fault_test.cc.
+
+// A learning rate a thousand times too large: the loss turns NaN within the
+// first reports. The scheduler says so at once, on the console and in the
+// metrics file, and stops the job with a non-zero exit; with
+// train.divergence.stop off the job trains to the end but its final line
+// says DIVERGED and it still exits non-zero.
+TEST(ClusterTest, DivergenceIsReportedAndStopsTheJob) {
+  TempDir tmp;
+  const std::string data = tmp.path() + "/data";
+  ASSERT_TRUE(GenerateData(data, {"--train_rows=200000", "--test_rows=2000", "--train_files=2", "--test_files=1"}));
+  std::string config = ReadFile(SourceDir() + "/examples/local.conf");
+  config = absl::StrReplaceAll(config, {{"dense_optimizer { kind: ADAM learning_rate: 0.002 }",
+                                         "dense_optimizer { kind: SGD learning_rate: 1000 }"},
+                                        {"learning_rate: 0.1 initial_accumulator", "learning_rate: 1000 initial_accumulator"}});
+  ASSERT_NE(config.find("learning_rate: 1000 initial"), std::string::npos);
+  for (const bool stop : {true, false}) {
+    SCOPED_TRACE(stop ? "stop" : "no stop");
+    const std::string dir = absl::StrCat(tmp.path(), stop ? "/stop" : "/go_on");
+    std::filesystem::create_directories(dir);
+    const std::string conf = dir + "/job.conf";
+    WriteFile(conf, stop ? config
+                         : absl::StrReplaceAll(config, {{"train {", "train {\n  divergence { stop: false }"}}));
+    Cluster c(dir, conf, 1, 1, {"--data_dir=" + data, "--epochs=1", "--metrics_file=" + dir + "/metrics.jsonl"});
+    ASSERT_TRUE(c.WaitAll(absl::Minutes(5))) << ReadFile(c.scheduler().log());
+    EXPECT_NE(c.scheduler().Wait(absl::ZeroDuration()), 0) << ReadFile(c.scheduler().log());
+    const std::string log = ReadFile(c.scheduler().log());
+    EXPECT_NE(log.find("divergence: loss is"), std::string::npos) << log;
+    EXPECT_NE(log.find("training diverged: loss is"), std::string::npos) << log;
+    EXPECT_NE(ReadFile(dir + "/metrics.jsonl").find("\"event\":\"divergence\""), std::string::npos);
+    if (stop) {
+      EXPECT_EQ(log.find("final:"), std::string::npos) << "a stopped job reports no result: " << log;
+    } else {
+      EXPECT_NE(log.find("final: DIVERGED (loss is"), std::string::npos) << log;
+      EXPECT_NE(log.find("epoch 1/1 trained"), std::string::npos) << "it trained to the end";
+    }
+  }
+}
 
 }  // namespace
 }  // namespace ember::testing
