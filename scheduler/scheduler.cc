@@ -1127,6 +1127,16 @@ class Scheduler::Impl {
           WriteEvent(Event("eval").Add("test_samples", static_cast<uint64_t>(out->n)).Add("tasks", tasks));
           evals_.push_back(rec);
           ApplyEval(rec);
+          // The final model scores the test split no better than chance: it
+          // collapsed, whatever training looked like (train.divergence).
+          const proto::DivergenceConfig& dv = opt_.config.train().divergence();
+          if (dv.enabled() && PhaseAt(phase_.index() + 1).kind() == proto::DONE && result_.diverged.empty() &&
+              std::isfinite(result_.auc) && std::fabs(result_.auc - 0.5) <= dv.auc_margin()) {
+            result_.diverged = absl::StrFormat("test AUC %.4f within %g of 0.5: the model collapsed", result_.auc,
+                                               dv.auc_margin());
+            opt_.print(absl::StrCat("divergence: ", result_.diverged));
+            WriteEvent(Event("divergence").Add("reason", result_.diverged));
+          }
           if (write_scores) {
             // Here, not on the helper thread: an evaluation a recovery
             // interrupted never reaches this point, so the file is written once.
