@@ -40,11 +40,23 @@ TEST(DivergenceWatchTest, ANonFiniteLossFiresAtOnce) {
 TEST(DivergenceWatchTest, ALossFarAboveTheStartFiresAfterEnoughReports) {
   DivergenceWatch w(Config());
   EXPECT_EQ(w.Observe(0.7, NAN, 1), "");
-  EXPECT_EQ(w.Observe(2.5, NAN, 2), "") << "one report above 3 x 0.7 is not enough";
+  EXPECT_EQ(w.Observe(2.5, NAN, 2), "") << "one report above 3 x ln 2 is not enough";
   EXPECT_EQ(w.Observe(1.0, NAN, 3), "") << "and the count restarts below it";
   EXPECT_EQ(w.Observe(2.2, NAN, 4), "");
   const std::string why = w.Observe(2.3, NAN, 5);
-  EXPECT_NE(why.find("first report"), std::string::npos) << why;
+  EXPECT_NE(why.find("the start's 0.6931"), std::string::npos) << why;
+}
+
+// 32 workers pushing their first steps together (issue 14): the first report
+// is already far above a starting model's ln 2, and the start is ln 2.
+TEST(DivergenceWatchTest, ALossAboveLn2TimesTheRatioFromTheFirstReportFires) {
+  proto::DivergenceConfig c = Config();
+  c.set_loss_reports(3);
+  DivergenceWatch w(c);
+  EXPECT_EQ(w.Observe(2.64, 0.52, 1), "");
+  EXPECT_EQ(w.Observe(7.30, 0.51, 2), "");
+  const std::string why = w.Observe(2.66, 0.50, 3);
+  EXPECT_NE(why.find("the start's 0.6931"), std::string::npos) << why;
 }
 
 TEST(DivergenceWatchTest, AnAucStuckAtOneHalfFiresAfterStuckSeconds) {
