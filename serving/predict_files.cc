@@ -32,9 +32,12 @@ std::vector<int> LabelFields(const proto::JobConfig& config, const std::vector<s
 }
 
 // The label fields of `line`, or false if one is missing or not a number.
-bool ParseLabels(std::string_view line, const std::vector<int>& fields, std::vector<float>* out) {
+// `scratch` holds the split fields, reused from line to line.
+bool ParseLabels(std::string_view line, const std::vector<int>& fields, std::vector<std::string_view>* scratch,
+                 std::vector<float>* out) {
   out->clear();
-  std::vector<std::string_view> parts;
+  std::vector<std::string_view>& parts = *scratch;
+  parts.clear();
   size_t start = 0;
   for (;;) {
     const size_t tab = line.find('\t', start);
@@ -82,7 +85,7 @@ absl::StatusOr<PredictFilesSummary> PredictFiles(const Predictor& predictor, con
   const std::vector<int> label_fields = LabelFields(predictor.config(), tasks);
   std::vector<std::vector<float>> task_scores(num_tasks), task_labels(num_tasks);
   std::vector<std::string> batch;
-  std::vector<std::string_view> views;
+  std::vector<std::string_view> views, fields;
   std::vector<int64_t> line_numbers;
   std::vector<float> scores, labels;
   std::vector<LineError> errors;
@@ -124,7 +127,7 @@ absl::StatusOr<PredictFilesSummary> PredictFiles(const Predictor& predictor, con
           text.append(buf, std::snprintf(buf, sizeof(buf), "%.9g", scores[i * num_tasks + k]));
         }
         text.push_back('\n');
-        if (ParseLabels(batch[i], label_fields, &labels)) {
+        if (ParseLabels(batch[i], label_fields, &fields, &labels)) {
           ++summary.labelled;
           for (size_t k = 0; k < num_tasks; ++k) {
             task_scores[k].push_back(scores[i * num_tasks + k]);
