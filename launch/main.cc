@@ -289,6 +289,9 @@ int RunScheduler() {
     if (config->train().consistency() == proto::TrainConfig::SSP) {
       std::fprintf(f, "max_clock_gap=%llu\n", static_cast<unsigned long long>(result->max_clock_gap));
     }
+    std::fprintf(f, "dense_staleness_max=%llu\ndense_staleness_mean=%.3f\n",
+                 static_cast<unsigned long long>(result->dense_staleness_max),
+                 result->dense_pushes ? static_cast<double>(result->dense_staleness_sum) / result->dense_pushes : 0.0);
     std::fclose(f);
   }
   if (!result->diverged.empty()) {

@@ -134,6 +134,12 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   }
   if (dv.stuck_seconds() < 1) return Invalid("train.divergence.stuck_seconds", "must be >= 1");
   if (config.train().staleness() > 1000000) return Invalid("train.staleness", "must be in [0, 1000000]");
+  if (config.train().dense_update().average_pushes() > 1000000) {
+    return Invalid("train.dense_update.average_pushes", "must be in [0, 1000000] (0 = the worker count)");
+  }
+  if (const double p = config.train().dense_update().lr_scale_power(); !(p >= 0 && p <= 1)) {
+    return Invalid("train.dense_update.lr_scale_power", "must be in [0, 1]");
+  }
   const DataConfig& d = config.data();
   if (d.train().empty()) return Invalid("data.train", "must name a directory, glob or file");
   if (d.columns_size() == 0) return Invalid("data.columns", "at least one column is required");

@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "net/validate.h"
+#include "ps/dense_update.h"
 #include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 #include "storage/shard_checkpoint.h"
@@ -84,8 +85,7 @@ class Server::Impl {
  public:
   Impl(ServerOptions options, std::unique_ptr<net::Transport> transport)
       : opt_(std::move(options)),
-        transport_(std::move(transport)),
-        dense_rule_(opt_.config.model().dense_optimizer()) {}
+        transport_(std::move(transport)) {}
 
   ~Impl() {
     for (auto& h : handlers_) h->Push(nullptr);
@@ -160,13 +160,13 @@ class Server::Impl {
     }
     if (opt_.dense_total == 0) opt_.dense_total = opt_.dense_offset + opt_.dense_init.size();
     for (auto& h : handlers_) h->thread = std::thread([this, hp = h.get()] { HandlerLoop(hp); });
-    dense_w_ = opt_.dense_init;
     // The slice's trainable prefix; the rest is model state.
-    dense_trained_ = opt_.dense_state_begin <= opt_.dense_offset
-                         ? 0
-                         : std::min<uint64_t>(dense_w_.size(), opt_.dense_state_begin - opt_.dense_offset);
-    dense_state_.resize(dense_rule_.StateFloats(dense_trained_));
-    dense_rule_.InitState(dense_w_.data(), dense_state_.data(), dense_trained_);
+    const size_t trained = opt_.dense_state_begin <= opt_.dense_offset
+                               ? 0
+                               : std::min<uint64_t>(opt_.dense_init.size(), opt_.dense_state_begin - opt_.dense_offset);
+    dense_ = std::make_unique<DenseUpdater>(opt_.config.model().dense_optimizer(), opt_.config.train().dense_update(),
+                                            opt_.config.cluster().num_workers(), opt_.dense_init, trained,
+                                            opt_.dense_state_rate);
     return absl::OkStatus();
   }
 
@@ -685,12 +685,15 @@ class Server::Impl {
     return v;
   }
 
-  storage::DenseSlice CopyDense() const {
+  // Applies the dense pushes of a partial round first, so that the copy
+  // holds every push acknowledged before it.
+  storage::DenseSlice CopyDense() {
+    dense_->Flush();
     storage::DenseSlice d;
     d.offset = opt_.dense_offset;
-    d.trained = dense_trained_;
-    d.weights = dense_w_;
-    d.state = dense_state_;
+    d.trained = dense_->trained();
+    d.weights = dense_->weights();
+    d.state = dense_->state();
     return d;
   }
 
@@ -760,10 +763,10 @@ class Server::Impl {
     target.dense_total = opt_.dense_total;
     target.specs = Specs();
     target.stores = Stores();
-    target.dense_rule = &dense_rule_;
+    target.dense_rule = &dense_->rule();
     target.dense_offset = opt_.dense_offset;
-    target.dense_length = dense_w_.size();
-    target.dense_trained = dense_trained_;
+    target.dense_length = dense_->size();
+    target.dense_trained = dense_->trained();
     uint64_t rows = 0, bytes = 0;
     {
       Parked parked(this);
@@ -777,8 +780,7 @@ class Server::Impl {
                                    "restore of ", q.dir(), " failed after verification, server state is partial: ",
                                    st.message())));
         }
-        dense_w_ = std::move(dense.weights);
-        dense_state_ = std::move(dense.state);
+        dense_->Reset(std::move(dense.weights), std::move(dense.state));
         const std::vector<uint32_t> generations = plan->generations();
         for (size_t t = 0; t < table_generation_.size(); ++t) table_generation_[t].store(generations[t]);
         const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
@@ -891,9 +893,9 @@ class Server::Impl {
   }
 
   bool DenseRange(const net::Message& m, bool whole) {
-    const uint64_t begin = opt_.dense_offset, end = begin + dense_w_.size();
+    const uint64_t begin = opt_.dense_offset, end = begin + dense_->size();
     const uint64_t a = m.header.dense_offset(), len = m.header.dense_length();
-    const bool ok = whole ? (a == begin && len == dense_w_.size()) : (a >= begin && len <= end - a && a <= end);
+    const bool ok = whole ? (a == begin && len == dense_->size()) : (a >= begin && len <= end - a && a <= end);
     if (!ok) {
       Fail(m, proto::BAD_REQUEST,
            absl::StrCat(proto::Command_Name(m.header.command()), " range [", a, ", ", a + len, ") ",
@@ -904,23 +906,25 @@ class Server::Impl {
 
   void HandleDensePull(const net::Message& m) {
     if (!DenseRange(m, false)) return;
+    // An evaluation's pull sees every push acknowledged before it.
+    if (m.header.read_only()) dense_->Flush();
     const uint64_t a = m.header.dense_offset() - opt_.dense_offset;
     net::Message r = net::MakeReply(m);
     r.header.set_sender(opt_.node_id);
     r.header.set_dense_offset(m.header.dense_offset());
     r.header.set_dense_length(m.header.dense_length());
-    r.frames.push_back(net::Frame::Copy(dense_w_.data() + a, m.header.dense_length() * sizeof(float)));
+    r.header.set_dense_version(dense_->version());
+    r.frames.push_back(net::Frame::Copy(dense_->weights().data() + a, m.header.dense_length() * sizeof(float)));
     Reply(std::move(r));
   }
 
   void HandleDensePush(const net::Message& m) {
     if (!DenseRange(m, true)) return;
     const float* g = m.frames[0].As<float>().data();
-    dense_rule_.Apply(dense_w_.data(), dense_state_.data(), g, dense_trained_);
-    const float rate = opt_.dense_state_rate;
-    for (size_t i = dense_trained_; i < dense_w_.size(); ++i) dense_w_[i] += rate * g[i];
+    const uint64_t tau = dense_->Push(g, m.header.dense_version());
     net::Message r = net::MakeReply(m);
     r.header.set_sender(opt_.node_id);
+    r.header.set_dense_staleness(tau);
     Reply(std::move(r));
   }
 
@@ -929,9 +933,7 @@ class Server::Impl {
   std::vector<std::unique_ptr<TableSpec>> specs_;
   std::vector<int16_t> shard_handler_;  // handler of each logical shard, or kNotMine
   std::vector<std::unique_ptr<Handler>> handlers_;
-  storage::OptimizerRule dense_rule_;
-  std::vector<float> dense_w_, dense_state_;  // I/O thread only
-  size_t dense_trained_ = 0;                  // dense_w_[0, dense_trained_) is optimized
+  std::unique_ptr<DenseUpdater> dense_;  // I/O thread only
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> push_seq_{0};
   std::atomic<uint64_t> incarnation_{0};  // see ServerOptions.incarnation

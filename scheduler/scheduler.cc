@@ -55,6 +55,7 @@ struct Node {
   // What of metrics has been added to the job's totals already.
   uint64_t counted_samples = 0, counted_steps = 0, counted_bytes = 0;
   double counted_loss = 0;
+  uint64_t counted_dense_pushes = 0, counted_dense_staleness = 0;
   // SSP: steps finished in the phase (plus an offset for a worker that
   // joined part-way), and the clock request held, if any.
   uint64_t clock = 0, clock_offset = 0;
@@ -1837,6 +1838,13 @@ class Scheduler::Impl {
       n.counted_bytes = m.bytes();
       n.counted_loss = m.loss_sum();
     }
+    if (m.dense_pushes() >= n.counted_dense_pushes && m.dense_staleness_sum() >= n.counted_dense_staleness) {
+      result_.dense_pushes += m.dense_pushes() - n.counted_dense_pushes;
+      result_.dense_staleness_sum += m.dense_staleness_sum() - n.counted_dense_staleness;
+      n.counted_dense_pushes = m.dense_pushes();
+      n.counted_dense_staleness = m.dense_staleness_sum();
+    }
+    result_.dense_staleness_max = std::max(result_.dense_staleness_max, m.dense_staleness_max());
     n.metrics = m;
   }
 
@@ -1928,6 +1936,7 @@ class Scheduler::Impl {
     e.Add("samples_per_sec", result_.samples_per_sec).Add("tasks", tasks);
     e.Add("checkpoints", static_cast<uint64_t>(result_.checkpoints));
     e.Add("recoveries", static_cast<uint64_t>(result_.recoveries)).Add("requeued_chunks", result_.requeued_chunks);
+    e.Add("dense_staleness_max", result_.dense_staleness_max);
     WriteEvent(e);
   }
 

@@ -112,6 +112,11 @@ struct JobResult {
   // SSP: the largest gap seen between a step a worker was allowed to start
   // and the slowest live worker's finished steps, minus one (<= staleness).
   uint64_t max_clock_gap = 0;
+  // Dense pushes the workers reported acknowledged, the sum of their
+  // staleness (optimizer steps the server's slice took between the pull a
+  // gradient was computed from and the push; train.dense_update) and the
+  // largest.
+  uint64_t dense_pushes = 0, dense_staleness_sum = 0, dense_staleness_max = 0;
 };
 
 class Scheduler {

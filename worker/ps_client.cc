@@ -103,10 +103,11 @@ PsClient::Ticket PsClient::Push(uint32_t table, std::shared_ptr<const std::vecto
   return t;
 }
 
-PsClient::Ticket PsClient::PullDense(float* out) {
+PsClient::Ticket PsClient::PullDense(float* out, uint64_t* versions, PullMode mode) {
   Ticket t;
   t.what = "DENSE_PULL";
   for (uint32_t s = 0; s < servers_.size(); ++s) {
+    if (versions != nullptr) versions[s] = 0;
     const uint64_t a = dense_.offset(s), b = dense_.offset(s + 1);
     if (a == b) continue;
     net::Message m;
@@ -114,12 +115,18 @@ PsClient::Ticket PsClient::PullDense(float* out) {
     m.header.set_sender(options_.node_id);
     m.header.set_dense_offset(a);
     m.header.set_dense_length(b - a);
-    t.parts.push_back({Start(s, std::move(m)), s, out + a, b - a});
+    if (mode == PullMode::kReadOnly) m.header.set_read_only(true);
+    t.parts.push_back({Start(s, std::move(m)), s, out + a, b - a, versions != nullptr ? versions + s : nullptr});
   }
   return t;
 }
 
-PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> grads) {
+PsClient::DenseStaleness PsClient::dense_staleness() const {
+  return {dense_pushes_.load(), dense_staleness_sum_.load(), dense_staleness_max_.load()};
+}
+
+PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> grads,
+                                     absl::Span<const uint64_t> versions) {
   Ticket t;
   t.what = "DENSE_PUSH";
   for (uint32_t s = 0; s < servers_.size(); ++s) {
@@ -130,6 +137,7 @@ PsClient::Ticket PsClient::PushDense(std::shared_ptr<const std::vector<float>> g
     m.header.set_sender(options_.node_id);
     m.header.set_dense_offset(a);
     m.header.set_dense_length(b - a);
+    if (s < versions.size()) m.header.set_dense_version(versions[s]);
     m.frames.push_back(net::Frame::Borrow(grads, grads->data() + a, (b - a) * sizeof(float)));
     t.parts.push_back({Start(s, std::move(m)), s, nullptr, 0});
   }
@@ -190,6 +198,15 @@ absl::Status PsClient::Wait(Ticket& t) {
       }
       continue;
     }
+    if (r->header.command() == proto::DENSE_PUSH) {
+      const uint64_t tau = r->header.dense_staleness();
+      dense_pushes_.fetch_add(1, std::memory_order_relaxed);
+      dense_staleness_sum_.fetch_add(tau, std::memory_order_relaxed);
+      uint64_t seen = dense_staleness_max_.load(std::memory_order_relaxed);
+      while (tau > seen && !dense_staleness_max_.compare_exchange_weak(seen, tau)) {
+      }
+    }
+    if (p.version != nullptr) *p.version = r->header.dense_version();
     if (p.dest == nullptr) continue;
     if (r->frames.size() != 1 || r->frames[0].size() != p.floats * sizeof(float)) {
       if (first.ok()) {

@@ -8,6 +8,7 @@
 #ifndef EMBER_WORKER_PS_CLIENT_H_
 #define EMBER_WORKER_PS_CLIENT_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -49,6 +50,8 @@ class PsClient {
       uint32_t server;
       float* dest;        // nullptr for pushes
       size_t floats;      // expected reply floats
+      // DENSE_PULL: where the reply's dense_version goes (nullptr: nowhere).
+      uint64_t* version = nullptr;
     };
     std::vector<Part> parts;
     const char* what = "";
@@ -90,10 +93,21 @@ class PsClient {
               absl::Span<const uint32_t> server_begin, std::shared_ptr<const std::vector<float>> grads,
               uint64_t log_time = 0);
 
-  // Pulls the whole dense vector (dense_size() floats) into out.
-  Ticket PullDense(float* out);
-  // Pushes a gradient for the whole dense vector.
-  Ticket PushDense(std::shared_ptr<const std::vector<float>> grads);
+  // Pulls the whole dense vector (dense_size() floats) into out. After
+  // Wait, versions[s] (num_servers() entries, if not null) holds the version
+  // of server s's slice (Header.dense_version). A read_only pull (an
+  // evaluation's) first has the servers apply the pushes they are averaging.
+  Ticket PullDense(float* out, uint64_t* versions = nullptr, PullMode mode = PullMode::kTrain);
+  // Pushes a gradient for the whole dense vector, computed from the slices
+  // of `versions` (num_servers() entries, from PullDense; empty: unknown).
+  Ticket PushDense(std::shared_ptr<const std::vector<float>> grads, absl::Span<const uint64_t> versions = {});
+
+  // Staleness of this client's acknowledged dense pushes, as the servers
+  // measured it (Header.dense_staleness); counted by Wait.
+  struct DenseStaleness {
+    uint64_t pushes = 0, sum = 0, max = 0;
+  };
+  DenseStaleness dense_staleness() const;
 
   // Blocks until every reply of `t` has arrived and copies pulled values into
   // place. The error names the server and the command; DEADLINE_EXCEEDED
@@ -121,6 +135,7 @@ class PsClient {
   std::vector<net::PeerId> servers_;  // by rank
   std::vector<uint32_t> dims_;        // by table
   proto::DenseLayout dense_;
+  std::atomic<uint64_t> dense_pushes_{0}, dense_staleness_sum_{0}, dense_staleness_max_{0};
 };
 
 }  // namespace ember::worker

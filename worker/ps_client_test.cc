@@ -134,6 +134,31 @@ TEST_F(PsClientTest, DenseIsSlicedAcrossServers) {
   EXPECT_EQ(dense, (std::vector<float>{9, 8, 17, 16, 15}));
 }
 
+// Each server's slice has a version that a pull reports and a push carries
+// back; the server measures the push's staleness from it, and the client
+// counts what the servers measured.
+TEST_F(PsClientTest, DensePushesCarryTheirPullsVersion) {
+  std::vector<float> dense(5);
+  std::vector<uint64_t> v0(2), v1(2);
+  PsClient::Ticket t = client_->PullDense(dense.data(), v0.data());
+  ASSERT_TRUE(client_->Wait(t).ok());
+  EXPECT_EQ(v0, (std::vector<uint64_t>{1, 1}));
+  auto g = std::make_shared<std::vector<float>>(5, 1.0f);
+  PsClient::Ticket p = client_->PushDense(g, v0);
+  ASSERT_TRUE(client_->Wait(p).ok());
+  t = client_->PullDense(dense.data(), v1.data());
+  ASSERT_TRUE(client_->Wait(t).ok());
+  EXPECT_EQ(v1, (std::vector<uint64_t>{2, 2})) << "one step each (one worker: every push is a round)";
+  EXPECT_EQ(client_->dense_staleness().pushes, 2u);  // one per server
+  EXPECT_EQ(client_->dense_staleness().max, 0u);
+  // A second gradient computed on the first pull's weights is one step stale.
+  p = client_->PushDense(g, v0);
+  ASSERT_TRUE(client_->Wait(p).ok());
+  EXPECT_EQ(client_->dense_staleness().pushes, 4u);
+  EXPECT_EQ(client_->dense_staleness().sum, 2u);
+  EXPECT_EQ(client_->dense_staleness().max, 1u);
+}
+
 TEST_F(PsClientTest, ServerErrorNamesServerAndCommand) {
   // Keys not grouped by server: server 0 receives keys of server 1's shards.
   auto keys = std::make_shared<std::vector<uint64_t>>();

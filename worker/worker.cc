@@ -60,6 +60,7 @@ struct Step {
   std::vector<std::shared_ptr<const std::vector<uint64_t>>> keys;  // per table (null if none)
   std::vector<std::vector<float>> emb;                             // per table: keys x dim
   std::vector<float> dense;
+  std::vector<uint64_t> dense_versions;  // per server: its slice's version
   std::vector<PsClient::Ticket> pulls;
 };
 
@@ -291,7 +292,9 @@ class Worker::Impl {
                                       train ? PsClient::PullMode::kTrain : PsClient::PullMode::kReadOnly));
     }
     step->dense.resize(ps_->dense_size());
-    step->pulls.push_back(ps_->PullDense(step->dense.data()));
+    step->dense_versions.resize(ps_->num_servers());
+    step->pulls.push_back(ps_->PullDense(step->dense.data(), step->dense_versions.data(),
+                                         train ? PsClient::PullMode::kTrain : PsClient::PullMode::kReadOnly));
     return step;
   }
 
@@ -337,7 +340,7 @@ class Worker::Impl {
         push.tickets.push_back(
             ps_->Push(t, step->keys[t], b.tables[t].server_begin, std::move(emb_grad[t]), b.log_time));
       }
-      push.tickets.push_back(ps_->PushDense(std::move(dense_grad)));
+      push.tickets.push_back(ps_->PushDense(std::move(dense_grad), step->dense_versions));
       samples_ += b.size;
       ++steps_;
       loss_sum_ += loss;
@@ -404,6 +407,8 @@ class Worker::Impl {
     // BSP and SSP pull the next batch only after the wait, so that it sees
     // the updates the wait was for.
     const bool bsp = consistency == proto::TrainConfig::BSP || consistency == proto::TrainConfig::SSP;
+    // ASP with many workers: pull after the push too (train.prefetch_max_workers).
+    const bool prefetch = !bsp && config_.cluster().num_workers() <= config_.train().prefetch_max_workers();
     uint64_t clock = 0;  // SSP: steps finished in this phase
     BatchQueue queue(8);
     std::thread reader([&] { ReadLoop(phase, &queue); });
@@ -420,10 +425,11 @@ class Worker::Impl {
         if (!st.ok()) break;
       }
       std::unique_ptr<Step> next;
-      // ASP: the next batch's pulls go out before this batch computes. BSP:
-      // they wait for the step barrier, so they see every worker's update.
+      // ASP: the next batch's pulls go out before this batch computes
+      // (unless the job has too many workers for that). BSP: they wait for
+      // the step barrier, so they see every worker's update.
       std::optional<models::Batch> nb = queue.Pop();
-      if (!bsp || !train) {
+      if (prefetch || !train) {
         if (nb) next = Prepare(std::move(*nb), train);
       }
       st = train ? Train(std::move(cur), &pending) : Evaluate(std::move(cur), eval);
@@ -439,6 +445,8 @@ class Worker::Impl {
           st = control_->StepBarrier();
         }
         if (st.ok() && nb) next = Prepare(std::move(*nb), train);
+      } else if (st.ok() && train && !prefetch && nb) {
+        next = Prepare(std::move(*nb), train);  // after this batch's push
       }
       if (control_->Stopped()) st = absl::AbortedError("the scheduler ended the job");
       if (control_->RecoverRequested()) st = absl::AbortedError("the scheduler is recovering the job");
@@ -473,6 +481,10 @@ class Worker::Impl {
     m.set_lines(lines_.load());
     m.set_bad_lines(bad_lines_.load());
     m.set_bytes(bytes_);
+    const PsClient::DenseStaleness ds = ps_->dense_staleness();
+    m.set_dense_pushes(ds.pushes);
+    m.set_dense_staleness_sum(ds.sum);
+    m.set_dense_staleness_max(ds.max);
     {
       absl::MutexLock l(&examples_mu_);
       for (const std::string& e : bad_examples_) m.add_bad_line_examples(e);
