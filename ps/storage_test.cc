@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -579,6 +580,105 @@ TEST(StorageTest, DamagedCheckpointIsRefusedAndNothingLoads) {
   auto r = wrong.coordinator().Restore(ckpt);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find("dim"), std::string::npos) << r.status();
+}
+
+// Crafted manifests whose checksums are all valid (the manifest is
+// rewritten with WriteManifest; data blocks are untouched or sized so that
+// their CRC still matches): counts that overflow a block's size, blocks
+// outside their file, dense slices out of range or overlapping. Each is
+// refused before anything is read or dropped, naming the field, and the
+// server keeps its rows and dense values and goes on serving.
+TEST(StorageTest, CraftedCheckpointsWithValidChecksumsAreRefused) {
+  Scratch dir;
+  proto::JobConfig c = BaseConfig();
+  Traffic traffic(11);
+  const std::vector<uint64_t> all = traffic.Universe();
+  std::string ckpt;
+  {
+    Servers s(c, 2, dir.path() + "/spill");
+    traffic.Run(s, 10, nullptr);
+    ckpt = Save(s, dir.path() + "/ckpt", false);
+  }
+  absl::StatusOr<proto::CheckpointManifest> good = storage::ReadManifest(ckpt);
+  ASSERT_TRUE(good.ok()) << good.status();
+  ASSERT_GE(good->dense_size(), 2);
+  int with_rows = -1;  // a block with rows, for the edits that keep its bytes
+  for (int i = 0; i < good->blocks_size() && with_rows < 0; ++i) {
+    if (good->blocks(i).rows() > 0) with_rows = i;
+  }
+  ASSERT_GE(with_rows, 0);
+
+  Servers target(c, 2, dir.path() + "/spill-t");
+  traffic.Run(target, 3, nullptr);
+  const std::vector<float> rows_before = target.Pull(0, all);
+  const std::vector<float> dense_before = target.DensePull();
+
+  struct Craft {
+    const char* name;
+    const char* expect;  // in the error
+    std::function<void(proto::CheckpointManifest*)> edit;
+  };
+  const uint64_t kHuge = uint64_t{1} << 61;  // x 8 bytes wraps to 0
+  const std::vector<Craft> crafts = {
+      {"tombstones that overflow to an empty block (crc of nothing: 0)", "overflows",
+       [&](proto::CheckpointManifest* m) {
+         proto::ShardBlock* b = m->mutable_blocks(0);
+         b->set_rows(0);
+         b->set_tombstones(kHuge);
+         b->set_crc32c(0);
+       }},
+      {"a huge tombstone count beside the block's real rows", "tombstones",
+       [&](proto::CheckpointManifest* m) { m->mutable_blocks(with_rows)->set_tombstones(kHuge - 1); }},
+      {"rows past the end of the file", "do not fit",
+       [&](proto::CheckpointManifest* m) {
+         proto::ShardBlock* b = m->mutable_blocks(with_rows);
+         b->set_rows(b->rows() + 1000000);
+       }},
+      {"a block offset past the end of the file", "offset",
+       [&](proto::CheckpointManifest* m) { m->mutable_blocks(with_rows)->set_offset(uint64_t{1} << 62); }},
+      {"a block in a file the manifest does not list", "does not list",
+       [&](proto::CheckpointManifest* m) { m->mutable_blocks(0)->set_file("../../etc/passwd"); }},
+      {"a shard beyond num_logical_shards", "field shard",
+       [&](proto::CheckpointManifest* m) { m->mutable_blocks(0)->set_shard(1u << 30); }},
+      {"row_bytes too small for a row", "row_bytes",
+       [&](proto::CheckpointManifest* m) { m->mutable_tables(0)->set_row_bytes(8); }},
+      {"a dense slice whose offset + length overflows", "outside",
+       [&](proto::CheckpointManifest* m) { m->mutable_dense(1)->set_offset(~uint64_t{0} - 1); }},
+      {"a dense slice past dense_total", "outside",
+       [&](proto::CheckpointManifest* m) { m->mutable_dense(1)->set_length(m->dense_total() + 1); }},
+      {"overlapping dense slices", "overlap",
+       [&](proto::CheckpointManifest* m) { m->mutable_dense(1)->set_offset(m->dense(0).offset()); }},
+      {"a dense slice longer than its bytes", "cannot hold",
+       [&](proto::CheckpointManifest* m) {
+         proto::DenseBlock* d = m->mutable_dense(0);
+         d->set_bytes(4 * d->length() - 4);
+       }},
+      {"more trained entries than entries", "trained",
+       [&](proto::CheckpointManifest* m) { m->mutable_dense(0)->set_trained(m->dense(0).length() + 1); }},
+  };
+  for (const Craft& craft : crafts) {
+    SCOPED_TRACE(craft.name);
+    const std::string copy = dir.path() + "/crafted/" + storage::CheckpointDirName(1);
+    fs::remove_all(dir.path() + "/crafted");
+    fs::create_directories(copy);
+    for (const auto& e : fs::directory_iterator(ckpt)) fs::copy(e.path(), copy + "/" + e.path().filename().string());
+    proto::CheckpointManifest m = *good;
+    craft.edit(&m);
+    ASSERT_TRUE(storage::WriteManifest(copy, m).ok());
+    // The reader's own view: refused at once, naming the field.
+    absl::Status bounds = storage::CheckManifestBounds(copy, m);
+    auto r = target.coordinator().Restore(copy);
+    ASSERT_FALSE(r.ok()) << "loaded";
+    EXPECT_NE(std::string(r.status().message()).find(craft.expect), std::string::npos) << r.status();
+    EXPECT_NE(std::string(r.status().message()).find(copy), std::string::npos) << r.status();
+    EXPECT_EQ(bounds.code(), absl::StatusCode::kDataLoss) << bounds;
+  }
+  ExpectSameBits(target.Pull(0, all), rows_before, "refused restores change no row");
+  ExpectSameBits(target.DensePull(), dense_before, "nor the dense values");
+  // And the servers still train and restore the real checkpoint.
+  traffic.Run(target, 1, nullptr);
+  auto r = target.coordinator().Restore(ckpt);
+  ASSERT_TRUE(r.ok()) << r.status();
 }
 
 TEST(StorageTest, AdmissionByCountAndByProbability) {

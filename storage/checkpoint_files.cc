@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "storage/fd.h"
+#include "storage/sparse_table.h"
 
 namespace ember::storage {
 namespace {
@@ -542,6 +543,113 @@ absl::Status ReadBlock(const std::string& dir, const std::string& file, uint64_t
                                             " bytes: crc ", CrcHex(actual), ", manifest says ", CrcHex(crc), ")"));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// The size m lists for `file`, or DATA_LOSS naming what refers to it.
+absl::StatusOr<uint64_t> ListedSize(const std::string& dir, const proto::CheckpointManifest& m,
+                                    const std::string& file, const std::string& what) {
+  for (const proto::CheckpointFile& f : m.files()) {
+    if (f.name() == file) return f.size();
+  }
+  return absl::DataLossError(absl::StrCat(dir, ": ", what, " is in ", file, ", which the manifest does not list"));
+}
+
+// True if [offset, offset + bytes) lies within [0, size).
+bool Within(uint64_t offset, uint64_t bytes, uint64_t size) { return bytes <= size && offset <= size - bytes; }
+
+}  // namespace
+
+absl::Status CheckTableRowBytes(const std::string& dir, const proto::CheckpointTable& t) {
+  const uint64_t need = sizeof(RowMeta) + 4 * (uint64_t{t.dim()} + t.state_floats());
+  if (t.row_bytes() < need || t.row_bytes() % 8 != 0) {
+    return absl::DataLossError(absl::StrCat(dir, ": table ", t.name(), ": field row_bytes: ", t.row_bytes(),
+                                            " does not hold ", sizeof(RowMeta), " + 4 x (dim ", t.dim(), " + state ",
+                                            t.state_floats(), ") bytes in multiples of 8"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint64_t> CheckShardBlock(const std::string& dir, const proto::CheckpointManifest& m,
+                                         const proto::ShardBlock& b) {
+  const std::string what = absl::StrCat("block of table ", b.table(), " shard ", b.shard());
+  if (b.table() >= static_cast<uint32_t>(m.tables_size())) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", b.file(), ": field table: ", b.table(),
+                                            ", the manifest has ", m.tables_size(), " tables"));
+  }
+  if (b.shard() >= m.num_logical_shards()) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", b.file(), ": field shard: ", b.shard(),
+                                            ", the manifest has ", m.num_logical_shards(), " logical shards"));
+  }
+  const proto::CheckpointTable& t = m.tables(b.table());
+  if (absl::Status st = CheckTableRowBytes(dir, t); !st.ok()) return st;
+  uint64_t rows_bytes = 0, tomb_bytes = 0, bytes = 0;
+  if (__builtin_mul_overflow(b.rows(), uint64_t{t.row_bytes()}, &rows_bytes) ||
+      __builtin_mul_overflow(b.tombstones(), uint64_t{8}, &tomb_bytes) ||
+      __builtin_add_overflow(rows_bytes, tomb_bytes, &bytes)) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", b.file(), ": fields rows ", b.rows(),
+                                            " and tombstones ", b.tombstones(), ": the size overflows"));
+  }
+  absl::StatusOr<uint64_t> size = ListedSize(dir, m, b.file(), what);
+  if (!size.ok()) return size.status();
+  if (!Within(b.offset(), bytes, *size)) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", b.file(), ": fields offset ", b.offset(),
+                                            ", rows ", b.rows(), " and tombstones ", b.tombstones(), ": ", bytes,
+                                            " bytes do not fit in the file's ", *size));
+  }
+  return bytes;
+}
+
+absl::Status CheckDenseBlock(const std::string& dir, const proto::CheckpointManifest& m, const proto::DenseBlock& d) {
+  const std::string what = absl::StrCat("dense block at ", d.offset());
+  if (d.length() > m.dense_total() || d.offset() > m.dense_total() - d.length()) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", d.file(), ": fields offset ", d.offset(),
+                                            " and length ", d.length(), ": outside the ", m.dense_total(),
+                                            " dense parameters"));
+  }
+  if (d.trained() > d.length()) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", d.file(), ": field trained: ", d.trained(),
+                                            " of ", d.length(), " entries"));
+  }
+  if (d.bytes() / 4 < d.length()) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", d.file(), ": field bytes: ", d.bytes(),
+                                            " cannot hold ", d.length(), " weights"));
+  }
+  absl::StatusOr<uint64_t> size = ListedSize(dir, m, d.file(), what);
+  if (!size.ok()) return size.status();
+  if (!Within(d.file_offset(), d.bytes(), *size)) {
+    return absl::DataLossError(absl::StrCat(dir, ": ", what, " in ", d.file(), ": fields file_offset ",
+                                            d.file_offset(), " and bytes ", d.bytes(), ": do not fit in the file's ",
+                                            *size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckDenseOverlaps(const std::string& dir, const proto::CheckpointManifest& m) {
+  std::vector<std::pair<uint64_t, uint64_t>> spans;  // [begin, end), each checked by CheckDenseBlock
+  for (const proto::DenseBlock& d : m.dense()) {
+    if (d.length() > m.dense_total() || d.offset() > m.dense_total() - d.length()) continue;
+    spans.emplace_back(d.offset(), d.offset() + d.length());
+  }
+  std::sort(spans.begin(), spans.end());
+  for (size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].first < spans[i - 1].second) {
+      return absl::DataLossError(absl::StrCat(dir, ": dense blocks [", spans[i - 1].first, ", ", spans[i - 1].second,
+                                              ") and [", spans[i].first, ", ", spans[i].second, ") overlap"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckManifestBounds(const std::string& dir, const proto::CheckpointManifest& m) {
+  for (const proto::ShardBlock& b : m.blocks()) {
+    if (absl::StatusOr<uint64_t> bytes = CheckShardBlock(dir, m, b); !bytes.ok()) return bytes.status();
+  }
+  for (const proto::DenseBlock& d : m.dense()) {
+    if (absl::Status st = CheckDenseBlock(dir, m, d); !st.ok()) return st;
+  }
+  return CheckDenseOverlaps(dir, m);
 }
 
 // ---------------------------------------------------------------------------

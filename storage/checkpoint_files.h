@@ -119,6 +119,32 @@ std::vector<proto::CheckpointSummary> ListCheckpoints(const std::string& root);
 [[nodiscard]] absl::Status ReadBlock(const std::string& dir, const std::string& file, uint64_t offset,
                                      uint64_t bytes, uint32_t crc, std::string* out);
 
+// Bounds checks on a manifest's numbers, shared by restore (RestorePlan),
+// export and `ember inspect`, made before any block is read or any buffer
+// sized from them: a crafted manifest with valid checksums must not make a
+// reader overflow, over-allocate or read past a buffer. Each error is
+// DATA_LOSS naming the checkpoint directory, the file and the field.
+//
+// Table t's row_bytes holds a row: RowMeta + 4 x (dim + state_floats)
+// bytes, a multiple of 8.
+[[nodiscard]] absl::Status CheckTableRowBytes(const std::string& dir, const proto::CheckpointTable& t);
+// Shard block b of manifest m: its table exists and passes
+// CheckTableRowBytes; its
+// shard is below m.num_logical_shards(); rows x row_bytes + tombstones x 8
+// does not overflow; its file is one m.files() lists, and the block ends
+// within that file's size. Returns the block's bytes.
+[[nodiscard]] absl::StatusOr<uint64_t> CheckShardBlock(const std::string& dir, const proto::CheckpointManifest& m,
+                                                       const proto::ShardBlock& b);
+// Dense block d of m: [offset, offset + length) lies within m.dense_total(),
+// trained <= length, bytes >= 4 x length, and its file is listed and holds
+// [file_offset, file_offset + bytes).
+[[nodiscard]] absl::Status CheckDenseBlock(const std::string& dir, const proto::CheckpointManifest& m,
+                                           const proto::DenseBlock& d);
+// No two dense blocks of m overlap.
+[[nodiscard]] absl::Status CheckDenseOverlaps(const std::string& dir, const proto::CheckpointManifest& m);
+// All of the above, for every block of m.
+[[nodiscard]] absl::Status CheckManifestBounds(const std::string& dir, const proto::CheckpointManifest& m);
+
 // Writes one data file sequentially, as a series of blocks, through a 1 MiB
 // buffer; keeps the CRC of each block and of the whole file. Finish()
 // flushes and fdatasyncs. If `bytes_per_sec` > 0 the writer sleeps to keep

@@ -64,23 +64,6 @@ std::string Floats(const char* p, uint32_t n) {
   return s + "]";
 }
 
-// Bytes of a shard block, or 0 with *error set when it cannot be computed.
-uint64_t ShardBlockBytes(const proto::CheckpointManifest& m, const proto::ShardBlock& b, std::string* error) {
-  if (b.table() >= static_cast<uint32_t>(m.tables_size())) {
-    *error = absl::StrCat("block of shard ", b.shard(), " in ", b.file(), " names table ", b.table(), " of ",
-                          m.tables_size());
-    return 0;
-  }
-  const uint64_t row_bytes = m.tables(b.table()).row_bytes();
-  // Rows and tombstones beyond 2^40 cannot be real; they would overflow.
-  if (b.rows() >> 40 || b.tombstones() >> 40) {
-    *error = absl::StrCat("block of shard ", b.shard(), " in ", b.file(), " claims ", b.rows(), " rows and ",
-                          b.tombstones(), " tombstones");
-    return 0;
-  }
-  return b.rows() * row_bytes + b.tombstones() * 8;
-}
-
 void PrintChain(const std::string& dir, const proto::CheckpointManifest& m, std::ostream& out, Problems* problems) {
   if (m.parent_id() == 0) {
     out << "chain: full checkpoint (no parent)\n";
@@ -150,10 +133,6 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
         << (st.ok() ? "ok" : "FAILED") << "\n";
     if (!st.ok()) problems.Add(st);
   }
-  auto listed = [&m](const std::string& name) {
-    return std::any_of(m.files().begin(), m.files().end(), [&](const auto& f) { return f.name() == name; });
-  };
-
   // Shard blocks: a few shown, every one read back and checked.
   struct TableSum {
     uint64_t blocks = 0, delta_blocks = 0, rows = 0, tombstones = 0, bytes = 0;
@@ -175,17 +154,10 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
   int blocks_ok = 0, printed = 0;
   for (int i = 0; i < m.blocks_size(); ++i) {
     const proto::ShardBlock& b = m.blocks(i);
-    std::string error;
-    const uint64_t bytes = ShardBlockBytes(m, b, &error);
-    absl::Status st;
-    if (!error.empty()) {
-      st = absl::DataLossError(absl::StrCat(dir, ": ", error));
-    } else if (!listed(b.file())) {
-      st = absl::DataLossError(absl::StrCat(dir, ": block of table ", b.table(), " shard ", b.shard(), " is in ",
-                                            b.file(), ", which the manifest does not list"));
-    } else {
-      st = ReadBlock(dir, b.file(), b.offset(), bytes, b.crc32c(), &buf);
-    }
+    const absl::StatusOr<uint64_t> checked = CheckShardBlock(dir, m, b);
+    const uint64_t bytes = checked.ok() ? *checked : 0;
+    absl::Status st = checked.status();
+    if (st.ok()) st = ReadBlock(dir, b.file(), b.offset(), bytes, b.crc32c(), &buf);
     if (b.table() < sums.size()) {
       TableSum& t = sums[b.table()];
       ++t.blocks;
@@ -215,18 +187,14 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
         << s.tombstones << ", bytes " << s.bytes;
     if (ct.rows() != s.rows) out << "  (manifest table says rows " << ct.rows() << ")";
     out << "\n";
-    const uint64_t need = kRowMetaBytes + 4 * (uint64_t{ct.dim()} + ct.state_floats());
-    if (ct.row_bytes() < need || ct.row_bytes() % 8 != 0) {
-      problems.Add(absl::DataLossError(absl::StrCat(dir, ": table ", ct.name(), ": row_bytes ", ct.row_bytes(),
-                                                    " does not fit 24 + 4 * (dim ", ct.dim(), " + state ",
-                                                    ct.state_floats(), ") bytes in multiples of 8")));
+    if (absl::Status st = CheckTableRowBytes(dir, ct); !st.ok()) {
+      problems.Add(st);
       continue;
     }
     if (sample_rows <= 0 || s.sample_block < 0) continue;
     const proto::ShardBlock& b = m.blocks(s.sample_block);
-    std::string error;
-    const uint64_t bytes = ShardBlockBytes(m, b, &error);
-    if (!ReadBlock(dir, b.file(), b.offset(), bytes, b.crc32c(), &buf).ok()) continue;  // reported above
+    const absl::StatusOr<uint64_t> bytes = CheckShardBlock(dir, m, b);
+    if (!bytes.ok() || !ReadBlock(dir, b.file(), b.offset(), *bytes, b.crc32c(), &buf).ok()) continue;  // reported above
     const uint64_t n = std::min<uint64_t>(b.rows(), static_cast<uint64_t>(sample_rows));
     out << "  sample rows (shard " << b.shard() << ", " << b.file() << " @" << b.offset() << "):\n";
     for (uint64_t r = 0; r < n; ++r) {
@@ -254,22 +222,15 @@ absl::Status InspectCheckpoint(const std::string& dir, int sample_rows, std::ost
   }
   if (m.dense_size() > kListFirst) out << "  ... " << m.dense_size() - kListFirst << " more\n";
   for (const proto::DenseBlock& d : m.dense()) {
-    absl::Status st;
-    if (!listed(d.file())) {
-      st = absl::DataLossError(absl::StrCat(dir, ": dense block at ", d.offset(), " is in ", d.file(),
-                                            ", which the manifest does not list"));
-    } else if (d.length() >> 40 || d.bytes() < 4 * d.length() || d.trained() > d.length()) {
-      st = absl::DataLossError(absl::StrCat(dir, ": dense block at ", d.offset(), " in ", d.file(), ": ", d.bytes(),
-                                            " bytes cannot hold ", d.length(), " weights (trained ", d.trained(), ")"));
-    } else {
-      st = ReadBlock(dir, d.file(), d.file_offset(), d.bytes(), d.crc32c(), &buf);
-    }
+    absl::Status st = CheckDenseBlock(dir, m, d);
+    if (st.ok()) st = ReadBlock(dir, d.file(), d.file_offset(), d.bytes(), d.crc32c(), &buf);
     if (st.ok()) {
       ++dense_ok;
     } else {
       problems.Add(st);
     }
   }
+  if (absl::Status st = CheckDenseOverlaps(dir, m); !st.ok()) problems.Add(st);
   out << "dense verification: " << dense_ok << " of " << m.dense_size() << " ok\n";
 
   out << (problems.count() == 0 ? "verified: ok\n" : absl::StrCat("verified: ", problems.count(), " problem(s)\n"));

@@ -173,6 +173,8 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
   absl::Status walked = WalkCheckpointChain(dir, [&](const std::string& at) -> absl::StatusOr<ChainLink> {
     absl::StatusOr<proto::CheckpointManifest> m = ReadManifest(at);
     if (!m.ok()) return m.status();
+    // Every size and offset in range before anything is read or sized.
+    if (absl::Status st = CheckManifestBounds(at, *m); !st.ok()) return st;
     if (m->num_logical_shards() != L) {
       return absl::FailedPreconditionError(absl::StrCat("checkpoint ", at, " has ", m->num_logical_shards(),
                                                         " logical shards, this job has ", L));
@@ -253,8 +255,12 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
     }
   }
   // Dense blocks come from the restored checkpoint itself.
-  for (const auto& d : plan.manifest().dense()) {
-    needed_files.emplace(absl::StrCat(plan.chain_.size() - 1, "/", d.file()), plan.chain_.size() - 1);
+  absl::StatusOr<std::vector<int>> dense = plan.DenseBlocks();
+  if (!dense.ok()) return dense.status();
+  plan.dense_blocks_ = *std::move(dense);
+  for (int i : plan.dense_blocks_) {
+    needed_files.emplace(absl::StrCat(plan.chain_.size() - 1, "/", plan.manifest().dense(i).file()),
+                         plan.chain_.size() - 1);
   }
   // Every file the restore reads must be there, whole.
   for (size_t l = 0; l < plan.chain_.size(); ++l) {
@@ -264,6 +270,46 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
     }
   }
   return plan;
+}
+
+absl::StatusOr<std::vector<int>> RestorePlan::DenseBlocks() const {
+  const Link& last = chain_.back();
+  size_t per_entry, scalars;
+  StateShape(*target_.dense_rule, &per_entry, &scalars);
+  const uint64_t lo = target_.dense_offset, hi = lo + target_.dense_length, trained_hi = lo + target_.dense_trained;
+  std::vector<int> picked;
+  // [begin, end) of what the picked blocks cover, and whether one has state scalars.
+  std::vector<std::pair<uint64_t, uint64_t>> cover;
+  bool have_scalars = scalars == 0 || target_.dense_trained == 0;
+  for (int i = 0; i < last.manifest.dense_size(); ++i) {
+    const proto::DenseBlock& d = last.manifest.dense(i);  // in range: CheckManifestBounds
+    const uint64_t begin = d.offset(), end = d.offset() + d.length();
+    if (end <= lo || begin >= hi) continue;
+    const uint64_t want = (d.length() + per_entry * d.trained() + (d.trained() > 0 ? scalars : 0)) * sizeof(float);
+    if (want != d.bytes()) {
+      return absl::DataLossError(absl::StrCat(last.dir, "/", d.file(), ": dense block of ", d.length(),
+                                              " entries (", d.trained(), " trained) has ", d.bytes(),
+                                              " bytes, this job's optimizer expects ", want));
+    }
+    // Entries this job trains must have been trained (have state) there too.
+    if (std::min(end, trained_hi) > std::max(begin, lo) && std::min(end, trained_hi) > begin + d.trained()) {
+      return absl::DataLossError(absl::StrCat("dense entry ", std::max(begin + d.trained(), lo),
+                                              " is trained in this job but was not in ", last.dir));
+    }
+    have_scalars |= d.trained() > 0;
+    cover.emplace_back(std::max(begin, lo), std::min(end, hi));
+    picked.push_back(i);
+  }
+  std::sort(cover.begin(), cover.end());
+  uint64_t next = lo;
+  for (const auto& [b, e] : cover) {
+    if (b > next) break;
+    next = std::max(next, e);
+  }
+  if (next < hi || !have_scalars) {
+    return absl::DataLossError(absl::StrCat(last.dir, ": its dense blocks do not cover [", lo, ", ", hi, ")"));
+  }
+  return picked;
 }
 
 std::vector<uint32_t> RestorePlan::generations() const {
@@ -299,9 +345,8 @@ absl::Status RestorePlan::Verify(uint64_t* rows, uint64_t* bytes) const {
     }
   }
   const Link& last = chain_.back();
-  const uint64_t lo = target_.dense_offset, hi = lo + target_.dense_length;
-  for (const auto& d : last.manifest.dense()) {
-    if (d.offset() + d.length() <= lo || d.offset() >= hi) continue;
+  for (int i : dense_blocks_) {
+    const proto::DenseBlock& d = last.manifest.dense(i);
     if (absl::Status st = ReadBlock(last.dir, d.file(), d.file_offset(), d.bytes(), d.crc32c(), &buf); !st.ok()) {
       return st;
     }
@@ -355,29 +400,20 @@ absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
   dense->trained = trained;
   dense->weights.assign(n, 0.0f);
   dense->state.assign(target_.dense_rule->StateFloats(trained), 0.0f);
-  std::vector<uint8_t> have(n, 0);
+  // The blocks' sizes, coverage and trained entries were checked by Make
+  // (DenseBlocks) and their checksums by ReadBlock.
   bool have_scalars = scalars == 0 || trained == 0;
-  for (const auto& d : last.manifest.dense()) {
-    if (d.offset() + d.length() <= lo || d.offset() >= lo + n) continue;
+  for (int i : dense_blocks_) {
+    const proto::DenseBlock& d = last.manifest.dense(i);
     if (absl::Status st = ReadBlock(last.dir, d.file(), d.file_offset(), d.bytes(), d.crc32c(), &buf); !st.ok()) {
       return st;
     }
     const float* w = reinterpret_cast<const float*>(buf.data());
     const float* s = w + d.length();
-    const uint64_t want = (d.length() + per_entry * d.trained() + (d.trained() > 0 ? scalars : 0)) * sizeof(float);
-    if (want != d.bytes()) {
-      return absl::DataLossError(absl::StrCat(last.dir, "/", d.file(), ": dense block of ", d.length(),
-                                              " entries has ", d.bytes(), " bytes, expected ", want));
-    }
     for (uint64_t g = std::max(lo, d.offset()); g < std::min(lo + n, d.offset() + d.length()); ++g) {
       const uint64_t src = g - d.offset(), dst = g - lo;
       dense->weights[dst] = w[src];
-      have[dst] = 1;
       if (dst < trained) {
-        if (src >= d.trained()) {
-          return absl::DataLossError(absl::StrCat("dense entry ", g, " is trained in this job but was not in ",
-                                                  last.dir));
-        }
         for (size_t j = 0; j < per_entry; ++j) dense->state[j * trained + dst] = s[j * d.trained() + src];
       }
     }
@@ -385,9 +421,6 @@ absl::Status RestorePlan::Apply(DenseSlice* dense, uint64_t* rows) const {
       for (size_t j = 0; j < scalars; ++j) dense->state[per_entry * trained + j] = s[per_entry * d.trained() + j];
       have_scalars = true;
     }
-  }
-  if (std::find(have.begin(), have.end(), 0) != have.end() || !have_scalars) {
-    return absl::DataLossError(absl::StrCat(last.dir, ": its dense blocks do not cover [", lo, ", ", lo + n, ")"));
   }
   return absl::OkStatus();
 }

@@ -72,8 +72,10 @@ struct RestoreTarget {
 
 // A restore, checked before anything changes: Make() reads the manifests of
 // the checkpoint and its ancestors and checks format, fingerprint, shard
-// count and that every owned shard has a block; Verify() reads every block
-// it needs and checks sizes and checksums; only then Apply() replaces the
+// count, every size and offset (CheckManifestBounds, so that nothing is
+// sized from an unchecked count), that every owned shard has a block and
+// that the dense blocks fit this job's slice; Verify() reads every block it
+// needs and checks checksums and keys; only then Apply() replaces the
 // stores' shards and returns the dense slice.
 class RestorePlan {
  public:
@@ -89,6 +91,11 @@ class RestorePlan {
   std::vector<uint32_t> generations() const;
 
  private:
+  // The restored checkpoint's dense blocks that overlap the target's slice,
+  // checked against the target: exact sizes for its optimizer, its trained
+  // entries trained there too, the slice covered.
+  absl::StatusOr<std::vector<int>> DenseBlocks() const;
+
   struct Link {
     std::string dir;
     proto::CheckpointManifest manifest;
@@ -101,6 +108,7 @@ class RestorePlan {
   std::vector<Link> chain_;  // oldest first; the restored checkpoint last
   // Per (table, owned shard): blocks to apply in order, a full one first.
   std::vector<std::pair<uint64_t, std::vector<BlockRef>>> shards_;
+  std::vector<int> dense_blocks_;  // DenseBlocks()
 };
 
 }  // namespace ember::storage
