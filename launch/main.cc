@@ -47,6 +47,9 @@ DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`); see e
 DEFINE_string(data_dir, "", "Overrides data.train/test/meta with DIR/train, DIR/test, DIR/meta.txt (`scheduler`).");
 DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`).");
 DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
+DEFINE_int64(max_message_bytes, int64_t{1} << 30,
+             "The largest message part this node accepts from the network (ZMQ_MAXMSGSIZE); a peer that sends "
+             "a larger one is disconnected before it is allocated. -1: no limit (`scheduler`, `server`, `worker`).");
 DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
 DEFINE_uint32(debug_step_delay_ms, 0, "Fault injection: the worker sleeps this long after each training step, as a "
@@ -123,11 +126,11 @@ const std::vector<CommandHelp>& Commands() {
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
        {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
         "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file",
-        "eval_scores_out", "exit_with_parent", "log_dir"}},
+        "eval_scores_out", "max_message_bytes", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
-       {"scheduler", "host", "port", "exit_with_parent", "log_dir"}},
+       {"scheduler", "host", "port", "max_message_bytes", "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
-       {"scheduler", "debug_step_delay_ms", "exit_with_parent", "log_dir"}},
+       {"scheduler", "debug_step_delay_ms", "max_message_bytes", "exit_with_parent", "log_dir"}},
       {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
@@ -187,7 +190,12 @@ int ErrorExit(const absl::Status& st) {
 }
 
 absl::StatusOr<std::unique_ptr<net::Transport>> NewTransport() {
+  if (FLAGS_max_message_bytes != -1 && FLAGS_max_message_bytes < (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("flag --max_message_bytes: ", FLAGS_max_message_bytes,
+                                                   ": must be -1 (no limit) or at least 1048576"));
+  }
   net::TransportOptions o;
+  o.max_message_bytes = FLAGS_max_message_bytes;
   return net::CreateTransport(o);
 }
 

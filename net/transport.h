@@ -34,6 +34,12 @@ struct TransportOptions {
   // kZmq: milliseconds a closing socket keeps trying to deliver queued
   // messages. Default 2000.
   int linger_ms = 2000;
+  // kZmq: the largest message part a socket accepts (ZMQ_MAXMSGSIZE); a peer
+  // that sends a larger one is disconnected before the part is allocated, so
+  // a header naming 2^30 keys cannot make a node take 8 GiB. The largest part
+  // ember sends is a pull reply of max_keys_per_message (256K) x dim floats
+  // or an evaluation's scores; 1 GiB leaves room for both. -1: no limit.
+  int64_t max_message_bytes = int64_t{1} << 30;
 };
 
 class Transport {

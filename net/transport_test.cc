@@ -151,5 +151,44 @@ TEST(ZmqTransportTest, GarbageHeaderGetsErrorReplyAndServerContinues) {
   EXPECT_EQ(m2.header.command(), proto::PING);
 }
 
+// A part larger than max_message_bytes never reaches the node: ZeroMQ drops
+// the peer before allocating it, and the node goes on serving others.
+TEST(ZmqTransportTest, OversizedMessageIsDroppedAndServerContinues) {
+  TransportOptions o;
+  o.linger_ms = 0;
+  o.max_message_bytes = 1 << 20;
+  auto server = CreateTransport(o);
+  ASSERT_TRUE(server.ok());
+  auto ep = (*server)->Bind("tcp://127.0.0.1:0");
+  ASSERT_TRUE(ep.ok());
+
+  zmq::context_t ctx;
+  zmq::socket_t big(ctx, zmq::socket_type::dealer);
+  big.set(zmq::sockopt::linger, 0);
+  big.connect(*ep);
+  proto::Header pull;
+  pull.set_command(proto::PULL);
+  pull.set_num_keys(uint64_t{1} << 18);  // 2 MiB of keys
+  const std::string header = pull.SerializeAsString();
+  std::string keys((size_t{1} << 18) * 8, '\0');
+  big.send(zmq::buffer(header), zmq::send_flags::sndmore);
+  big.send(zmq::buffer(keys), zmq::send_flags::none);
+  Message m;
+  auto got = (*server)->Recv(&m, absl::Milliseconds(500));
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(*got) << "a 2 MiB part passed a 1 MiB limit";
+
+  zmq::socket_t small(ctx, zmq::socket_type::dealer);
+  small.set(zmq::sockopt::linger, 0);
+  small.connect(*ep);
+  proto::Header ping;
+  ping.set_command(proto::PING);
+  const std::string bytes = ping.SerializeAsString();
+  small.send(zmq::buffer(bytes), zmq::send_flags::none);
+  got = (*server)->Recv(&m, absl::Seconds(5));
+  ASSERT_TRUE(got.ok() && *got);
+  EXPECT_EQ(m.header.command(), proto::PING);
+}
+
 }  // namespace
 }  // namespace ember::net

@@ -162,6 +162,7 @@ class ZmqTransport final : public Transport {
     s.set(zmq::sockopt::sndhwm, 0);
     s.set(zmq::sockopt::rcvhwm, 0);
     s.set(zmq::sockopt::linger, options_.linger_ms);
+    s.set(zmq::sockopt::maxmsgsize, options_.max_message_bytes);
     // Large socket buffers help loopback bandwidth with multi-MB frames.
     s.set(zmq::sockopt::sndbuf, 4 << 20);
     s.set(zmq::sockopt::rcvbuf, 4 << 20);
