@@ -134,6 +134,7 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
   }
   if (dv.stuck_seconds() < 1) return Invalid("train.divergence.stuck_seconds", "must be >= 1");
   if (config.train().staleness() > 1000000) return Invalid("train.staleness", "must be in [0, 1000000]");
+  if (config.cluster().max_keys_per_request() < 1024) return Invalid("cluster.max_keys_per_request", "must be >= 1024");
   if (config.train().dense_update().average_pushes() > 1000000) {
     return Invalid("train.dense_update.average_pushes", "must be in [0, 1000000] (0 = the worker count)");
   }

@@ -273,6 +273,12 @@ class Server::Impl {
     switch (c) {
       case proto::PULL:
       case proto::PUSH:
+        if (m.header.num_keys() > opt_.config.cluster().max_keys_per_request()) {
+          return Fail(m, proto::BAD_SIZE,
+                      absl::StrCat(proto::Command_Name(c), " names ", m.header.num_keys(),
+                                   " keys; cluster.max_keys_per_request is ",
+                                   opt_.config.cluster().max_keys_per_request()));
+        }
         return HandleSparse(std::move(m));
       case proto::DENSE_PULL:
         return HandleDensePull(m);

@@ -203,6 +203,23 @@ TEST_F(ServerTest, MalformedRequestsGetErrorRepliesAndServerKeepsServing) {
   EXPECT_GE(server_->stats().errors, 6u);
 }
 
+// A request naming more keys than cluster.max_keys_per_request is refused
+// before a row is touched or a reply sized, and the server goes on serving.
+TEST_F(ServerTest, RequestsAboveTheKeyLimitAreRefused) {
+  const uint64_t limit = config_.cluster().max_keys_per_request();
+  const std::vector<uint64_t> many(limit + 1, 0);  // key 0 is in an even shard or not: refused first either way
+  const uint64_t rows = server_->stats().rows;
+  auto r = client_->Call(peer_, Pull(0, 4, many), absl::Seconds(30));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("BAD_SIZE"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("max_keys_per_request"), std::string::npos) << r.status();
+  absl::Status p = Push(1, 1, many, std::vector<float>(many.size(), 1.0f));
+  EXPECT_NE(p.message().find("max_keys_per_request"), std::string::npos) << p;
+  EXPECT_EQ(server_->stats().rows, rows) << "no row created";
+  const std::vector<uint64_t> keys = OwnKeys(10, 5);
+  EXPECT_EQ(PullValues(0, 4, keys).size(), 40u);
+}
+
 TEST_F(ServerTest, DenseSlicePullPush) {
   net::Message m;
   m.header.set_command(proto::DENSE_PULL);

@@ -28,7 +28,11 @@ absl::StatusOr<std::vector<const proto::NodeInfo*>> ServersByRank(const proto::C
 absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions& options,
                                                            std::unique_ptr<net::Transport> transport) {
   if (options.max_keys_per_message == 0) return absl::InvalidArgumentError("max_keys_per_message must be >= 1");
-  auto self = std::unique_ptr<PsClient>(new PsClient(options, net::Client::Create(std::move(transport))));
+  PsClientOptions o = options;
+  // The servers refuse requests above the job's limit.
+  const uint64_t limit = options.cluster.config().cluster().max_keys_per_request();
+  if (limit < o.max_keys_per_message) o.max_keys_per_message = static_cast<uint32_t>(limit);
+  auto self = std::unique_ptr<PsClient>(new PsClient(o, net::Client::Create(std::move(transport))));
   absl::StatusOr<std::vector<const proto::NodeInfo*>> servers = ServersByRank(options.cluster);
   if (!servers.ok()) return servers.status();
   self->servers_.assign(servers->size(), net::kNoPeer);

@@ -34,7 +34,7 @@ struct PsClientOptions {
   // many keys, so that the server computes on one part while the next is on
   // the wire, and buffers stay small enough for malloc to reuse. 256K keys
   // (2 MiB of keys) took the bench's 10M-key pull from ~12M to ~32M keys/s.
-  uint32_t max_keys_per_message = 262144;
+  uint32_t max_keys_per_message = 262144;  // capped at the job's cluster.max_keys_per_request
   // If set, Wait gives up (CANCELLED) once it returns true, e.g. when the
   // scheduler has ordered a shutdown and servers may never answer. Polled
   // every 100 ms while waiting; must be thread-safe.
