@@ -38,11 +38,6 @@ DenseUpdater::DenseUpdater(const proto::OptimizerConfig& rule, const proto::Dens
 uint64_t DenseUpdater::Push(const float* g, uint64_t version) {
   const uint64_t tau = version != 0 && version < version_ ? version_ - version : 0;
   for (size_t i = trained_; i < w_.size(); ++i) w_[i] += state_rate_ * g[i];
-  if (average_ == 1 && !staleness_aware_) {
-    rule_.Apply(w_.data(), state_.data(), g, trained_);
-    ++version_;
-    return tau;
-  }
   const float weight = staleness_aware_ ? 1.0f / static_cast<float>(1 + tau) : 1.0f;
   for (size_t i = 0; i < trained_; ++i) sum_[i] += weight * g[i];
   if (++pending_ >= average_) Step();

@@ -329,6 +329,24 @@ std::string Save(Servers& s, const std::string& root, bool incremental, bool swe
   return (fs::path(root) / storage::CheckpointDirName(m->id())).string();
 }
 
+// A fresh copy of checkpoint directory `ckpt` as <root>/ckpt-00000001
+// (whatever was under root before is removed); returns the copy.
+std::string CopyCheckpoint(const std::string& ckpt, const std::string& root) {
+  const std::string copy = root + "/" + storage::CheckpointDirName(1);
+  fs::remove_all(root);
+  fs::create_directories(copy);
+  for (const auto& e : fs::directory_iterator(ckpt)) fs::copy(e.path(), copy + "/" + e.path().filename().string());
+  return copy;
+}
+
+// A full checkpoint of 2 servers after `pushes` rounds of `traffic`, saved
+// under root/ckpt; returns its directory.
+std::string TrainedCheckpoint(const proto::JobConfig& c, Traffic& traffic, int pushes, const std::string& root) {
+  Servers s(c, 2, root + "/spill");
+  traffic.Run(s, pushes, nullptr);
+  return Save(s, root + "/ckpt", false);
+}
+
 // ---------------------------------------------------------------- tests
 
 TEST(StorageTest, BudgetOfAThirdGivesBitIdenticalPulls) {
@@ -528,12 +546,7 @@ TEST(StorageTest, DamagedCheckpointIsRefusedAndNothingLoads) {
   proto::JobConfig c = BaseConfig();
   Traffic traffic(9);
   const std::vector<uint64_t> all = traffic.Universe();
-  std::string ckpt;
-  {
-    Servers s(c, 2, dir.path() + "/spill");
-    traffic.Run(s, 10, nullptr);
-    ckpt = Save(s, dir.path() + "/ckpt", false);
-  }
+  const std::string ckpt = TrainedCheckpoint(c, traffic, 10, dir.path());
   Servers target(c, 2, dir.path() + "/spill-t");
   traffic.Run(target, 3, nullptr);
   const std::vector<float> state = target.Pull(0, all);
@@ -542,10 +555,7 @@ TEST(StorageTest, DamagedCheckpointIsRefusedAndNothingLoads) {
   ASSERT_GE(files.size(), 6u);  // 2 tables x 2 servers, 2 dense, MANIFEST
   for (const std::string& f : files) {
     SCOPED_TRACE(f);
-    const std::string copy = dir.path() + "/bad/" + storage::CheckpointDirName(1);
-    fs::remove_all(dir.path() + "/bad");
-    fs::create_directories(copy);
-    for (const auto& e : fs::directory_iterator(ckpt)) fs::copy(e.path(), copy + "/" + e.path().filename().string());
+    const std::string copy = CopyCheckpoint(ckpt, dir.path() + "/bad");
     const std::string victim = copy + "/" + f;
     const auto size = fs::file_size(victim);
     if (size == 0) continue;
@@ -593,12 +603,7 @@ TEST(StorageTest, CraftedCheckpointsWithValidChecksumsAreRefused) {
   proto::JobConfig c = BaseConfig();
   Traffic traffic(11);
   const std::vector<uint64_t> all = traffic.Universe();
-  std::string ckpt;
-  {
-    Servers s(c, 2, dir.path() + "/spill");
-    traffic.Run(s, 10, nullptr);
-    ckpt = Save(s, dir.path() + "/ckpt", false);
-  }
+  const std::string ckpt = TrainedCheckpoint(c, traffic, 10, dir.path());
   absl::StatusOr<proto::CheckpointManifest> good = storage::ReadManifest(ckpt);
   ASSERT_TRUE(good.ok()) << good.status();
   ASSERT_GE(good->dense_size(), 2);
@@ -658,10 +663,7 @@ TEST(StorageTest, CraftedCheckpointsWithValidChecksumsAreRefused) {
   };
   for (const Craft& craft : crafts) {
     SCOPED_TRACE(craft.name);
-    const std::string copy = dir.path() + "/crafted/" + storage::CheckpointDirName(1);
-    fs::remove_all(dir.path() + "/crafted");
-    fs::create_directories(copy);
-    for (const auto& e : fs::directory_iterator(ckpt)) fs::copy(e.path(), copy + "/" + e.path().filename().string());
+    const std::string copy = CopyCheckpoint(ckpt, dir.path() + "/crafted");
     proto::CheckpointManifest m = *good;
     craft.edit(&m);
     ASSERT_TRUE(storage::WriteManifest(copy, m).ok());

@@ -1837,10 +1837,9 @@ class Scheduler::Impl {
       n.counted_steps = m.steps();
       n.counted_bytes = m.bytes();
       n.counted_loss = m.loss_sum();
-    }
-    if (m.dense_pushes() >= n.counted_dense_pushes && m.dense_staleness_sum() >= n.counted_dense_staleness) {
-      result_.dense_pushes += m.dense_pushes() - n.counted_dense_pushes;
-      result_.dense_staleness_sum += m.dense_staleness_sum() - n.counted_dense_staleness;
+      result_.dense_pushes += m.dense_pushes() - std::min(m.dense_pushes(), n.counted_dense_pushes);
+      result_.dense_staleness_sum +=
+          m.dense_staleness_sum() - std::min(m.dense_staleness_sum(), n.counted_dense_staleness);
       n.counted_dense_pushes = m.dense_pushes();
       n.counted_dense_staleness = m.dense_staleness_sum();
     }
