@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
+#include "net/reject_log.h"
 #include "net/transport.h"
 
 namespace ember::net {
@@ -214,8 +215,8 @@ class ZmqTransport final : public Transport {
       k = 1;
     }
     if (k >= parts.size() || !out->header.ParseFromArray(parts[k].data(), parts[k].size())) {
-      LOG(WARNING) << "peer " << peer << ": dropped a message whose header frame does not parse ("
-                   << parts.size() - k << " frames)";
+      rejects_.Warn(absl::StrCat("peer ", peer, ": dropped a message whose header frame does not parse (",
+                                 parts.size() - k, " frames)"));
       Message reply;
       reply.peer = peer;
       reply.header.set_is_reply(true);
@@ -242,6 +243,7 @@ class ZmqTransport final : public Transport {
   absl::flat_hash_map<std::string, PeerId> identity_ids_;
   std::vector<std::string> identities_;
   size_t next_socket_ = 0;
+  RejectLog rejects_;
   int wake_fd_ = -1;
   std::atomic<bool> woken_{false};
   absl::Mutex post_mu_;

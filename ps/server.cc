@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
+#include "net/reject_log.h"
 #include "net/validate.h"
 #include "ps/dense_update.h"
 #include "proto/keys.h"
@@ -249,8 +250,8 @@ class Server::Impl {
 
   void Fail(const net::Message& request, proto::ErrorCode code, const std::string& why) {
     errors_.fetch_add(1);
-    LOG(WARNING) << "rejected " << proto::Command_Name(request.header.command()) << " from node "
-                 << request.header.sender() << ": " << why;
+    rejects_.Warn(absl::StrCat("server ", opt_.rank, ": rejected ", proto::Command_Name(request.header.command()),
+                               " from node ", request.header.sender(), ": ", why));
     net::Message r = net::MakeErrorReply(request, code, why);
     r.header.set_sender(opt_.node_id);
     Reply(std::move(r));
@@ -939,6 +940,7 @@ class Server::Impl {
   std::vector<std::unique_ptr<TableSpec>> specs_;
   std::vector<int16_t> shard_handler_;  // handler of each logical shard, or kNotMine
   std::vector<std::unique_ptr<Handler>> handlers_;
+  net::RejectLog rejects_;
   std::unique_ptr<DenseUpdater> dense_;  // I/O thread only
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> push_seq_{0};

@@ -28,6 +28,7 @@
 #include "glog/logging.h"
 #include "models/metrics.h"
 #include "net/client.h"
+#include "net/reject_log.h"
 #include "net/validate.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.h"
@@ -528,7 +529,7 @@ class Scheduler::Impl {
   absl::Status Handle(net::Message m) {
     net::WireCheck check = net::ValidateMessage(m);
     if (!check.ok()) {
-      LOG(WARNING) << "malformed message from peer " << m.peer << ": " << check.why;
+      rejects_.Warn(absl::StrCat("malformed message from peer ", m.peer, ": ", check.why));
       if (!m.header.is_reply()) Send(net::MakeErrorReply(m, check.code, check.why));
       return absl::OkStatus();
     }
@@ -2060,6 +2061,7 @@ class Scheduler::Impl {
   double epoch_seconds_base_ = 0;
   absl::Time epoch_clock_start_ = absl::Now();
   double last_loss_ = 0;
+  net::RejectLog rejects_;
   JobResult result_;
 };
 
