@@ -148,14 +148,15 @@ void WriteAll(int fd, const std::string& s) {
 
 // The child's whole life: bind, tell the parent the endpoint through `fd`
 // (or "!" and the error), serve until killed.
-[[noreturn]] void ServeInChild(ps::ServerOptions options, int fd) {
+[[noreturn]] void ServeInChild(ps::ServerOptions options, net::SecurityOptions security, int fd) {
   auto fail = [fd](const absl::Status& st) {
     WriteAll(fd, absl::StrCat("!", st.ToString(), "\n"));
     _exit(1);
   };
   const uint32_t rank = options.rank;
-  absl::StatusOr<std::unique_ptr<net::Transport>> transport =
-      net::CreateTransport(net::TransportOptions{});
+  net::TransportOptions to;
+  to.security = std::move(security);
+  absl::StatusOr<std::unique_ptr<net::Transport>> transport = net::CreateTransport(to);
   if (!transport.ok()) fail(transport.status());
   absl::StatusOr<std::string> endpoint = (*transport)->Bind("tcp://127.0.0.1:0");
   if (!endpoint.ok()) fail(endpoint.status());
@@ -194,7 +195,8 @@ absl::StatusOr<std::string> ReadLine(int fd, int timeout_ms) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(ps::ServerOptions options) {
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(ps::ServerOptions options,
+                                                                    net::SecurityOptions security) {
   int fds[2];
   if (pipe(fds) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
   const uint32_t rank = options.rank;
@@ -206,7 +208,7 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(ps::ServerOp
     close(fds[0]);
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(1);  // the parent died before prctl took effect
-    ServeInChild(std::move(options), fds[1]);
+    ServeInChild(std::move(options), std::move(security), fds[1]);
   }
   close(fds[1]);
   auto self = std::unique_ptr<ServerProcess>(new ServerProcess(pid));

@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "net/security.h"
 #include "ps/server.h"
 
 namespace ember::bench {
@@ -83,7 +84,9 @@ class ServerProcess {
   // reports the bound endpoint through a pipe and serves until killed. Returns
   // once the endpoint is known, or the child's error ("server <rank> failed
   // to start: ...") if it could not start.
-  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(ps::ServerOptions options);
+  // `security`: the child's transport keys (CURVE when enabled).
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(ps::ServerOptions options,
+                                                              net::SecurityOptions security = {});
 
   ~ServerProcess() { Kill(); }
   ServerProcess(const ServerProcess&) = delete;

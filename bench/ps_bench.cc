@@ -41,7 +41,10 @@
 #include "ps/server.h"
 #include "worker/ps_client.h"
 
-DEFINE_string(patterns, "pslite,zipf", "Comma-separated patterns to run: pslite, zipf.");
+DEFINE_string(patterns, "pslite,zipf,curve",
+              "Comma-separated patterns to run: pslite, zipf, curve (the zipf passes on a plain server and on a "
+              "CURVE one, alternated).");
+DEFINE_int32(curve_rounds, 3, "curve pattern: timed pull and push passes per server, alternated; the best counts.");
 DEFINE_uint64(pslite_keys, 10'000'000,
               "ps-lite pattern: distinct keys in the one push and the one pull.");
 DEFINE_int32(pslite_rounds, 4,
@@ -535,15 +538,61 @@ absl::Status RunZipf(Context& ctx, const std::vector<uint32_t>& dims) {
   return absl::OkStatus();
 }
 
+// Pattern 3: what CURVE costs (docs/security.md). The same Zipf batches go
+// to two servers of the same config, one plain and one whose links are
+// encrypted and authenticated; after a pass that creates every row, pull
+// and push passes alternate between the two, so both see the same machine
+// noise, and the best pass of each counts.
+absl::Status RunCurve(Context& plain, Context& curve, uint32_t table, uint32_t dim) {
+  size_t distinct = 0;
+  const std::vector<Batch> batches = MakeZipfBatches(plain.map, &distinct);
+  const size_t row_floats = FLAGS_zipf_batch_keys * dim;
+  const size_t depth = std::max(1, FLAGS_inflight);
+  std::vector<std::vector<float>> out(depth, std::vector<float>(row_floats, 0.0f));
+  auto grads = std::make_shared<std::vector<float>>(row_floats, 0.001f);
+  const int n = static_cast<int>(batches.size());
+  auto pass = [&](worker::PsClient& ps, bool push) {
+    return RunPipelined(ps, n, [&](int i, size_t slot) {
+      return push ? ps.Push(table, batches[i].keys, batches[i].server_begin, grads)
+                  : ps.Pull(table, batches[i].keys, batches[i].server_begin, out[slot].data());
+    });
+  };
+  for (Context* c : {&plain, &curve}) {
+    if (absl::StatusOr<double> s = pass(c->ps, false); !s.ok()) return s.status();
+  }
+  double best[2][2] = {{1e30, 1e30}, {1e30, 1e30}};  // [curve][push]
+  for (int r = 0; r < std::max(1, FLAGS_curve_rounds); ++r) {
+    for (int push = 0; push < 2; ++push) {
+      for (int k = 0; k < 2; ++k) {
+        absl::StatusOr<double> s = pass(k ? curve.ps : plain.ps, push);
+        if (!s.ok()) return s.status();
+        best[k][push] = std::min(best[k][push], *s);
+      }
+    }
+  }
+  const double keys = static_cast<double>(FLAGS_zipf_batch_keys) * n;
+  std::fprintf(stderr, "# curve: dim %u, %d batches, best pull %.3f s plain / %.3f s curve, push %.3f / %.3f s\n",
+               dim, n, best[0][0], best[1][0], best[0][1], best[1][1]);
+  Print("curve_plain_pull_keys_per_sec", keys / best[0][0]);
+  Print("curve_pull_keys_per_sec", keys / best[1][0]);
+  Print("curve_plain_push_keys_per_sec", keys / best[0][1]);
+  Print("curve_push_keys_per_sec", keys / best[1][1]);
+  Print("curve_pull_ratio", best[0][0] / best[1][0]);
+  Print("curve_push_ratio", best[0][1] / best[1][1]);
+  return absl::OkStatus();
+}
+
 // ---------------------------------------------------------------------------
 
 int Main() {
-  bool want_pslite = false, want_zipf = false;
+  bool want_pslite = false, want_zipf = false, want_curve = false;
   for (absl::string_view p : absl::StrSplit(FLAGS_patterns, ',', absl::SkipEmpty())) {
     if (p == "pslite") {
       want_pslite = true;
     } else if (p == "zipf") {
       want_zipf = true;
+    } else if (p == "curve") {
+      want_curve = true;
     } else {
       std::fprintf(stderr, "ps_bench: unknown pattern '%s' in --patterns\n",
                    std::string(p).c_str());
@@ -574,6 +623,26 @@ int Main() {
   so.node_id = 1;
   so.dense_offset = 0;
   so.dense_init = {0.0f};  // the server insists on a dense slice; one float will do
+  // CURVE keys for the second server and this process, made in memory.
+  net::SecurityOptions server_keys, client_keys;
+  std::unique_ptr<ServerProcess> curve_server;
+  if (want_curve) {
+    absl::StatusOr<net::KeyPair> s = net::GenerateKeyPair(), c = net::GenerateKeyPair();
+    if (!s.ok() || !c.ok()) {
+      std::fprintf(stderr, "ps_bench: %s\n", (s.ok() ? c.status() : s.status()).ToString().c_str());
+      return 1;
+    }
+    server_keys.authorized = {{s->public_key, proto::SERVER}, {c->public_key, proto::WORKER}};
+    client_keys.authorized = server_keys.authorized;
+    server_keys.self = *s;
+    client_keys.self = *c;
+    absl::StatusOr<std::unique_ptr<ServerProcess>> cs = ServerProcess::Start(so, server_keys);
+    if (!cs.ok()) {
+      std::fprintf(stderr, "ps_bench: %s\n", cs.status().ToString().c_str());
+      return 1;
+    }
+    curve_server = std::move(*cs);
+  }
   absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(std::move(so));
   if (!server.ok()) {
     std::fprintf(stderr, "ps_bench: %s\n", server.status().ToString().c_str());
@@ -588,26 +657,30 @@ int Main() {
       FLAGS_zipf_exponent);
   absl::Status st;
   {
-    proto::ClusterInfo cluster;
-    proto::NodeInfo* node = cluster.add_nodes();
-    node->set_id(1);
-    node->set_role(proto::SERVER);
-    node->set_rank(0);
-    node->set_endpoint((*server)->endpoint());
-    *cluster.mutable_shard_map() = map;
-    cluster.mutable_dense()->set_total(1);
-    cluster.mutable_dense()->add_offset(0);
-    cluster.mutable_dense()->add_offset(1);
-    *cluster.mutable_config() = config;
-    worker::PsClientOptions po;
-    po.cluster = cluster;
-    po.node_id = 2;
-    po.timeout = absl::Seconds(FLAGS_timeout_s);
-    absl::StatusOr<std::unique_ptr<net::Transport>> transport =
-        net::CreateTransport(net::TransportOptions{});
-    absl::StatusOr<std::unique_ptr<worker::PsClient>> ps =
-        transport.ok() ? worker::PsClient::Create(po, std::move(*transport))
-                       : absl::StatusOr<std::unique_ptr<worker::PsClient>>(transport.status());
+    auto client = [&](const std::string& endpoint,
+                      const net::SecurityOptions& keys) -> absl::StatusOr<std::unique_ptr<worker::PsClient>> {
+      proto::ClusterInfo cluster;
+      proto::NodeInfo* node = cluster.add_nodes();
+      node->set_id(1);
+      node->set_role(proto::SERVER);
+      node->set_rank(0);
+      node->set_endpoint(endpoint);
+      *cluster.mutable_shard_map() = map;
+      cluster.mutable_dense()->set_total(1);
+      cluster.mutable_dense()->add_offset(0);
+      cluster.mutable_dense()->add_offset(1);
+      *cluster.mutable_config() = config;
+      worker::PsClientOptions po;
+      po.cluster = cluster;
+      po.node_id = 2;
+      po.timeout = absl::Seconds(FLAGS_timeout_s);
+      net::TransportOptions to;
+      to.security = keys;
+      absl::StatusOr<std::unique_ptr<net::Transport>> transport = net::CreateTransport(to);
+      if (!transport.ok()) return transport.status();
+      return worker::PsClient::Create(po, std::move(*transport));
+    };
+    absl::StatusOr<std::unique_ptr<worker::PsClient>> ps = client((*server)->endpoint(), {});
     Ceilings ceilings;
     if (!ps.ok()) st = ps.status();
     if (st.ok()) {
@@ -615,11 +688,20 @@ int Main() {
       if (want_pslite) st = RunPsLite(ctx);
       if (st.ok() && want_zipf) st = RunZipf(ctx, dims);
       if (st.ok()) Print("server_peak_rss_bytes", PeakRssBytes(ctx.server_pid));
+      if (st.ok() && want_curve) {
+        absl::StatusOr<std::unique_ptr<worker::PsClient>> cps = client(curve_server->endpoint(), client_keys);
+        if (!cps.ok()) st = cps.status();
+        if (st.ok()) {
+          Context cctx{**cps, map, ceilings, curve_server->pid()};
+          st = RunCurve(ctx, cctx, 1, dims.empty() ? 16 : dims[0]);
+        }
+      }
     }
     // The client goes first: its transport would otherwise linger on
     // messages to a server that is already dead.
   }
   (*server)->Kill();
+  if (curve_server) curve_server->Kill();
   if (!st.ok()) {
     std::fprintf(stderr, "ps_bench: %s\n", st.ToString().c_str());
     return 1;

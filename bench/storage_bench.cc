@@ -302,7 +302,7 @@ class Cluster {
     if (!transport.ok()) return transport.status();
     self->client_ = net::Client::Create(std::move(*transport));
     for (const auto& s : self->servers_) {
-      absl::StatusOr<net::PeerId> peer = self->client_->Connect(s->endpoint());
+      absl::StatusOr<net::PeerId> peer = self->client_->Connect(s->endpoint(), proto::SERVER);
       if (!peer.ok()) return peer.status();
       self->peers_.push_back(*peer);
     }

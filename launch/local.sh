@@ -43,6 +43,8 @@ export_every=0
 checkpoint_every=0
 resume=0
 max_restarts=3
+secure=0
+keys_dir=""
 
 usage() {
   cat <<USAGE
@@ -74,6 +76,9 @@ Usage: launch/local.sh [options]
   --resume DIR     continue the job whose checkpoints are in DIR (the same
                    --config/--data-dir as the run that wrote them)
   --max-restarts N processes killed by a signal are started again up to N times in all (default 3)
+  --secure         run every link with CURVE: keys from 'ember keygen' in <log dir>/keys
+                   (or --keys-dir); docs/security.md
+  --keys-dir DIR   use the keys 'ember keygen --out DIR' wrote (implies --secure)
 USAGE
 }
 
@@ -99,6 +104,8 @@ while [ $# -gt 0 ]; do
     --export-every) export_every="$2"; shift 2 ;;
     --resume) checkpoint_dir="$2"; resume=1; shift 2 ;;
     --max-restarts) max_restarts="$2"; shift 2 ;;
+    --secure) secure=1; shift ;;
+    --keys-dir) keys_dir="$2"; secure=1; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -159,6 +166,21 @@ echo "logs in $log_dir"
 [ -n "$checkpoint_dir" ] || checkpoint_dir="$log_dir/checkpoints"
 [ -n "$export_dir" ] || export_dir="$log_dir/export"
 endpoint="tcp://127.0.0.1:$port"
+# Every process of this run registers with this token, so a stray process
+# of another job cannot join (docs/security.md). In the environment, not on
+# the command line, so `ps` does not show it.
+EMBER_JOB_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+export EMBER_JOB_TOKEN
+key_flags=()
+if [ "$secure" -eq 1 ]; then
+  if [ -z "$keys_dir" ]; then
+    keys_dir="$log_dir/keys"
+    [ -e "$keys_dir" ] || "$ember" keygen --out="$keys_dir" >/dev/null
+  fi
+  [ -f "$keys_dir/authorized_keys" ] || { echo "error: --keys-dir $keys_dir: no authorized_keys (run 'ember keygen --out DIR')" >&2; exit 2; }
+  key_flags=(--keys_dir="$keys_dir")
+  echo "security: CURVE on every link, keys in $keys_dir"
+fi
 
 pids=()
 roles=()  # roles[i] names pids[i]: "scheduler", "server 1", "worker 2"
@@ -196,7 +218,7 @@ start_process() {
   pids[$i]=$!
   roles[$i]="$role"
 }
-sched_flags=(--config="$config" --port="$port" --num_servers="$servers"
+sched_flags=("${key_flags[@]+"${key_flags[@]}"}" --config="$config" --port="$port" --num_servers="$servers"
              --num_workers="$workers" --result_file="$log_dir/result.txt"
              --checkpoint_dir="$checkpoint_dir" --export_dir="$export_dir" --metrics_file="$log_dir/metrics.jsonl")
 [ "$export_every" -gt 0 ] && sched_flags+=(--export_every_seconds="$export_every")
@@ -209,10 +231,11 @@ start_scheduler() {  # [--resume]
 start_server() {  # INDEX (1-based)
   local sport=0
   [ "$server_port" -gt 0 ] && sport=$((server_port + $1 - 1))
-  start_process "$1" "server $1" "$ember" server --scheduler="$endpoint" --host=127.0.0.1 --port="$sport"
+  start_process "$1" "server $1" "$ember" server "${key_flags[@]+"${key_flags[@]}"}" --scheduler="$endpoint" \
+    --host=127.0.0.1 --port="$sport"
 }
 start_worker() {  # INDEX (1-based)
-  start_process $((servers + $1)) "worker $1" "$ember" worker --scheduler="$endpoint"
+  start_process $((servers + $1)) "worker $1" "$ember" worker "${key_flags[@]+"${key_flags[@]}"}" --scheduler="$endpoint"
 }
 start_cluster() {  # [--resume]
   start_scheduler "$@"

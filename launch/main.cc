@@ -8,12 +8,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -103,6 +105,14 @@ DEFINE_int32(watch_interval_ms, 1000, "How often --watch polls, in ms, 10..36000
 DEFINE_int32(threads, 0, "Request threads, i.e. connections served at once; 0 = max(8, 2 x cores) (`serve`).");
 DEFINE_uint64(max_body_bytes, 64ull << 20, "Largest request body; a larger one gets 413 (`serve`).");
 DEFINE_uint64(max_instances, 100000, "Most instances in one predict request (`serve`).");
+// Security (docs/security.md).
+DEFINE_string(keys_dir, "", "Directory written by `ember keygen`: this node loads <dir>/<role>.key and "
+                            "<dir>/authorized_keys and runs every link with CURVE (`scheduler`, `server`, `worker`). "
+                            "Empty: plain TCP, which only a loopback --host allows unless --insecure.");
+DEFINE_string(key_file, "", "This node's key pair, instead of <keys_dir>/<role>.key (`scheduler`, `server`, `worker`).");
+DEFINE_bool(insecure, false, "Allow plain, unauthenticated TCP on a non-loopback --host (`scheduler`, `server`).");
+DEFINE_int32(rank, -1, "The rank this server or worker must get (a launcher that fixes ranks, e.g. from a pod "
+                       "ordinal); registration is refused if it is taken. -1: the scheduler assigns one.");
 // Launchers.
 DEFINE_bool(exit_with_parent, false, "Die with the process that started this one, even if it is killed with "
                                      "SIGKILL (`scheduler`, `server`, `worker`; launch/local.sh sets it).");
@@ -126,11 +136,16 @@ const std::vector<CommandHelp>& Commands() {
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
        {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
         "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file",
-        "eval_scores_out", "max_message_bytes", "exit_with_parent", "log_dir"}},
+        "eval_scores_out", "max_message_bytes", "keys_dir", "key_file", "insecure", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
-       {"scheduler", "host", "port", "max_message_bytes", "exit_with_parent", "log_dir"}},
+       {"scheduler", "host", "port", "rank", "max_message_bytes", "keys_dir", "key_file", "insecure",
+        "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
-       {"scheduler", "debug_step_delay_ms", "max_message_bytes", "exit_with_parent", "log_dir"}},
+       {"scheduler", "rank", "debug_step_delay_ms", "max_message_bytes", "keys_dir", "key_file", "exit_with_parent",
+        "log_dir"}},
+      {"keygen", "ember keygen --out=DIR",
+       "write CURVE key pairs for a cluster (scheduler, server, worker, admin) and their authorized_keys",
+       {"out"}},
       {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
@@ -189,14 +204,59 @@ int ErrorExit(const absl::Status& st) {
   return 1;
 }
 
-absl::StatusOr<std::unique_ptr<net::Transport>> NewTransport() {
+// This process's CURVE keys (--keys_dir), loaded once for its role.
+absl::StatusOr<net::SecurityOptions> Security(proto::Role role) {
+  static absl::StatusOr<net::SecurityOptions> loaded = [role]() -> absl::StatusOr<net::SecurityOptions> {
+    if (FLAGS_keys_dir.empty()) {
+      if (!FLAGS_key_file.empty()) return absl::InvalidArgumentError("flag --key_file: needs --keys_dir");
+      return net::SecurityOptions{};
+    }
+    absl::StatusOr<net::SecurityOptions> s = net::LoadSecurity(FLAGS_keys_dir, role, FLAGS_key_file);
+    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("flag --keys_dir: ", s.status().message()));
+    return s;
+  }();
+  return loaded;
+}
+
+absl::StatusOr<std::unique_ptr<net::Transport>> NewTransport(proto::Role role) {
   if (FLAGS_max_message_bytes != -1 && FLAGS_max_message_bytes < (int64_t{1} << 20)) {
     return absl::InvalidArgumentError(absl::StrCat("flag --max_message_bytes: ", FLAGS_max_message_bytes,
                                                    ": must be -1 (no limit) or at least 1048576"));
   }
+  absl::StatusOr<net::SecurityOptions> security = Security(role);
+  if (!security.ok()) return security.status();
   net::TransportOptions o;
   o.max_message_bytes = FLAGS_max_message_bytes;
+  o.security = *security;
   return net::CreateTransport(o);
+}
+
+// A node that listens on a non-loopback address without keys would let
+// anyone who reaches the port read and change the model.
+absl::Status CheckExposure(proto::Role role) {
+  if (!FLAGS_keys_dir.empty() || FLAGS_insecure) return absl::OkStatus();
+  const std::string& h = FLAGS_host;
+  if (absl::StartsWith(h, "127.") || h == "localhost" || h == "::1" || h == "[::1]") return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "flag --host: ", h, " is not a loopback address and no --keys_dir is given: the ", net::RoleName(role),
+      " would accept anyone's requests. Create keys with `ember keygen --out DIR` and pass --keys_dir=DIR to every "
+      "process, or pass --insecure on a network you trust (docs/security.md)"));
+}
+
+// The job's registration token: EMBER_JOB_TOKEN in the environment (an
+// environment variable, not a flag, so `ps` does not show it). Empty: none.
+std::string JobToken() {
+  const char* t = std::getenv("EMBER_JOB_TOKEN");
+  return t == nullptr ? std::string() : std::string(t);
+}
+
+int RunKeygen() {
+  if (FLAGS_out.empty()) return ErrorExit(absl::InvalidArgumentError("flag --out: required (a new directory)"));
+  if (absl::Status st = net::WriteClusterKeys(FLAGS_out); !st.ok()) return ErrorExit(st);
+  std::printf("keys: %s (scheduler.key server.key worker.key admin.key authorized_keys); pass --keys_dir=%s to "
+              "every scheduler, server and worker\n",
+              FLAGS_out.c_str(), FLAGS_out.c_str());
+  return 0;
 }
 
 std::string Hostname() {
@@ -253,8 +313,9 @@ int RunScheduler() {
   if (absl::Status st = proto::ValidateJobConfig(*config); !st.ok()) return ErrorExit(st);
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(*config);
   if (!model.ok()) return ErrorExit(model.status());
+  if (absl::Status st = CheckExposure(proto::SCHEDULER); !st.ok()) return ErrorExit(st);
 
-  auto transport = NewTransport();
+  auto transport = NewTransport(proto::SCHEDULER);
   if (!transport.ok()) return ErrorExit(transport.status());
   absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
   if (!ep.ok()) return ErrorExit(ep.status());
@@ -263,7 +324,8 @@ int RunScheduler() {
   so.config = *config;
   so.dense_size = (*model)->dense_size();
   so.tasks = (*model)->tasks();
-  so.new_transport = NewTransport;
+  so.new_transport = [] { return NewTransport(proto::SCHEDULER); };
+  so.job_token = JobToken();
   so.resume = FLAGS_resume;
   so.metrics_file = FLAGS_metrics_file;
   so.eval_scores_file = FLAGS_eval_scores_out;
@@ -313,7 +375,7 @@ int RunScheduler() {
 absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role role, const std::string& endpoint,
                                                                   proto::RegisterReply* reply) {
   if (FLAGS_scheduler.empty()) return absl::InvalidArgumentError("flag --scheduler: required (tcp://HOST:PORT)");
-  auto transport = NewTransport();
+  auto transport = NewTransport(role);
   if (!transport.ok()) return transport.status();
   scheduler::SchedulerClientOptions o;
   o.scheduler_endpoint = FLAGS_scheduler;
@@ -321,6 +383,9 @@ absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role rol
   o.self.set_endpoint(endpoint);
   o.self.set_host(Hostname());
   o.self.set_pid(getpid());
+  if (FLAGS_rank < -1) return absl::InvalidArgumentError("flag --rank: must be >= 0, or -1 for any");
+  o.rank = FLAGS_rank;
+  o.job_token = JobToken();
   // The scheduler holds workers' replies while it restores a checkpoint
   // (--resume), and nodes may start before the scheduler does.
   o.register_timeout = absl::Minutes(10);
@@ -337,7 +402,8 @@ absl::StatusOr<std::unique_ptr<scheduler::SchedulerClient>> Join(proto::Role rol
 
 int RunServer() {
   if (absl::Status st = CheckPort(false); !st.ok()) return ErrorExit(st);
-  auto transport = NewTransport();
+  if (absl::Status st = CheckExposure(proto::SERVER); !st.ok()) return ErrorExit(st);
+  auto transport = NewTransport(proto::SERVER);
   if (!transport.ok()) return ErrorExit(transport.status());
   absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
   if (!ep.ok()) return ErrorExit(ep.status());
@@ -389,7 +455,7 @@ int RunWorker() {
   proto::RegisterReply reg;
   auto control = Join(proto::WORKER, "", &reg);
   if (!control.ok()) return ErrorExit(control.status());
-  auto transport = NewTransport();
+  auto transport = NewTransport(proto::WORKER);
   if (!transport.ok()) return ErrorExit(transport.status());
   worker::PsClientOptions po;
   po.cluster = reg.cluster();
@@ -628,6 +694,7 @@ int main(int argc, char** argv) {
   if (command == "server") return ember::RunServer();
   if (command == "worker") return ember::RunWorker();
   if (command == "gen-data") return ember::RunGenData();
+  if (command == "keygen") return ember::RunKeygen();
   if (command == "convert") return ember::RunConvert(positional);
   if (command == "inspect") return ember::RunInspect(positional);
   if (command == "export") return ember::RunExport();

@@ -101,13 +101,13 @@ void Client::Loop() {
   }
 }
 
-absl::StatusOr<PeerId> Client::Connect(const std::string& endpoint) {
+absl::StatusOr<PeerId> Client::Connect(const std::string& endpoint, proto::Role peer_role) {
   absl::StatusOr<PeerId> result = absl::UnknownError("not run");
   bool done = false;
   {
     absl::MutexLock l(&mu_);
     tasks_.push_back([&](Transport* t) {
-      absl::StatusOr<PeerId> r = t->Connect(endpoint);
+      absl::StatusOr<PeerId> r = t->Connect(endpoint, peer_role);
       absl::MutexLock l2(&mu_);
       result = std::move(r);
       done = true;

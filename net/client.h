@@ -40,7 +40,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   // Opens a connection (runs on the I/O thread; blocks until done).
-  [[nodiscard]] absl::StatusOr<PeerId> Connect(const std::string& endpoint);
+  // `peer_role`: what the bound node is (Transport::Connect).
+  [[nodiscard]] absl::StatusOr<PeerId> Connect(const std::string& endpoint,
+                                               proto::Role peer_role = proto::ROLE_UNSPECIFIED);
 
   // Sends `request` to `peer` with a fresh request id and returns at once.
   // The request's header.request_id is overwritten.

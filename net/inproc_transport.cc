@@ -66,7 +66,7 @@ class InprocTransport final : public Transport {
     return endpoint;
   }
 
-  absl::StatusOr<PeerId> Connect(const std::string& endpoint) override {
+  absl::StatusOr<PeerId> Connect(const std::string& endpoint, proto::Role /*peer_role*/) override {
     std::shared_ptr<Mailbox> target;
     {
       absl::MutexLock l(&hub_->state()->mu);

@@ -21,6 +21,9 @@ struct Message {
   PeerId peer = kNoPeer;  // destination on send, origin on receive
   proto::Header header;
   std::vector<Frame> frames;  // raw data frames after the header frame
+  // On receive: the role the sender authenticated as (CURVE + ZAP, see
+  // net/security.h); ROLE_UNSPECIFIED on a link without authentication.
+  proto::Role peer_role = proto::ROLE_UNSPECIFIED;
 };
 
 // A reply to `request` carrying `code` and `why`, with no data frames.

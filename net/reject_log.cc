@@ -5,7 +5,7 @@
 
 namespace ember::net {
 
-void RejectLog::Warn(std::string_view what) {
+void RejectLog::Warn(absl::string_view what) {
   uint64_t suppressed = 0;
   {
     absl::MutexLock l(&mu_);

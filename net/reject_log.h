@@ -9,7 +9,7 @@
 #define EMBER_NET_REJECT_LOG_H_
 
 #include <cstdint>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -23,7 +23,7 @@ class RejectLog {
 
   // Counts one rejection and logs `what` at WARNING if this interval's burst
   // is not spent, appending how many were suppressed since the last line.
-  void Warn(std::string_view what);
+  void Warn(absl::string_view what);
 
   // Rejections counted so far (logged or not).
   uint64_t total() const;

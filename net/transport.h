@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "net/message.h"
+#include "net/security.h"
 
 namespace ember::net {
 
@@ -40,6 +41,19 @@ struct TransportOptions {
   // ember sends is a pull reply of max_keys_per_message (256K) x dim floats
   // or an evaluation's scores; 1 GiB leaves room for both. -1: no limit.
   int64_t max_message_bytes = int64_t{1} << 30;
+  // kZmq: high-water marks, in messages, of each socket's queue per peer
+  // (ZMQ_SNDHWM / ZMQ_RCVHWM). At the receive mark ZeroMQ stops reading that
+  // peer's connection (TCP pushes back); a reply that meets the send mark
+  // (a peer that does not read its replies) is dropped and logged, so a slow
+  // or hostile peer never blocks a node. A worker keeps at most a few
+  // hundred requests in flight; 0 = unbounded.
+  int send_hwm = 10000;
+  int recv_hwm = 10000;
+  // kZmq: CURVE keys (net/security.h). Off (default): plain TCP. On: every
+  // socket is encrypted, Connect needs the peer's role to pick its key, and
+  // the bound socket admits only authorised keys, stamping each message
+  // with its sender's role.
+  SecurityOptions security;
 };
 
 class Transport {
@@ -53,8 +67,12 @@ class Transport {
   [[nodiscard]] virtual absl::StatusOr<std::string> Bind(const std::string& endpoint) = 0;
 
   // Opens a connection to a bound endpoint; non-blocking (ZeroMQ connects in
-  // the background and queues messages meanwhile).
-  [[nodiscard]] virtual absl::StatusOr<PeerId> Connect(const std::string& endpoint) = 0;
+  // the background and queues messages meanwhile). With security on,
+  // `peer_role` names what the bound node is (SCHEDULER or SERVER): the
+  // connection trusts only that role's key, and messages received on it
+  // carry that role. Without security it is recorded and otherwise unused.
+  [[nodiscard]] virtual absl::StatusOr<PeerId> Connect(const std::string& endpoint,
+                                                       proto::Role peer_role = proto::ROLE_UNSPECIFIED) = 0;
 
   // Sends msg to msg.peer: the header is serialized into the first frame and
   // the data frames go without copying. Fails if the peer is unknown or gone.
@@ -72,6 +90,14 @@ class Transport {
 
   // Thread-safe: makes a blocked Recv return false promptly.
   virtual void Wake() = 0;
+
+  // True if every message this transport receives carries an authenticated
+  // Message::peer_role (security is on).
+  virtual bool authenticates() const { return false; }
+
+  // Thread-safe: connections the bound socket refused (key not authorised,
+  // or no CURVE at all). Each is also logged, at a rate limit.
+  virtual uint64_t rejected_peers() const { return 0; }
 
  protected:
   Transport() = default;

@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "glog/logging.h"
 #include "net/reject_log.h"
+#include "net/security.h"
 #include "net/validate.h"
 #include "ps/dense_update.h"
 #include "proto/keys.h"
@@ -86,7 +87,9 @@ class Server::Impl {
  public:
   Impl(ServerOptions options, std::unique_ptr<net::Transport> transport)
       : opt_(std::move(options)),
-        transport_(std::move(transport)) {}
+        transport_(std::move(transport)) {
+    authenticates_ = transport_->authenticates();
+  }
 
   ~Impl() {
     for (auto& h : handlers_) h->Push(nullptr);
@@ -259,9 +262,16 @@ class Server::Impl {
 
   // I/O thread: validate, then answer or hand to the handlers.
   void Handle(net::Message m) {
+    if (m.header.is_reply()) return;  // servers send no requests; ignore stray replies
+    // Who may send this comes first: a peer without the right role learns
+    // nothing about the server, not even what is wrong with its frames.
+    if (authenticates_) {
+      if (absl::Status a = net::Authorize(proto::SERVER, m.peer_role, m.header); !a.ok()) {
+        return Fail(m, proto::UNAUTHORIZED, std::string(a.message()));
+      }
+    }
     net::WireCheck check = net::ValidateMessage(m);
     if (!check.ok()) return Fail(m, check.code, check.why);
-    if (m.header.is_reply()) return;  // servers send no requests; ignore stray replies
     const proto::Command c = m.header.command();
     if ((c == proto::PULL || c == proto::PUSH || c == proto::DENSE_PULL || c == proto::DENSE_PUSH) &&
         m.header.incarnation() != incarnation_.load()) {
@@ -941,6 +951,7 @@ class Server::Impl {
   std::vector<int16_t> shard_handler_;  // handler of each logical shard, or kNotMine
   std::vector<std::unique_ptr<Handler>> handlers_;
   net::RejectLog rejects_;
+  bool authenticates_ = false;  // the transport stamps every message with its sender's role
   std::unique_ptr<DenseUpdater> dense_;  // I/O thread only
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> push_seq_{0};

@@ -527,6 +527,13 @@ class Scheduler::Impl {
   // ----- messages -----
 
   absl::Status Handle(net::Message m) {
+    if (transport_->authenticates()) {
+      if (absl::Status a = net::Authorize(proto::SCHEDULER, m.peer_role, m.header); !a.ok()) {
+        rejects_.Warn(absl::StrCat("peer ", m.peer, ": ", a.message()));
+        if (!m.header.is_reply()) Send(net::MakeErrorReply(m, proto::UNAUTHORIZED, std::string(a.message())));
+        return absl::OkStatus();
+      }
+    }
     net::WireCheck check = net::ValidateMessage(m);
     if (!check.ok()) {
       rejects_.Warn(absl::StrCat("malformed message from peer ", m.peer, ": ", check.why));
@@ -602,19 +609,31 @@ class Scheduler::Impl {
     const proto::ClusterConfig& cc = opt_.config.cluster();
     const proto::RegisterRequest& req = m.header.register_request();
     auto reject = [&](const std::string& why) {
+      rejects_.Warn(absl::StrCat("refused a registration from ", req.node().host(), " pid ", req.node().pid(), ": ",
+                                 why));
       Send(net::MakeErrorReply(m, proto::BAD_REQUEST, why));
       return absl::OkStatus();
     };
+    if (!opt_.job_token.empty() && !TokenMatches(req.job_token())) {
+      return reject("wrong or missing job token (EMBER_JOB_TOKEN): this node belongs to another job");
+    }
     if (node_of_peer_.contains(m.peer)) return reject("already registered");
     const proto::Role role = req.node().role();
     if (role != proto::SERVER && role != proto::WORKER) return reject("role must be SERVER or WORKER");
     if (role == proto::SERVER && req.node().endpoint().empty()) return reject("a server must give its endpoint");
     if (role == proto::WORKER && req.dense_size() != 0 && req.dense_size() != opt_.dense_size) {
-      const std::string why = absl::StrCat("worker at ", req.node().host(), " pid ", req.node().pid(),
-                                           " built a model with ", req.dense_size(),
-                                           " dense parameters; the scheduler's config has ", opt_.dense_size);
-      if (registered_) return reject(why);
-      return absl::InvalidArgumentError(why);
+      // Refused, not fatal: a stray or misconfigured process must not be
+      // able to fail the job by registering.
+      return reject(absl::StrCat("worker at ", req.node().host(), " pid ", req.node().pid(), " built a model with ",
+                                 req.dense_size(), " dense parameters; the scheduler's config has ", opt_.dense_size));
+    }
+    const uint32_t of_role = role == proto::SERVER ? cc.num_servers() : cc.num_workers();
+    if (req.has_rank() && (req.rank() < 0 || static_cast<uint32_t>(req.rank()) >= of_role)) {
+      return reject(absl::StrCat("rank ", req.rank(), " is out of range: the job has ", of_role, " ",
+                                 proto::Role_Name(role), "s"));
+    }
+    if (!registered_ && req.has_rank() && RankTaken(role, req.rank())) {
+      return reject(absl::StrCat(proto::Role_Name(role), " rank ", req.rank(), " is taken by a live node"));
     }
     Node node;
     node.info = req.node();
@@ -628,11 +647,17 @@ class Scheduler::Impl {
       if (*count >= want) {
         return reject(absl::StrCat("the job already has its ", want, " ", proto::Role_Name(role), "s"));
       }
-      node.info.set_rank(static_cast<int>((*count)++));
+      node.info.set_rank(req.has_rank() ? req.rank() : NextFreeRank(role));
+      ++*count;
     } else if (role == proto::SERVER) {
       // A replacement takes the rank of a lost server; with none lost (the
       // old process may not be declared dead yet) it waits for one.
       std::optional<int> rank = FreeServerRank();
+      if (rank && req.has_rank()) {
+        // The replacement asked for a rank: it must be a lost one.
+        if (!server_node_.contains(req.rank()) || nodes_[server_node_.at(req.rank())].live()) rank.reset();
+        else rank = req.rank();
+      }
       if (!rank) {
         LOG(INFO) << "server at " << req.node().endpoint() << " waits for a lost server's rank";
         waiting_register_.push_back(std::move(m));
@@ -640,7 +665,7 @@ class Scheduler::Impl {
       }
       node.info.set_rank(*rank);
     } else {
-      if (LiveWorkers(/*awaiting_too=*/true) >= cc.num_workers()) {
+      if (LiveWorkers(/*awaiting_too=*/true) >= cc.num_workers() || (req.has_rank() && RankTaken(role, req.rank()))) {
         // A replacement started before the old worker was declared dead:
         // it waits for that.
         LOG(INFO) << "worker at " << req.node().host() << " pid " << req.node().pid()
@@ -648,9 +673,31 @@ class Scheduler::Impl {
         waiting_register_.push_back(std::move(m));
         return absl::OkStatus();
       }
-      node.info.set_rank(FreeWorkerRank());
+      node.info.set_rank(req.has_rank() ? req.rank() : NextFreeRank(proto::WORKER));
     }
     return AddNode(std::move(node), std::move(m));
+  }
+
+  // Compares in time independent of where the tokens differ.
+  bool TokenMatches(const std::string& got) const {
+    const std::string& want = opt_.job_token;
+    unsigned diff = got.size() != want.size();
+    for (size_t i = 0; i < want.size(); ++i) diff |= static_cast<unsigned char>(want[i] ^ (i < got.size() ? got[i] : 0));
+    return diff == 0;
+  }
+
+  bool RankTaken(proto::Role role, int rank) const {
+    for (const Node& n : nodes_) {
+      if (n.info.role() == role && n.info.rank() == rank && n.live()) return true;
+    }
+    return false;
+  }
+
+  // Before registration completes: the lowest rank of `role` no node has.
+  int NextFreeRank(proto::Role role) const {
+    for (int r = 0;; ++r) {
+      if (!RankTaken(role, r)) return r;
+    }
   }
 
   absl::Status AddNode(Node node, net::Message request) {
@@ -687,16 +734,6 @@ class Scheduler::Impl {
       if (!nodes_[index].live()) return rank;
     }
     return std::nullopt;
-  }
-
-  int FreeWorkerRank() const {
-    absl::flat_hash_set<int> used;
-    for (const Node& n : nodes_) {
-      if (n.is_worker() && n.live()) used.insert(n.info.rank());
-    }
-    int r = 0;
-    while (used.contains(r)) ++r;
-    return r;
   }
 
   uint32_t LiveWorkers(bool awaiting_too = false) const {
@@ -799,7 +836,7 @@ class Scheduler::Impl {
       Node& n = nodes_[index];
       auto it = server_peer_.find(n.info.id());
       if (it == server_peer_.end()) {
-        absl::StatusOr<net::PeerId> p = server_client_->Connect(n.info.endpoint());
+        absl::StatusOr<net::PeerId> p = server_client_->Connect(n.info.endpoint(), proto::SERVER);
         if (!p.ok()) return p.status();
         it = server_peer_.emplace(n.info.id(), *p).first;
       }

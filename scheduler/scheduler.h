@@ -45,6 +45,8 @@ struct SchedulerOptions {
   // Floats in the model's dense parameter vector (all workers must report
   // the same); sliced evenly across servers.
   uint64_t dense_size = 0;
+  // If not empty, a REGISTER must carry this job_token (EMBER_JOB_TOKEN).
+  std::string job_token;
   // The model's tasks (one per LABEL column it trains on), in order. Workers'
   // EVAL predictions carry one score per task. Empty: the first LABEL column.
   std::vector<std::string> tasks;

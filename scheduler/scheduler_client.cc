@@ -1,6 +1,8 @@
 #include "scheduler/scheduler_client.h"
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "proto/config.h"
 #include "glog/logging.h"
 
 namespace ember::scheduler {
@@ -8,7 +10,7 @@ namespace ember::scheduler {
 absl::StatusOr<std::unique_ptr<SchedulerClient>> SchedulerClient::Create(SchedulerClientOptions options,
                                                                           std::unique_ptr<net::Transport> transport) {
   auto client = net::Client::Create(std::move(transport));
-  absl::StatusOr<net::PeerId> peer = client->Connect(options.scheduler_endpoint);
+  absl::StatusOr<net::PeerId> peer = client->Connect(options.scheduler_endpoint, proto::SCHEDULER);
   if (!peer.ok()) return peer.status();
   auto self = std::unique_ptr<SchedulerClient>(new SchedulerClient(std::move(options), std::move(client)));
   self->scheduler_ = *peer;
@@ -82,8 +84,15 @@ absl::StatusOr<proto::RegisterReply> SchedulerClient::Register() {
   proto::RegisterRequest* r = m.header.mutable_register_request();
   *r->mutable_node() = options_.self;
   r->set_dense_size(options_.dense_size);
+  if (options_.rank >= 0) r->set_rank(options_.rank);
+  r->set_job_token(options_.job_token);
   absl::StatusOr<net::Message> reply = WaitLong(client_->Start(scheduler_, std::move(m)), options_.register_timeout);
   if (!reply.ok()) return reply.status();
+  const proto::RegisterReply& rr = reply->header.register_reply();
+  if (absl::Status st = ValidateClusterInfo(rr.cluster(), options_.self.role(), rr.rank()); !st.ok()) {
+    return absl::DataLossError(absl::StrCat("the scheduler at ", options_.scheduler_endpoint,
+                                            " sent a cluster description this node cannot use: ", st.message()));
+  }
   node_id_ = reply->header.register_reply().node_id();
   incarnation_ = reply->header.register_reply().cluster().incarnation();
   return reply->header.register_reply();
@@ -203,6 +212,71 @@ absl::Status SchedulerClient::WaitForShutdown() {
   stopped_.WaitForNotification();
   absl::MutexLock l(&mu_);
   return stop_status_;
+}
+
+
+absl::Status ValidateClusterInfo(const proto::ClusterInfo& cluster, proto::Role self_role, int self_rank) {
+  if (absl::Status st = proto::ValidateJobConfig(cluster.config()); !st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("ClusterInfo.config: ", st.message()));
+  }
+  const proto::ClusterConfig& cc = cluster.config().cluster();
+  const uint32_t servers = cc.num_servers();
+  const proto::ShardMap& sm = cluster.shard_map();
+  if (sm.num_logical_shards() != cc.num_logical_shards() ||
+      static_cast<uint32_t>(sm.server_rank_size()) != sm.num_logical_shards()) {
+    return absl::InvalidArgumentError(absl::StrCat("ClusterInfo.shard_map: ", sm.server_rank_size(), " owners for ",
+                                                   sm.num_logical_shards(), " shards; the config has ",
+                                                   cc.num_logical_shards()));
+  }
+  for (int s = 0; s < sm.server_rank_size(); ++s) {
+    if (sm.server_rank(s) >= servers) {
+      return absl::InvalidArgumentError(absl::StrCat("ClusterInfo.shard_map.server_rank[", s, "] = ",
+                                                     sm.server_rank(s), ": the job has ", servers, " servers"));
+    }
+  }
+  const proto::DenseLayout& d = cluster.dense();
+  if (static_cast<uint32_t>(d.offset_size()) != servers + 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ClusterInfo.dense.offset: ", d.offset_size(), " offsets for ", servers, " servers (want ",
+                     servers + 1, ")"));
+  }
+  for (int i = 0; i < d.offset_size(); ++i) {
+    const bool ok = i == 0 ? d.offset(0) == 0
+                           : d.offset(i) >= d.offset(i - 1) && (i + 1 < d.offset_size() ? d.offset(i) <= d.total()
+                                                                                          : d.offset(i) == d.total());
+    if (!ok) {
+      return absl::InvalidArgumentError(absl::StrCat("ClusterInfo.dense.offset[", i, "] = ", d.offset(i),
+                                                     ": offsets must run from 0 up to total ", d.total()));
+    }
+  }
+  absl::flat_hash_set<int> ids;
+  absl::flat_hash_set<std::pair<int, int>> ranks;
+  bool self_found = false;
+  for (int i = 0; i < cluster.nodes_size(); ++i) {
+    const proto::NodeInfo& n = cluster.nodes(i);
+    const std::string where = absl::StrCat("ClusterInfo.nodes[", i, "]");
+    if (!ids.insert(n.id()).second) return absl::InvalidArgumentError(absl::StrCat(where, ": node id ", n.id(), " twice"));
+    const uint32_t of_role = n.role() == proto::SERVER ? servers : n.role() == proto::WORKER ? cc.num_workers() : 0;
+    if (of_role == 0 || n.rank() < 0 || static_cast<uint32_t>(n.rank()) >= of_role) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": ", proto::Role_Name(n.role()), " rank ", n.rank(), " is out of range"));
+    }
+    if (!ranks.insert({n.role(), n.rank()}).second) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": ", proto::Role_Name(n.role()), " rank ", n.rank(), " twice"));
+    }
+    if (n.role() == proto::SERVER && n.endpoint().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": server rank ", n.rank(), " has no endpoint"));
+    }
+    if (n.role() == self_role && n.rank() == self_rank) self_found = true;
+  }
+  if (self_role == proto::SERVER && !self_found) {
+    return absl::InvalidArgumentError(absl::StrCat("ClusterInfo.nodes: this server's rank ", self_rank, " is not listed"));
+  }
+  if (self_role == proto::WORKER && (self_rank < 0 || static_cast<uint32_t>(self_rank) >= cc.num_workers())) {
+    return absl::InvalidArgumentError(absl::StrCat("RegisterReply.rank ", self_rank, ": the job has ",
+                                                   cc.num_workers(), " workers"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace ember::scheduler

@@ -31,7 +31,19 @@ struct SchedulerClientOptions {
   uint64_t dense_size = 0;  // workers: the model's dense parameter count
   // How long Register waits for the whole cluster to come up.
   absl::Duration register_timeout = absl::Seconds(120);
+  // The rank this node must get; -1: any (RegisterRequest.rank).
+  int rank = -1;
+  // RegisterRequest.job_token: the job's EMBER_JOB_TOKEN, if it has one.
+  std::string job_token;
 };
+
+// Checks a ClusterInfo a node received before it acts on it: the shard map
+// is complete and names only existing servers, the dense layout's offsets
+// increase within its total, node ids and ranks are unique and in range,
+// every server has an endpoint, the config is valid, and `self_rank`
+// (this node's rank, of `self_role`) exists. Errors name the field.
+[[nodiscard]] absl::Status ValidateClusterInfo(const proto::ClusterInfo& cluster, proto::Role self_role,
+                                               int self_rank);
 
 class SchedulerClient {
  public:

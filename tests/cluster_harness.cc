@@ -108,7 +108,8 @@ void Process::Kill(int sig) {
 }
 
 Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
-                 std::vector<std::string> scheduler_flags, std::vector<std::vector<std::string>> worker_flags)
+                 std::vector<std::string> scheduler_flags, std::vector<std::vector<std::string>> worker_flags,
+                 std::vector<std::string> node_flags)
     : dir_(std::move(dir)) {
   const int port = FreePort();
   endpoint_ = absl::StrCat("tcp://127.0.0.1:", port);
@@ -122,12 +123,12 @@ Cluster::Cluster(std::string dir, std::string config, int servers, int workers,
   argv.insert(argv.end(), scheduler_flags.begin(), scheduler_flags.end());
   scheduler_ = std::make_unique<Process>(argv, dir_ + "/scheduler.log");
   for (int i = 0; i < servers; ++i) {
-    servers_.push_back(StartNode("server", endpoint_, absl::StrCat(dir_, "/server", i, ".log")));
+    servers_.push_back(StartNode("server", endpoint_, absl::StrCat(dir_, "/server", i, ".log"), node_flags));
   }
   for (int i = 0; i < workers; ++i) {
-    workers_.push_back(StartNode("worker", endpoint_, absl::StrCat(dir_, "/worker", i, ".log"),
-                                 i < static_cast<int>(worker_flags.size()) ? worker_flags[i]
-                                                                           : std::vector<std::string>{}));
+    std::vector<std::string> flags = node_flags;
+    if (i < static_cast<int>(worker_flags.size())) flags.insert(flags.end(), worker_flags[i].begin(), worker_flags[i].end());
+    workers_.push_back(StartNode("worker", endpoint_, absl::StrCat(dir_, "/worker", i, ".log"), flags));
   }
 }
 

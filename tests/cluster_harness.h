@@ -61,12 +61,13 @@ class Process {
 };
 
 // One scheduler, servers and workers of a job, with logs in `dir`. Worker i
-// gets the extra flags worker_flags[i] when there are that many.
+// gets the extra flags worker_flags[i] when there are that many; every
+// server and worker gets node_flags (e.g. --keys_dir).
 class Cluster {
  public:
   Cluster(std::string dir, std::string config, int servers, int workers,
           std::vector<std::string> scheduler_flags = {},
-          std::vector<std::vector<std::string>> worker_flags = {});
+          std::vector<std::vector<std::string>> worker_flags = {}, std::vector<std::string> node_flags = {});
   Process& scheduler() { return *scheduler_; }
   std::vector<std::unique_ptr<Process>>& servers() { return servers_; }
   std::vector<std::unique_ptr<Process>>& workers() { return workers_; }

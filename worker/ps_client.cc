@@ -37,7 +37,7 @@ absl::StatusOr<std::unique_ptr<PsClient>> PsClient::Create(const PsClientOptions
   if (!servers.ok()) return servers.status();
   self->servers_.assign(servers->size(), net::kNoPeer);
   for (size_t r = 0; r < servers->size(); ++r) {
-    absl::StatusOr<net::PeerId> p = self->client_->Connect((*servers)[r]->endpoint());
+    absl::StatusOr<net::PeerId> p = self->client_->Connect((*servers)[r]->endpoint(), proto::SERVER);
     if (!p.ok()) return p.status();
     self->servers_[r] = *p;
   }
@@ -166,7 +166,7 @@ absl::Status PsClient::UpdateCluster(const proto::ClusterInfo& cluster) {
     if ((*old_servers)[r]->id() == (*new_servers)[r]->id()) continue;
     // A replacement: a new connection, even on the same endpoint, so that
     // nothing queued for the dead process is delivered to the new one.
-    absl::StatusOr<net::PeerId> p = client_->Connect((*new_servers)[r]->endpoint());
+    absl::StatusOr<net::PeerId> p = client_->Connect((*new_servers)[r]->endpoint(), proto::SERVER);
     if (!p.ok()) return p.status();
     servers_[r] = *p;
   }
