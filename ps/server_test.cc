@@ -1,5 +1,7 @@
 #include "ps/server.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -319,6 +321,39 @@ TEST_F(ServerTest, ResidentCeilingRefusesNewRowsAndServesExistingOnes) {
   EXPECT_EQ(again->frames[0].size(), first.size() * 4 * sizeof(float));
   EXPECT_TRUE(x->Call(proto::PULL, 4, OwnKeys(200, 999), /*read_only=*/true).ok());
   EXPECT_EQ(x->ResidentBytes(), resident) << "no row created since the refusal";
+}
+
+// With a budget the tier spills cold rows instead of refusing new ones; only
+// a request whose own rows exceed a handler's share of the ceiling is refused.
+TEST_F(ServerTest, WithABudgetRowsSpillAndOnlyOversizedRequestsAreRefused) {
+  storage::TableSpec spec(config_.tables(0));
+  const uint64_t share = 100 * (spec.row_bytes() + 16);  // 100 rows per handler
+  const std::string spill = absl::StrCat("/tmp/ember-ceiling-", getpid());
+  std::filesystem::remove_all(spill);
+  ServerOptions so;
+  so.config = config_;
+  so.config.mutable_storage()->set_memory_budget_bytes(3 * share);
+  so.config.mutable_storage()->set_max_resident_bytes(3 * share);
+  so.config.mutable_storage()->set_spill_path(spill);
+  so.shard_map = map_;
+  so.dense_init = {0};
+  {
+    auto x = StartServer(&hub_, "inproc://ps-tiered", so);
+    ASSERT_NE(x, nullptr);
+    for (uint64_t seed = 300; seed < 320; ++seed) {
+      absl::StatusOr<net::Message> r = x->Call(proto::PULL, 4, OwnKeys(30, seed));
+      ASSERT_TRUE(r.ok()) << "600 new rows over a 300-row budget spill: " << r.status();
+    }
+    EXPECT_GT(x->server->stats().evictions, 0u);
+    EXPECT_LE(x->ResidentBytes(), 3 * share);
+    // ~333 keys a handler at once: more than its share can pin.
+    absl::Status big = x->Call(proto::PULL, 4, OwnKeys(1000, 400)).status();
+    EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted) << big;
+    EXPECT_NE(big.message().find("storage.memory_budget_bytes"), std::string::npos) << big;
+    EXPECT_NE(big.message().find("cluster.max_keys_per_request"), std::string::npos) << big;
+    EXPECT_TRUE(x->Call(proto::PULL, 4, OwnKeys(30, 300)).ok());
+  }
+  std::filesystem::remove_all(spill);
 }
 
 // storage.max_resident_bytes = 0: half of the host's memory over the
