@@ -53,7 +53,8 @@ uint64_t CgroupMemoryLimit(const std::string& proc_self_cgroup, const std::strin
     } else {
       for (absl::string_view c : absl::StrSplit(f[1], ',')) {
         if (c == "memory") {
-          limit = std::min(limit, MinUpTo(cgroup_root + "/memory", std::string(f[2]), "memory.limit_in_bytes"));
+          limit = std::min(
+              limit, MinUpTo(cgroup_root + "/memory", std::string(f[2]), "memory.limit_in_bytes"));
         }
       }
     }
@@ -63,7 +64,8 @@ uint64_t CgroupMemoryLimit(const std::string& proc_self_cgroup, const std::strin
 
 uint64_t HostMemoryBytes() {
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  uint64_t bytes = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+  uint64_t bytes =
+      pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
   std::ifstream in("/proc/self/cgroup");
   std::stringstream s;
   s << in.rdbuf();

@@ -14,8 +14,8 @@ class CgroupTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = std::filesystem::temp_directory_path() /
-            ("ember-cgroup-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "-" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+            ("ember-cgroup-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+             "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::remove_all(root_);
   }
   void TearDown() override { std::filesystem::remove_all(root_); }
@@ -36,7 +36,8 @@ TEST_F(CgroupTest, V2TakesTheSmallestLimitUpTheTree) {
 
 TEST_F(CgroupTest, V1MemoryControllerAndUnlimited) {
   Write("memory/docker/abc/memory.limit_in_bytes", "536870912\n");
-  EXPECT_EQ(CgroupMemoryLimit("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n", root_.string()), 536870912u);
+  EXPECT_EQ(CgroupMemoryLimit("12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n", root_.string()),
+            536870912u);
   Write("memory/docker/abc/memory.limit_in_bytes", "9223372036854771712\n");
   EXPECT_EQ(CgroupMemoryLimit("4:memory:/docker/abc\n", root_.string()), UINT64_MAX);
 }
