@@ -454,13 +454,9 @@ class Server::Impl {
             created += Process(*req, spec, store.table(req->table, r.shard), r.begin, r.end);
           }
         } else {
-          const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
-          for (size_t i = 0; i < req->num_keys; ++i) {
-            const uint32_t s = proto::ShardOf(req->keys[i], L);
-            if (shard_handler_[s] == static_cast<int16_t>(h->index)) {
-              created += Process(*req, spec, store.table(req->table, s), i, i + 1);
-            }
-          }
+          ForEachMine(*h, *req, [&](size_t i, uint32_t s) {
+            created += Process(*req, spec, store.table(req->table, s), i, i + 1);
+          });
         }
         store.ChargeCreated(req->table, created);
       }
@@ -549,8 +545,9 @@ class Server::Impl {
     }
     const std::string table = spec.config().name();
     std::string why = absl::StrCat(
-        proto::Command_Name(req.msg.header.command()), " of table '", table, "' would create up to ", fresh,
-        " rows of ", cost, " bytes on server ", opt_.rank, " handler ", h->index, ", which holds ", resident,
+        proto::Command_Name(req.msg.header.command()), " of table '", table, "'",
+        store.tiered() ? " names " : " would create up to ", fresh, store.tiered() ? " keys, rows of " : " rows of ",
+        cost, " bytes, on server ", opt_.rank, " handler ", h->index, ", which holds ", resident,
         " bytes of rows and may hold ", h->ceiling, ": storage.max_resident_bytes ", ceiling_, ceiling_how_, " over ",
         handlers_.size(), " handlers");
     if (store.tiered()) {
