@@ -27,6 +27,7 @@
 #include "net/memory.h"
 #include "net/transport.h"
 #include "proto/config.h"
+#include "ps/memory_ceiling.h"
 #include "ps/server.h"
 #include "scheduler/scheduler.h"
 #include "scheduler/scheduler_client.h"
@@ -419,6 +420,8 @@ int RunServer() {
   so.node_id = reg.node_id();
   so.job_id = cluster.job_id();
   so.incarnation = cluster.incarnation();
+  // The default resident ceiling shares the host's memory between the job's servers on it.
+  so.servers_on_host = ps::ServersOnHost(cluster, reg.rank());
   // The dense parameters start from the model's own initialisation.
   absl::StatusOr<std::unique_ptr<models::Model>> model = models::Model::Create(cluster.config());
   if (!model.ok()) return ErrorExit(model.status());

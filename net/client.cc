@@ -25,6 +25,8 @@ absl::Status ReplyStatus(const proto::Header& reply) {
       return absl::UnavailableError(msg);
     case proto::JOB_FAILED:
       return absl::AbortedError(msg);
+    case proto::RESOURCE_EXHAUSTED:
+      return absl::ResourceExhaustedError(msg);
     default:
       return absl::InternalError(msg);
   }

@@ -7,6 +7,22 @@
 namespace ember::net {
 namespace {
 
+// Error replies become statuses a caller can act on; a refusal for lack of
+// memory is RESOURCE_EXHAUSTED (the worker fails the job with its message).
+TEST(ReplyStatusTest, ErrorCodesMapToStatusCodes) {
+  proto::Header h;
+  h.set_command(proto::PULL);
+  EXPECT_TRUE(ReplyStatus(h).ok());
+  h.set_error(proto::RESOURCE_EXHAUSTED);
+  h.set_error_message("raise storage.max_resident_bytes");
+  absl::Status st = ReplyStatus(h);
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+  EXPECT_NE(st.message().find("RESOURCE_EXHAUSTED"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("storage.max_resident_bytes"), std::string::npos) << st;
+  h.set_error(proto::BAD_SIZE);
+  EXPECT_EQ(ReplyStatus(h).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Echo server on its own thread: replies to PING with the request's clock,
 // after a delay of `clock` milliseconds, so replies come back out of order.
 class EchoServer {

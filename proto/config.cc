@@ -114,6 +114,12 @@ absl::Status ValidateJobConfig(const JobConfig& config) {
     }
   }
   const StorageConfig& sc = config.storage();
+  if (sc.max_resident_bytes() > 0 && sc.max_resident_bytes() < sc.memory_budget_bytes()) {
+    return Invalid("storage.max_resident_bytes",
+                   absl::StrCat("is ", sc.max_resident_bytes(), ", below storage.memory_budget_bytes ",
+                                sc.memory_budget_bytes(), ": the ceiling must hold the budget (raise it, or set 0 "
+                                "to derive it from the host's memory)"));
+  }
   if (sc.memory_budget_bytes() > 0 && sc.spill_path().empty())
     return Invalid("storage.spill_path", "a memory budget needs a directory for the RocksDB tier");
   const CheckpointConfig& ck = config.checkpoint();

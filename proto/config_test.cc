@@ -52,6 +52,23 @@ TEST(ConfigTest, ValidationNamesField) {
   EXPECT_FALSE(ValidateJobConfig(*c).ok());
 }
 
+// The resident ceiling must hold the memory budget; the message names both.
+TEST(ConfigTest, ResidentCeilingBelowTheBudgetIsRefused) {
+  auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 max_resident_bytes: 999999 })",
+                          "x");
+  ASSERT_TRUE(c.ok()) << c.status();
+  absl::Status st = ValidateJobConfig(*c);
+  EXPECT_NE(st.message().find("storage.max_resident_bytes"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("storage.memory_budget_bytes"), std::string::npos) << st;
+  c->mutable_storage()->set_max_resident_bytes(1000000);
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  c->mutable_storage()->set_max_resident_bytes(0);  // derived at server start
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+  c->mutable_storage()->set_memory_budget_bytes(0);
+  c->mutable_storage()->set_max_resident_bytes(4096);
+  EXPECT_TRUE(ValidateJobConfig(*c).ok());
+}
+
 TEST(ConfigTest, StorageFieldsAreValidated) {
   auto c = ParseJobConfig(std::string(kGood) + R"(storage { memory_budget_bytes: 1000000 } checkpoint { keep: 2 })",
                           "x");

@@ -13,6 +13,7 @@
 #include "net/security.h"
 #include "net/validate.h"
 #include "ps/dense_update.h"
+#include "ps/memory_ceiling.h"
 #include "proto/keys.h"
 #include "storage/checkpoint_files.h"
 #include "storage/shard_checkpoint.h"
@@ -146,6 +147,7 @@ class Server::Impl {
       spill_ = std::move(*spill);
       LOG(INFO) << "server " << opt_.rank << ": memory budget " << budget << " bytes, RocksDB tier at " << so.path;
     }
+    if (absl::Status st = ChooseCeiling(budget, threads); !st.ok()) return st;
     for (uint32_t i = 0; i < threads; ++i) {
       auto h = std::make_unique<Handler>();
       h->index = i;
@@ -156,6 +158,7 @@ class Server::Impl {
       h->store = std::make_unique<TieredStore>(specs, mine, L, budget / threads, spill_.get());
       h->sketch.resize(specs_.size());
       h->table_rows.reset(new std::atomic<uint64_t>[specs_.size()]());
+      h->ceiling = ceiling_ / threads;
       handlers_.push_back(std::move(h));
     }
     for (size_t t = 0; t < specs_.size(); ++t) {
@@ -211,6 +214,7 @@ class Server::Impl {
     if (spill_) {
       for (uint32_t t = 0; t < specs_.size(); ++t) s.spilled_rows += spill_->EstimatedRows(t);
     }
+    s.max_resident_bytes = ceiling_;
     return s;
   }
 
@@ -227,6 +231,7 @@ class Server::Impl {
     std::vector<uint32_t> shards, positions;
     std::vector<uint8_t*> rows_buf;
     std::atomic<uint64_t> rows{0}, memory{0};
+    uint64_t ceiling = 0;  // this handler's share of the resident ceiling, bytes
     std::unique_ptr<std::atomic<uint64_t>[]> table_rows;  // per table
     uint32_t gauge_tick = 0;
     absl::Mutex mu;
@@ -438,7 +443,9 @@ class Server::Impl {
         continue;
       }
       const TableSpec& spec = *specs_[req->table];
-      if (general_[req->table]) {
+      if (std::string over = OverCeiling(h, *req, spec); !over.empty()) {
+        FailPart(*req, proto::RESOURCE_EXHAUSTED, over);
+      } else if (general_[req->table]) {
         absl::Status st = ProcessGeneral(h, *req, spec);
         if (!st.ok()) {
           // The RocksDB tier failed: answer with the error, keep serving.
@@ -451,19 +458,17 @@ class Server::Impl {
         }
       } else {
         TieredStore& store = *h->store;
+        size_t created = 0;
         if (req->grouped) {
           for (const KeyRun& r : req->runs_by_handler[h->index]) {
-            Process(*req, spec, store.table(req->table, r.shard), r.begin, r.end);
+            created += Process(*req, spec, store.table(req->table, r.shard), r.begin, r.end);
           }
         } else {
-          const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
-          for (size_t i = 0; i < req->num_keys; ++i) {
-            const uint32_t s = proto::ShardOf(req->keys[i], L);
-            if (shard_handler_[s] == static_cast<int16_t>(h->index)) {
-              Process(*req, spec, store.table(req->table, s), i, i + 1);
-            }
-          }
+          ForEachMine(*h, *req, [&](size_t i, uint32_t s) {
+            created += Process(*req, spec, store.table(req->table, s), i, i + 1);
+          });
         }
+        store.ChargeCreated(req->table, created);
       }
       UpdateGauges(h);
       if (req->remaining.fetch_sub(1, std::memory_order_acq_rel) == 1) {
@@ -498,11 +503,122 @@ class Server::Impl {
     return u < a.probability();
   }
 
+  // Calls fn(i, shard) for every key i of `req` in a shard handler `h` owns.
+  template <typename Fn>
+  void ForEachMine(const Handler& h, const Request& req, Fn&& fn) const {
+    if (req.grouped) {
+      for (const KeyRun& r : req.runs_by_handler[h.index]) {
+        for (size_t i = r.begin; i < r.end; ++i) fn(i, r.shard);
+      }
+      return;
+    }
+    const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
+    for (size_t i = 0; i < req.num_keys; ++i) {
+      const uint32_t s = proto::ShardOf(req.keys[i], L);
+      if (shard_handler_[s] == static_cast<int16_t>(h.index)) fn(i, s);
+    }
+  }
+
+  // The resident ceiling: empty if the rows h's part of `req` may create fit
+  // in h's share, else the refusal. Cheap unless the request is near the
+  // ceiling: then its keys are looked up once more to count the new ones.
+  std::string OverCeiling(Handler* h, const Request& req, const TableSpec& spec) {
+    const uint32_t t = req.table;
+    // A read-only pull creates nothing; under admission a pull creates nothing either.
+    if (req.read_only || (!req.is_push && Admits(opt_.config.tables(t)))) return {};
+    TieredStore& store = *h->store;
+    const uint64_t cost = storage::ResidentRowCost(spec);
+    const uint64_t resident = static_cast<uint64_t>(std::max<int64_t>(0, store.resident_bytes()));
+    uint64_t keys = 0;  // h's keys of the request: exact when grouped, a bound otherwise
+    if (req.grouped) {
+      for (const KeyRun& r : req.runs_by_handler[h->index]) keys += r.end - r.begin;
+    } else {
+      keys = req.num_keys;
+    }
+    uint64_t fresh = keys;
+    if (store.tiered()) {
+      // Cold rows spill to make room: only the request's own rows, pinned
+      // while it runs, must fit at once.
+      if (keys * cost <= h->ceiling) return {};
+      if (!req.grouped) {
+        fresh = 0;
+        ForEachMine(*h, req, [&](size_t, uint32_t) { ++fresh; });
+        if (fresh * cost <= h->ceiling) return {};
+      }
+    } else {
+      if (resident + keys * cost <= h->ceiling) return {};
+      // Near the ceiling: count the keys without a row (a stale row is
+      // re-drawn in place, a repeated new key counts twice: an over-estimate).
+      fresh = 0;
+      ForEachMine(*h, req, [&](size_t i, uint32_t s) { fresh += store.table(t, s).Find(req.keys[i]) == nullptr; });
+      if (resident + fresh * cost <= h->ceiling) return {};
+    }
+    const std::string table = spec.config().name();
+    std::string why = absl::StrCat(
+        proto::Command_Name(req.msg.header.command()), " of table '", table, "'",
+        store.tiered() ? " names " : " would create up to ", fresh, store.tiered() ? " keys, rows of " : " rows of ",
+        cost, " bytes, on server ", opt_.rank, " handler ", h->index, ", which holds ", resident,
+        " bytes of rows and may hold ", h->ceiling, ": storage.max_resident_bytes ", ceiling_, ceiling_how_, " over ",
+        handlers_.size(), " handlers");
+    if (store.tiered()) {
+      absl::StrAppend(&why, " (with storage.memory_budget_bytes ", opt_.config.storage().memory_budget_bytes(),
+                      " cold rows spill, but one request's rows must fit at once); raise "
+                      "storage.max_resident_bytes or lower cluster.max_keys_per_request");
+    } else {
+      absl::StrAppend(&why, "; raise storage.max_resident_bytes, or set storage.memory_budget_bytes to spill cold "
+                            "rows to disk");
+    }
+    return why;
+  }
+
+  // Makes the error reply of `req` (one handler's part failed); the first
+  // failure of a request is the one answered and counted.
+  void FailPart(Request& req, proto::ErrorCode code, const std::string& why) {
+    absl::MutexLock l(&req.error_mu);
+    if (req.failed) return;
+    errors_.fetch_add(1);
+    rejects_.Warn(absl::StrCat("server ", opt_.rank, ": refused ", proto::Command_Name(req.msg.header.command()),
+                               " from node ", req.msg.header.sender(), ": ", why));
+    net::Message r = net::MakeErrorReply(req.msg, code, why);
+    r.header.set_sender(opt_.node_id);
+    req.failed = std::move(r);
+  }
+
+  // Sets ceiling_ from storage.max_resident_bytes, or derives it from the
+  // host's memory, and logs it.
+  absl::Status ChooseCeiling(uint64_t budget, uint32_t threads) {
+    const proto::StorageConfig& sc = opt_.config.storage();
+    ceiling_ = sc.max_resident_bytes();
+    if (ceiling_ > 0) {
+      if (ceiling_ < budget) {
+        return absl::InvalidArgumentError(absl::StrCat("storage.max_resident_bytes ", ceiling_,
+                                                       " is below storage.memory_budget_bytes ", budget));
+      }
+    } else {
+      const uint64_t host = opt_.host_memory_bytes > 0 ? opt_.host_memory_bytes : HostMemoryBytes();
+      ceiling_ = DefaultMaxResidentBytes(host, opt_.servers_on_host);
+      ceiling_how_ = absl::StrCat(" (0: derived, half of the host's ", host, " bytes over ", opt_.servers_on_host,
+                                  " servers on this host)");
+      if (host == 0) {
+        LOG(WARNING) << "server " << opt_.rank << ": the host's memory is unknown; no resident ceiling "
+                     << "(set storage.max_resident_bytes)";
+        ceiling_ = UINT64_MAX;
+      } else if (ceiling_ < budget) {
+        LOG(WARNING) << "server " << opt_.rank << ": storage.memory_budget_bytes " << budget
+                     << " is above this server's part of the host's memory (" << ceiling_
+                     << " bytes); the ceiling is the budget";
+        ceiling_ = budget;
+      }
+    }
+    LOG(INFO) << "server " << opt_.rank << ": resident ceiling " << ceiling_ << " bytes" << ceiling_how_ << ", "
+              << ceiling_ / threads << " per handler";
+    return absl::OkStatus();
+  }
+
   // PULL or PUSH through the TieredStore: budgeted tables and tables with
   // admission. All of this handler's keys of the request are resolved at
   // once (one RocksDB MultiGet for those not resident).
   absl::Status ProcessGeneral(Handler* h, Request& req, const TableSpec& spec) {
-    const uint32_t L = static_cast<uint32_t>(shard_handler_.size());
     h->keys.clear();
     h->shards.clear();
     h->positions.clear();
@@ -511,16 +627,7 @@ class Server::Impl {
       h->shards.push_back(s);
       h->positions.push_back(static_cast<uint32_t>(i));
     };
-    if (req.grouped) {
-      for (const KeyRun& r : req.runs_by_handler[h->index]) {
-        for (size_t i = r.begin; i < r.end; ++i) add(i, r.shard);
-      }
-    } else {
-      for (size_t i = 0; i < req.num_keys; ++i) {
-        const uint32_t s = proto::ShardOf(req.keys[i], L);
-        if (shard_handler_[s] == static_cast<int16_t>(h->index)) add(i, s);
-      }
-    }
+    ForEachMine(*h, req, add);
     const size_t n = h->keys.size();
     h->rows_buf.assign(n, nullptr);
     const uint32_t t = req.table;
@@ -577,12 +684,13 @@ class Server::Impl {
   // rows are still created in key order. Measured on the zipf16 bench: push
   // 2.1-2.3x faster, repeat pull 1.35x. A read-only PULL runs the same
   // pipeline with Find: a missing or stale row reads as req.default_value.
-  static void Process(Request& req, const TableSpec& spec, ShardTable& table, size_t begin, size_t end) {
+  // Returns the rows created.
+  static size_t Process(Request& req, const TableSpec& spec, ShardTable& table, size_t begin, size_t end) {
     constexpr size_t kIndexAhead = 16, kRowAhead = 8;
     const uint32_t dim = spec.dim();
     const size_t row_bytes = spec.row_bytes();
     uint8_t* rows[kRowAhead];
-    size_t next_index = begin, next_row = begin;
+    size_t next_index = begin, next_row = begin, created_rows = 0;
     auto advance = [&](size_t i) {
       for (const size_t limit = std::min(end, i + kIndexAhead); next_index < limit; ++next_index) {
         table.PrefetchIndex(req.keys[next_index]);
@@ -602,7 +710,10 @@ class Server::Impl {
         // not read here, only prefetched: it is read kRowAhead keys later,
         // in row(). Reading its meta here stalled every key on a memory
         // miss (~60% of a zipf16 pull's handler samples).
-        if (created) TableSpec::Meta(r)->last_push_seq = req.push_seq;
+        if (created) {
+          TableSpec::Meta(r)->last_push_seq = req.push_seq;
+          ++created_rows;
+        }
         for (size_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(r + o, 1);
         rows[next_row % kRowAhead] = r;
       }
@@ -630,7 +741,7 @@ class Server::Impl {
           std::fill(out, out + dim, req.default_value);
         }
       }
-      return;
+      return created_rows;
     }
     const storage::OptimizerRule& rule = spec.rule();
     for (size_t i = begin; i < end; ++i) {
@@ -642,6 +753,7 @@ class Server::Impl {
       meta->last_push_seq = req.push_seq;
       if (req.log_day) meta->last_day = req.log_day;
     }
+    return created_rows;
   }
 
   void UpdateGauges(Handler* h, bool force = false) {
@@ -884,6 +996,7 @@ class Server::Impl {
     p.set_pushed_keys(pushed_keys_.load());
     p.set_errors(errors_.load());
     p.set_memory_budget_bytes(opt_.config.storage().memory_budget_bytes());
+    p.set_max_resident_bytes(ceiling_);
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       proto::TableStatsProto* ts = p.add_tables();
       ts->set_name(specs_[t]->config().name());
@@ -960,6 +1073,8 @@ class Server::Impl {
   std::vector<std::atomic<uint32_t>> table_generation_;   // reset generation per table
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
+  uint64_t ceiling_ = 0;     // resident ceiling in force, bytes (set by Init)
+  std::string ceiling_how_;  // how it was chosen, for messages ("" if configured)
   // I/O thread only (handlers parked): checkpoint bookkeeping.
   uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_push_seq_ are new since this checkpoint
   uint64_t clean_cut_push_seq_ = 0;

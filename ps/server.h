@@ -20,6 +20,15 @@
 // A PULL with Header.read_only (a worker's evaluation) creates and changes
 // no row, and answers admission.default_value for every key without a live
 // row of the table's current generation: what a served model answers.
+//
+// Resident ceiling (storage.max_resident_bytes, or half of the host's memory
+// over the job's servers on the host): each handler holds its share, and
+// refuses its part of a PULL or PUSH with RESOURCE_EXHAUSTED when the rows
+// it would create do not fit (checked against the handler's exact resident
+// bytes; keys are looked up one by one only when the request's keys, all
+// taken as new, would not fit). Other handlers' parts of that request may
+// have been served; the reply is the error. With a budget the tier spills
+// instead, and only a request whose own rows exceed the share is refused.
 #ifndef EMBER_PS_SERVER_H_
 #define EMBER_PS_SERVER_H_
 
@@ -69,6 +78,11 @@ struct ServerOptions {
   // Length of the global dense vector (checkpoint fingerprint, restore onto
   // another layout). 0: dense_offset + dense_init.size().
   uint64_t dense_total = 0;
+  // For the default resident ceiling (storage.max_resident_bytes = 0): the
+  // job's servers on this host, this one included (ps::ServersOnHost), and
+  // the host's memory (0: read it, ps::HostMemoryBytes).
+  uint32_t servers_on_host = 1;
+  uint64_t host_memory_bytes = 0;
 };
 
 struct ServerStats {
@@ -80,6 +94,9 @@ struct ServerStats {
   // (row bytes + 16 per row, storage::ResidentRowCost), over all tables.
   uint64_t resident_bytes = 0;
   uint64_t spilled_rows = 0;  // RocksDB's estimate
+  // The resident ceiling in force: storage.max_resident_bytes or the default
+  // derived from the host's memory.
+  uint64_t max_resident_bytes = 0;
   uint64_t hits = 0, misses = 0, evictions = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "ps/server.h"
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -218,6 +220,164 @@ TEST_F(ServerTest, RequestsAboveTheKeyLimitAreRefused) {
   EXPECT_EQ(server_->stats().rows, rows) << "no row created";
   const std::vector<uint64_t> keys = OwnKeys(10, 5);
   EXPECT_EQ(PullValues(0, 4, keys).size(), 40u);
+}
+
+// A second server, on the test's hub, with its own config and client.
+struct ExtraServer {
+  std::unique_ptr<Server> server;
+  std::thread thread;
+  std::unique_ptr<net::Client> client;
+  net::PeerId peer;
+  ~ExtraServer() {
+    client.reset();
+    if (server) server->Stop();
+    if (thread.joinable()) thread.join();
+  }
+  absl::StatusOr<net::Message> Call(proto::Command c, uint32_t dim, const std::vector<uint64_t>& keys,
+                                    bool read_only = false) {
+    net::Message m;
+    m.header.set_command(c);
+    m.header.set_table(0);
+    m.header.set_dim(dim);
+    m.header.set_num_keys(keys.size());
+    m.header.set_read_only(read_only);
+    m.frames.push_back(net::Frame::Copy(keys.data(), keys.size() * 8));
+    if (c == proto::PUSH) {
+      const std::vector<float> g(keys.size() * dim, 0.5f);
+      m.frames.push_back(net::Frame::Copy(g.data(), g.size() * 4));
+    }
+    return client->Call(peer, std::move(m), absl::Seconds(30));
+  }
+  // Exact resident bytes over all tables (a STATS request).
+  uint64_t ResidentBytes() {
+    net::Message m;
+    m.header.set_command(proto::STATS);
+    auto r = client->Call(peer, std::move(m), absl::Seconds(30));
+    EXPECT_TRUE(r.ok()) << r.status();
+    uint64_t bytes = 0;
+    if (r.ok()) {
+      for (const auto& t : r->header.stats_reply().tables()) bytes += t.resident_bytes();
+    }
+    return bytes;
+  }
+};
+
+std::unique_ptr<ExtraServer> StartServer(net::InprocHub* hub, const std::string& ep, ServerOptions so) {
+  net::TransportOptions o;
+  o.kind = net::TransportOptions::Kind::kInproc;
+  o.hub = hub;
+  auto st = net::CreateTransport(o);
+  EXPECT_TRUE((*st)->Bind(ep).ok());
+  auto server = Server::Create(std::move(so), std::move(*st));
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return nullptr;
+  auto x = std::make_unique<ExtraServer>();
+  x->server = std::move(*server);
+  x->thread = std::thread([s = x->server.get()] { EXPECT_TRUE(s->Run().ok()); });
+  x->client = net::Client::Create(std::move(*net::CreateTransport(o)));
+  x->peer = *x->client->Connect(ep);
+  return x;
+}
+
+// Without a budget, storage.max_resident_bytes stops new rows: a request
+// that would create rows past a handler's share is refused, naming the
+// limit and the table; existing rows are still pulled and pushed, read-only
+// pulls still answer, and the resident bytes never pass the ceiling.
+TEST_F(ServerTest, ResidentCeilingRefusesNewRowsAndServesExistingOnes) {
+  storage::TableSpec spec(config_.tables(0));
+  const uint64_t cost = spec.row_bytes() + 16;
+  const uint64_t ceiling = 3 * 50 * cost;  // 50 rows per handler
+  ServerOptions so;
+  so.config = config_;
+  so.config.mutable_storage()->set_max_resident_bytes(ceiling);
+  so.shard_map = map_;
+  so.dense_init = {0};
+  auto x = StartServer(&hub_, "inproc://ps-ceiling", so);
+  ASSERT_NE(x, nullptr);
+  ASSERT_EQ(x->server->stats().max_resident_bytes, ceiling);
+
+  const std::vector<uint64_t> first = OwnKeys(20, 11);
+  ASSERT_TRUE(x->Call(proto::PULL, 4, first).ok());
+  absl::Status refused;
+  for (uint64_t seed = 100; seed < 200 && refused.ok(); ++seed) {
+    refused = x->Call(seed % 2 ? proto::PULL : proto::PUSH, 4, OwnKeys(20, seed)).status();
+    ASSERT_LE(x->ResidentBytes(), ceiling);
+  }
+  ASSERT_FALSE(refused.ok()) << "150 rows fit, 2000 were asked for";
+  EXPECT_EQ(refused.code(), absl::StatusCode::kResourceExhausted) << refused;
+  EXPECT_NE(refused.message().find("RESOURCE_EXHAUSTED"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("storage.max_resident_bytes"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("'emb'"), std::string::npos) << refused;
+  EXPECT_NE(refused.message().find("storage.memory_budget_bytes"), std::string::npos) << refused;
+  const uint64_t resident = x->ResidentBytes();
+  EXPECT_LE(resident, ceiling);
+  EXPECT_GT(resident, ceiling / 2) << "the shares fill before refusals";
+  EXPECT_GE(x->server->stats().errors, 1u);
+
+  // Existing rows: pulled and pushed as before; a read-only pull of new keys answers.
+  EXPECT_TRUE(x->Call(proto::PUSH, 4, first).ok());
+  absl::StatusOr<net::Message> again = x->Call(proto::PULL, 4, first);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->frames[0].size(), first.size() * 4 * sizeof(float));
+  EXPECT_TRUE(x->Call(proto::PULL, 4, OwnKeys(200, 999), /*read_only=*/true).ok());
+  EXPECT_EQ(x->ResidentBytes(), resident) << "no row created since the refusal";
+}
+
+// With a budget the tier spills cold rows instead of refusing new ones; only
+// a request whose own rows exceed a handler's share of the ceiling is refused.
+TEST_F(ServerTest, WithABudgetRowsSpillAndOnlyOversizedRequestsAreRefused) {
+  storage::TableSpec spec(config_.tables(0));
+  const uint64_t share = 100 * (spec.row_bytes() + 16);  // 100 rows per handler
+  const std::string spill = absl::StrCat("/tmp/ember-ceiling-", getpid());
+  std::filesystem::remove_all(spill);
+  ServerOptions so;
+  so.config = config_;
+  so.config.mutable_storage()->set_memory_budget_bytes(3 * share);
+  so.config.mutable_storage()->set_max_resident_bytes(3 * share);
+  so.config.mutable_storage()->set_spill_path(spill);
+  so.shard_map = map_;
+  so.dense_init = {0};
+  {
+    auto x = StartServer(&hub_, "inproc://ps-tiered", so);
+    ASSERT_NE(x, nullptr);
+    for (uint64_t seed = 300; seed < 320; ++seed) {
+      absl::StatusOr<net::Message> r = x->Call(proto::PULL, 4, OwnKeys(30, seed));
+      ASSERT_TRUE(r.ok()) << "600 new rows over a 300-row budget spill: " << r.status();
+    }
+    EXPECT_GT(x->server->stats().evictions, 0u);
+    EXPECT_LE(x->ResidentBytes(), 3 * share);
+    // ~333 keys a handler at once: more than its share can pin.
+    absl::Status big = x->Call(proto::PULL, 4, OwnKeys(1000, 400)).status();
+    EXPECT_EQ(big.code(), absl::StatusCode::kResourceExhausted) << big;
+    EXPECT_NE(big.message().find("storage.memory_budget_bytes"), std::string::npos) << big;
+    EXPECT_NE(big.message().find("cluster.max_keys_per_request"), std::string::npos) << big;
+    EXPECT_TRUE(x->Call(proto::PULL, 4, OwnKeys(30, 300)).ok());
+  }
+  std::filesystem::remove_all(spill);
+}
+
+// storage.max_resident_bytes = 0: half of the host's memory over the
+// servers on the host, and never below the budget.
+TEST_F(ServerTest, DefaultResidentCeilingIsDerivedFromTheHost) {
+  ServerOptions so;
+  so.config = config_;
+  so.shard_map = map_;
+  so.dense_init = {0};
+  so.host_memory_bytes = uint64_t{8} << 30;
+  so.servers_on_host = 4;
+  auto x = StartServer(&hub_, "inproc://ps-default", so);
+  ASSERT_NE(x, nullptr);
+  EXPECT_EQ(x->server->stats().max_resident_bytes, uint64_t{1} << 30);
+  so.config.mutable_storage()->set_max_resident_bytes(1000);
+  so.config.mutable_storage()->set_memory_budget_bytes(2000);
+  net::TransportOptions o;
+  o.kind = net::TransportOptions::Kind::kInproc;
+  o.hub = &hub_;
+  auto st = net::CreateTransport(o);
+  ASSERT_TRUE((*st)->Bind("inproc://ps-bad").ok());
+  auto bad = Server::Create(so, std::move(*st));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("storage.memory_budget_bytes"), std::string::npos) << bad.status();
 }
 
 TEST_F(ServerTest, DenseSlicePullPush) {

@@ -56,8 +56,13 @@ class TieredStore {
   // The in-memory table of an owned shard.
   ShardTable& table(uint32_t t, uint32_t shard) { return *tables_[t][local_[shard]]; }
   TierCounters& counters(uint32_t t) { return *counters_[t]; }
-  // Bytes charged against the budget (tracked only when there is a budget).
+  // Bytes of resident rows (ResidentRowCost each) over every table, with or
+  // without a budget: what the budget and the server's resident ceiling
+  // (storage.max_resident_bytes) are checked against.
   int64_t resident_bytes() const { return resident_bytes_; }
+  // Charges `rows` rows of table t created through table() directly (the
+  // server's untiered fast path), so that resident_bytes() stays exact.
+  void ChargeCreated(uint32_t t, uint64_t rows) { Charge(t, static_cast<int64_t>(rows)); }
   // Resident rows of table t over this store's shards.
   uint64_t resident_rows(uint32_t t) const;
 
