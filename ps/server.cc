@@ -159,6 +159,18 @@ class Server::Impl {
       const proto::TableConfig& tc = opt_.config.tables(t);
       general_.push_back(spill_ != nullptr || Admits(tc));
     }
+    if (!opt_.config.checkpoint().dir().empty()) {
+      // Resolved once: what the operator configured may hold symlinks; below
+      // it nothing a request names may.
+      absl::StatusOr<storage::CheckpointRoot> root = storage::CheckpointRoot::Open(opt_.config.checkpoint().dir());
+      if (!root.ok()) {
+        LOG(WARNING) << "server " << opt_.rank << ": no checkpoint root, SAVE and RESTORE will be refused: "
+                     << root.status();
+        root_error_ = std::string(root.status().message());
+      } else {
+        root_ = std::move(*root);
+      }
+    }
     if (opt_.dense_total == 0) opt_.dense_total = opt_.dense_offset + opt_.dense_init.size();
     for (auto& h : handlers_) h->thread = std::thread([this, hp = h.get()] { HandlerLoop(hp); });
     // The slice's trainable prefix; the rest is model state.
@@ -297,7 +309,11 @@ class Server::Impl {
       case proto::LIST_CHECKPOINTS: {
         net::Message r = net::MakeReply(m);
         r.header.set_sender(opt_.node_id);
-        for (auto& c : storage::ListCheckpoints(m.header.list().root())) {
+        absl::StatusOr<std::string> dir = ResolveCheckpointPath(m.header.list().root(), /*allow_root=*/true);
+        if (!dir.ok()) return FailStatus(m, dir.status());
+        for (auto& c : storage::ListCheckpoints(*dir)) {
+          // Named as requests name them: relative to the checkpoint root.
+          c.set_dir(std::filesystem::path(c.dir()).lexically_relative(root_.path()).generic_string());
           *r.header.mutable_list_reply()->add_checkpoints() = std::move(c);
         }
         return Reply(std::move(r));
@@ -713,13 +729,19 @@ class Server::Impl {
     Fail(m, code, std::string(st.message()));
   }
 
+  // The checkpoint `name` names below the job's checkpoint root (see
+  // storage::CheckpointRoot): the one check of SAVE, RESTORE and LIST.
+  absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& name, bool allow_root = false) const {
+    if (!root_.configured() && !root_error_.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("the checkpoint root is unusable: ", root_error_));
+    }
+    return root_.Resolve(name, allow_root);
+  }
+
   void HandleSave(const net::Message& m) {
     const proto::SaveRequest& q = m.header.save();
-    if (q.dir().empty()) return Fail(m, proto::BAD_REQUEST, "SAVE: empty dir");
-    std::error_code ec;
-    if (!std::filesystem::is_directory(q.dir(), ec)) {
-      return Fail(m, proto::BAD_REQUEST, absl::StrCat("SAVE: ", q.dir(), " is not a directory"));
-    }
+    absl::StatusOr<std::string> dir = ResolveCheckpointPath(q.dir());
+    if (!dir.ok()) return FailStatus(m, absl::Status(dir.status().code(), absl::StrCat("SAVE: ", dir.status().message())));
     uint64_t swept = 0;
     absl::StatusOr<proto::CheckpointPart> part;
     {
@@ -744,7 +766,7 @@ class Server::Impl {
       src.push_seq = push_seq_.load();
       src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
       const uint64_t cut = src.push_seq;
-      part = storage::WriteCheckpointPart(q.dir(), src);
+      part = storage::WriteCheckpointPart(*dir, src);
       if (part.ok()) {
         clean_since_id_ = q.id();
         clean_cut_push_seq_ = cut;
@@ -765,7 +787,12 @@ class Server::Impl {
 
   void HandleRestore(const net::Message& m) {
     const proto::RestoreRequest& q = m.header.restore();
+    absl::StatusOr<std::string> dir = ResolveCheckpointPath(q.dir());
+    if (!dir.ok()) {
+      return FailStatus(m, absl::Status(dir.status().code(), absl::StrCat("RESTORE: ", dir.status().message())));
+    }
     storage::RestoreTarget target;
+    target.root = &root_;
     target.config = &opt_.config;
     target.dense_total = opt_.dense_total;
     target.specs = Specs();
@@ -777,7 +804,7 @@ class Server::Impl {
     uint64_t rows = 0, bytes = 0;
     {
       Parked parked(this);
-      absl::StatusOr<storage::RestorePlan> plan = storage::RestorePlan::Make(q.dir(), target);
+      absl::StatusOr<storage::RestorePlan> plan = storage::RestorePlan::Make(*dir, target);
       if (!plan.ok()) return FailStatus(m, plan.status());
       if (absl::Status st = plan->Verify(&rows, &bytes); !st.ok()) return FailStatus(m, st);
       if (!q.verify_only()) {
@@ -949,6 +976,8 @@ class Server::Impl {
   std::vector<std::atomic<uint32_t>> table_generation_;   // reset generation per table
   std::vector<bool> general_;                        // per table: through the TieredStore
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
+  storage::CheckpointRoot root_;  // checkpoint.dir, resolved at Init; unset without one
+  std::string root_error_;        // why checkpoint.dir could not be opened, if it could not
   // I/O thread only (handlers parked): checkpoint bookkeeping.
   uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_push_seq_ are new since this checkpoint
   uint64_t clean_cut_push_seq_ = 0;

@@ -76,6 +76,11 @@ class Servers {
       : config_(std::move(config)), router_(MakeMap(num_servers), num_servers) {
     config_.mutable_cluster()->set_num_servers(num_servers);
     config_.mutable_storage()->set_spill_path(spill_root);
+    // Every test saves and restores below its scratch directory (the spill
+    // root's parent): that is the job's checkpoint root.
+    if (config_.checkpoint().dir().empty()) {
+      config_.mutable_checkpoint()->set_dir(fs::path(spill_root).parent_path().string());
+    }
     net::TransportOptions o;
     o.kind = net::TransportOptions::Kind::kInproc;
     o.hub = &hub_;
