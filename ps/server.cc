@@ -715,7 +715,7 @@ class Server::Impl {
   void FailStatus(const net::Message& m, const absl::Status& st) {
     proto::ErrorCode code = proto::INTERNAL;
     if (absl::IsInvalidArgument(st) || absl::IsNotFound(st) || absl::IsFailedPrecondition(st) ||
-        absl::IsDataLoss(st)) {
+        absl::IsDataLoss(st) || absl::IsAlreadyExists(st)) {
       code = proto::BAD_REQUEST;
     }
     Fail(m, code, std::string(st.message()));
