@@ -845,7 +845,9 @@ class Server::Impl {
       {
         absl::MutexLock l(&admin_mu_);
         admin_mu_.Await(absl::Condition(
-            +[](Impl* i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(i->admin_mu_) { return i->admin_next_ != nullptr || i->admin_quit_; },
+            +[](Impl* i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(i->admin_mu_) {
+              return i->admin_next_ != nullptr || i->admin_quit_;
+            },
             this));
         if (admin_next_ == nullptr) return;
         op = std::move(admin_next_);
