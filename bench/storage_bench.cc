@@ -257,6 +257,7 @@ proto::JobConfig MakeConfig(uint64_t budget_bytes, const std::string& dir) {
   proto::StorageConfig* s = config.mutable_storage();
   s->set_memory_budget_bytes(budget_bytes);
   s->set_spill_path(dir + "/spill");
+  config.mutable_checkpoint()->set_dir(dir + "/ckpt");  // RunConfig saves there
   return config;
 }
 
@@ -573,7 +574,7 @@ uint64_t ManifestBytes(const proto::CheckpointManifest& m) {
 absl::StatusOr<ConfigResult> RunConfig(Run& run, const std::string& name, uint64_t budget,
                                        bool checkpoint) {
   const proto::JobConfig config = MakeConfig(budget, run.dir);
-  const std::string ckpt_root = (std::filesystem::path(config.storage().spill_path()).parent_path() / "ckpt").string();
+  const std::string ckpt_root = config.checkpoint().dir();
   // Checkpoint figures of the budgeted configuration carry its prefix; the
   // unbudgeted ones are the headline figures and carry none.
   const std::string prefix = name == "nobudget" ? "" : name + "_";

@@ -56,6 +56,9 @@ absl::StatusOr<std::vector<net::Message>> CheckpointCoordinator::Broadcast(const
 absl::StatusOr<proto::CheckpointManifest> CheckpointCoordinator::Save(const std::string& root, bool incremental,
                                                                      bool sweep,
                                                                      const proto::JobState* job_state) {
+  if (opt_.config.checkpoint().dir().empty()) {
+    return absl::FailedPreconditionError("checkpoint.dir is empty: the job has no checkpoint root");
+  }
   std::error_code ec;
   std::filesystem::create_directories(root, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create checkpoint root ", root, ": ", ec.message()));
@@ -69,10 +72,13 @@ absl::StatusOr<proto::CheckpointManifest> CheckpointCoordinator::Save(const std:
   std::filesystem::create_directories(dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
 
+  // Servers take the checkpoint's name relative to the job's root.
+  absl::StatusOr<std::string> name = storage::NameUnderRoot(opt_.config.checkpoint().dir(), dir);
+  if (!name.ok()) return name.status();
   proto::Header h;
   h.set_command(proto::SAVE);
   proto::SaveRequest* q = h.mutable_save();
-  q->set_dir(dir);
+  q->set_dir(*name);
   q->set_id(id);
   q->set_parent_id(incremental ? parent : 0);
   q->set_sweep(sweep);
@@ -103,12 +109,17 @@ absl::StatusOr<uint64_t> CheckpointCoordinator::Restore(const std::string& dir_o
     if (!latest.ok()) return latest.status();
     dir = *latest;
   }
+  if (opt_.config.checkpoint().dir().empty()) {
+    return absl::FailedPreconditionError("checkpoint.dir is empty: the job has no checkpoint root");
+  }
+  absl::StatusOr<std::string> name = storage::NameUnderRoot(opt_.config.checkpoint().dir(), dir);
+  if (!name.ok()) return name.status();
   // Everyone verifies before anyone loads: a checkpoint that one server
   // refuses is loaded by none.
   for (bool verify_only : {true, false}) {
     proto::Header h;
     h.set_command(proto::RESTORE);
-    h.mutable_restore()->set_dir(dir);
+    h.mutable_restore()->set_dir(*name);
     h.mutable_restore()->set_verify_only(verify_only);
     h.mutable_restore()->set_incarnation(incarnation);
     absl::StatusOr<std::vector<net::Message>> replies = Broadcast(h);

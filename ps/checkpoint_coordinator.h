@@ -42,7 +42,10 @@ class CheckpointCoordinator {
   // `client` is not owned and must outlive the coordinator.
   CheckpointCoordinator(CheckpointCoordinatorOptions options, net::Client* client);
 
-  // Writes checkpoint <root>/ckpt-<latest id + 1>. `incremental`: a delta on
+  // Writes checkpoint <root>/ckpt-<latest id + 1>. `root` is
+  // config.checkpoint.dir or a directory below it: servers are sent the
+  // checkpoint's path relative to checkpoint.dir (docs/wire_format.md), so a
+  // job without checkpoint.dir saves nothing (FAILED_PRECONDITION). `incremental`: a delta on
   // the newest complete checkpoint when there is one (a server whose rows are
   // not clean relative to it writes full shards instead). Runs the expiry
   // sweep first if `sweep`. Prunes to checkpoint.keep afterwards. Returns the
@@ -57,7 +60,8 @@ class CheckpointCoordinator {
   // ckpt-* directories, its newest complete one) onto the servers: first
   // every server verifies what it would load, then every server loads and
   // takes `incarnation` (see ClusterInfo.incarnation). Returns the rows
-  // loaded over all servers.
+  // loaded over all servers. The checkpoint must lie below
+  // config.checkpoint.dir (INVALID_ARGUMENT otherwise), as for Save.
   [[nodiscard]] absl::StatusOr<uint64_t> Restore(const std::string& dir, uint64_t incarnation = 0);
 
   // Replaces the server peers (in rank order), e.g. after a lost server's

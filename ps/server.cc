@@ -3,6 +3,7 @@
 #include <cstring>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <optional>
 
 #include "absl/strings/ascii.h"
@@ -93,6 +94,13 @@ class Server::Impl {
   }
 
   ~Impl() {
+    if (admin_thread_.joinable()) {
+      {
+        absl::MutexLock l(&admin_mu_);
+        admin_quit_ = true;
+      }
+      admin_thread_.join();  // after the operation it runs, if any
+    }
     for (auto& h : handlers_) h->Push(nullptr);
     for (auto& h : handlers_) h->thread.join();
     // The tiers read the spill store: they go first, then the store (which
@@ -165,8 +173,21 @@ class Server::Impl {
       const proto::TableConfig& tc = opt_.config.tables(t);
       general_.push_back(spill_ != nullptr || Admits(tc));
     }
+    if (!opt_.config.checkpoint().dir().empty()) {
+      // Resolved once: what the operator configured may hold symlinks; below
+      // it nothing a request names may.
+      absl::StatusOr<storage::CheckpointRoot> root = storage::CheckpointRoot::Open(opt_.config.checkpoint().dir());
+      if (!root.ok()) {
+        LOG(WARNING) << "server " << opt_.rank << ": no checkpoint root, SAVE and RESTORE will be refused: "
+                     << root.status();
+        root_error_ = std::string(root.status().message());
+      } else {
+        root_ = std::move(*root);
+      }
+    }
     if (opt_.dense_total == 0) opt_.dense_total = opt_.dense_offset + opt_.dense_init.size();
     for (auto& h : handlers_) h->thread = std::thread([this, hp = h.get()] { HandlerLoop(hp); });
+    admin_thread_ = std::thread([this] { AdminLoop(); });
     // The slice's trainable prefix; the rest is model state.
     const size_t trained = opt_.dense_state_begin <= opt_.dense_offset
                                ? 0
@@ -183,6 +204,7 @@ class Server::Impl {
       absl::StatusOr<bool> got = transport_->Recv(&m, absl::Milliseconds(500));
       if (!got.ok()) return got.status();
       if (*got) Handle(std::move(m));
+      FinishAdmin();
     }
     return absl::OkStatus();
   }
@@ -278,6 +300,12 @@ class Server::Impl {
     net::WireCheck check = net::ValidateMessage(m);
     if (!check.ok()) return Fail(m, check.code, check.why);
     const proto::Command c = m.header.command();
+    if (deferring_ && c != proto::PING && c != proto::LIST_CHECKPOINTS) {
+      // A RESTORE is loading: what arrives now is handled, in order, once it
+      // is done (and checked against the incarnation it leaves).
+      deferred_.push_back(std::move(m));
+      return;
+    }
     if ((c == proto::PULL || c == proto::PUSH || c == proto::DENSE_PULL || c == proto::DENSE_PUSH) &&
         m.header.incarnation() != incarnation_.load()) {
       // Sent before a recovery rolled the model back (or after, by a worker
@@ -306,32 +334,24 @@ class Server::Impl {
         return Reply(std::move(r));
       }
       case proto::SAVE:
-        return HandleSave(m);
       case proto::RESTORE:
-        return HandleRestore(m);
+      case proto::SWEEP:
+      case proto::STATS:
+        return HandleAdmin(std::move(m));
       case proto::LIST_CHECKPOINTS: {
         net::Message r = net::MakeReply(m);
         r.header.set_sender(opt_.node_id);
-        for (auto& c : storage::ListCheckpoints(m.header.list().root())) {
+        absl::StatusOr<std::string> dir = ResolveCheckpointPath(m.header.list().root(), /*allow_root=*/true);
+        if (!dir.ok()) return FailStatus(m, dir.status());
+        for (auto& c : storage::ListCheckpoints(*dir)) {
+          // Named as requests name them: relative to the checkpoint root.
+          c.set_dir(std::filesystem::path(c.dir()).lexically_relative(root_.path()).generic_string());
           *r.header.mutable_list_reply()->add_checkpoints() = std::move(c);
         }
         return Reply(std::move(r));
       }
       case proto::RESET_TABLE:
         return HandleReset(m);
-      case proto::SWEEP:
-        return HandleSweep(m);
-      case proto::STATS: {
-        net::Message r = net::MakeReply(m);
-        r.header.set_sender(opt_.node_id);
-        {
-          // Exact row counts: a brief park, then a walk of every shard.
-          Parked parked(this);
-          for (auto& h : handlers_) UpdateGauges(h.get(), /*force=*/true);
-        }
-        *r.header.mutable_stats_reply() = StatsProto();
-        return Reply(std::move(r));
-      }
       default:
         return Fail(m, proto::UNKNOWN_COMMAND,
                     absl::StrCat("a server does not serve ", proto::Command_Name(m.header.command())));
@@ -776,31 +796,19 @@ class Server::Impl {
 
   // ------------------------------------------------------------ storage
 
-  // Stops every handler behind the requests already queued; returns once
-  // all have checked in. Until the returned object is destroyed nothing but
-  // the I/O thread touches the stores (pushes meanwhile wait in the queues).
-  class Parked {
-   public:
-    explicit Parked(Impl* impl) : park_(std::make_shared<Park>()) {
-      park_->expected = impl->handlers_.size();
-      for (auto& h : impl->handlers_) {
-        auto r = std::make_shared<Request>();
-        r->park = park_;
-        holders_.push_back(r);
-        h->Push(std::move(r));
-      }
-      absl::MutexLock l(&park_->mu);
-      park_->mu.Await(absl::Condition(park_.get(), &Park::AllArrived));
+  // Orders every handler to park behind the requests already queued (see
+  // Park); returns at once. The admin thread waits for all to arrive.
+  std::shared_ptr<Park> OrderPark(std::vector<std::shared_ptr<Request>>* orders) {
+    auto park = std::make_shared<Park>();
+    park->expected = handlers_.size();
+    for (auto& h : handlers_) {
+      auto r = std::make_shared<Request>();
+      r->park = park;
+      orders->push_back(r);
+      h->Push(std::move(r));
     }
-    ~Parked() {
-      absl::MutexLock l(&park_->mu);
-      park_->released = true;
-    }
-
-   private:
-    std::shared_ptr<Park> park_;
-    std::vector<std::shared_ptr<Request>> holders_;  // keep the orders alive
-  };
+    return park;
+  }
 
   std::vector<TieredStore*> Stores() {
     std::vector<TieredStore*> v;
@@ -829,103 +837,19 @@ class Server::Impl {
   void FailStatus(const net::Message& m, const absl::Status& st) {
     proto::ErrorCode code = proto::INTERNAL;
     if (absl::IsInvalidArgument(st) || absl::IsNotFound(st) || absl::IsFailedPrecondition(st) ||
-        absl::IsDataLoss(st)) {
+        absl::IsDataLoss(st) || absl::IsAlreadyExists(st)) {
       code = proto::BAD_REQUEST;
     }
     Fail(m, code, std::string(st.message()));
   }
 
-  void HandleSave(const net::Message& m) {
-    const proto::SaveRequest& q = m.header.save();
-    if (q.dir().empty()) return Fail(m, proto::BAD_REQUEST, "SAVE: empty dir");
-    std::error_code ec;
-    if (!std::filesystem::is_directory(q.dir(), ec)) {
-      return Fail(m, proto::BAD_REQUEST, absl::StrCat("SAVE: ", q.dir(), " is not a directory"));
+  // The checkpoint `name` names below the job's checkpoint root (see
+  // storage::CheckpointRoot): the one check of SAVE, RESTORE and LIST.
+  absl::StatusOr<std::string> ResolveCheckpointPath(const std::string& name, bool allow_root = false) const {
+    if (!root_.configured() && !root_error_.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat("the checkpoint root is unusable: ", root_error_));
     }
-    uint64_t swept = 0;
-    absl::StatusOr<proto::CheckpointPart> part;
-    {
-      Parked parked(this);
-      if (q.sweep()) {
-        absl::StatusOr<uint64_t> n = SweepParked();
-        if (!n.ok()) return FailStatus(m, n.status());
-        swept = *n;
-      }
-      storage::SaveSource src;
-      src.rank = opt_.rank;
-      src.num_logical_shards = static_cast<uint32_t>(shard_handler_.size());
-      src.specs = Specs();
-      src.stores = Stores();
-      for (const auto& e : table_generation_) src.generations.push_back(e.load());
-      // Incremental only on the checkpoint this server is known clean against.
-      src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
-      src.cut_push_seq = clean_cut_push_seq_;
-      src.tombstones = &tombstones_;
-      const storage::DenseSlice dense = CopyDense();
-      src.dense = &dense;
-      src.push_seq = push_seq_.load();
-      src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
-      const uint64_t cut = src.push_seq;
-      part = storage::WriteCheckpointPart(q.dir(), src);
-      if (part.ok()) {
-        clean_since_id_ = q.id();
-        clean_cut_push_seq_ = cut;
-        tombstones_.clear();
-      } else {
-        clean_since_id_ = 0;  // the next checkpoint must be full
-      }
-    }
-    if (!part.ok()) return FailStatus(m, part.status());
-    LOG(INFO) << "server " << opt_.rank << ": saved " << (part->delta() ? "incremental" : "full") << " checkpoint "
-              << q.id() << " (" << part->bytes() << " bytes in " << part->seconds() << " s"
-              << (swept ? absl::StrCat(", swept ", swept, " rows") : std::string()) << ")";
-    net::Message r = net::MakeReply(m);
-    r.header.set_sender(opt_.node_id);
-    *r.header.mutable_save_reply()->mutable_part() = std::move(*part);
-    Reply(std::move(r));
-  }
-
-  void HandleRestore(const net::Message& m) {
-    const proto::RestoreRequest& q = m.header.restore();
-    storage::RestoreTarget target;
-    target.config = &opt_.config;
-    target.dense_total = opt_.dense_total;
-    target.specs = Specs();
-    target.stores = Stores();
-    target.dense_rule = &dense_->rule();
-    target.dense_offset = opt_.dense_offset;
-    target.dense_length = dense_->size();
-    target.dense_trained = dense_->trained();
-    uint64_t rows = 0, bytes = 0;
-    {
-      Parked parked(this);
-      absl::StatusOr<storage::RestorePlan> plan = storage::RestorePlan::Make(q.dir(), target);
-      if (!plan.ok()) return FailStatus(m, plan.status());
-      if (absl::Status st = plan->Verify(&rows, &bytes); !st.ok()) return FailStatus(m, st);
-      if (!q.verify_only()) {
-        storage::DenseSlice dense;
-        if (absl::Status st = plan->Apply(&dense, &rows); !st.ok()) {
-          return FailStatus(m, absl::InternalError(absl::StrCat(
-                                   "restore of ", q.dir(), " failed after verification, server state is partial: ",
-                                   st.message())));
-        }
-        dense_->Reset(std::move(dense.weights), std::move(dense.state));
-        const std::vector<uint32_t> generations = plan->generations();
-        for (size_t t = 0; t < table_generation_.size(); ++t) table_generation_[t].store(generations[t]);
-        const uint64_t seq = std::max(push_seq_.load(), plan->manifest().push_seq());
-        push_seq_.store(seq);
-        clean_since_id_ = plan->manifest().id();
-        clean_cut_push_seq_ = seq;
-        tombstones_.clear();
-        incarnation_.store(q.incarnation());
-        LOG(INFO) << "server " << opt_.rank << ": restored " << rows << " rows from " << q.dir();
-      }
-    }
-    net::Message r = net::MakeReply(m);
-    r.header.set_sender(opt_.node_id);
-    r.header.mutable_restore_reply()->set_rows(rows);
-    r.header.mutable_restore_reply()->set_bytes_read(bytes);
-    Reply(std::move(r));
+    return root_.Resolve(name, allow_root);
   }
 
   void HandleReset(const net::Message& m) {
@@ -943,28 +867,314 @@ class Server::Impl {
     Reply(std::move(r));
   }
 
-  void HandleSweep(const net::Message& m) {
-    absl::StatusOr<uint64_t> n;
-    {
-      Parked parked(this);
-      n = SweepParked();
+  // ------------------------------------------------------------ admin plane
+  //
+  // SAVE, RESTORE, SWEEP and STATS run on the admin thread, one at a time,
+  // so that the I/O thread keeps answering (PING, LIST_CHECKPOINTS at once).
+  // The I/O thread starts an operation: it orders every handler to park
+  // behind the requests already queued and takes what must be taken at the
+  // cut (a SAVE's dense copy, push counter, generations); sparse requests
+  // that arrive later queue behind the park. The admin thread waits for the
+  // handlers, does the work, releases them and hands the operation back; the
+  // I/O thread finishes it (a RESTORE's dense reset and incarnation, the
+  // reply) and starts the next one. Admin commands that arrive while one
+  // runs wait in admin_queue_ (up to kMaxQueuedAdmin, then refused). While a
+  // RESTORE runs (not a verify-only one) everything but PING and
+  // LIST_CHECKPOINTS waits in deferred_ and is handled in order afterwards.
+  static constexpr size_t kMaxQueuedAdmin = 16;
+
+  struct AdminOp {
+    net::Message request;
+    std::shared_ptr<Park> park;
+    std::vector<std::shared_ptr<Request>> park_orders;  // keep the orders alive
+    std::function<void()> work;    // admin thread, handlers parked
+    std::function<void()> finish;  // I/O thread, afterwards: replies
+  };
+
+  // I/O thread.
+  void HandleAdmin(net::Message m) {
+    const proto::Command c = m.header.command();
+    if (c == proto::SAVE || c == proto::RESTORE) {
+      // A bad path is refused at once, not after the operations ahead of it
+      // (and checked again when the operation starts).
+      absl::StatusOr<std::string> dir =
+          ResolveCheckpointPath(c == proto::SAVE ? m.header.save().dir() : m.header.restore().dir());
+      if (!dir.ok()) {
+        return FailStatus(m, absl::Status(dir.status().code(),
+                                          absl::StrCat(proto::Command_Name(c), ": ", dir.status().message())));
+      }
     }
-    if (!n.ok()) return FailStatus(m, n.status());
-    net::Message r = net::MakeReply(m);
-    r.header.set_sender(opt_.node_id);
-    r.header.mutable_sweep_reply()->set_removed(*n);
-    Reply(std::move(r));
+    if (admin_active_ != nullptr) {
+      if (admin_queue_.size() >= kMaxQueuedAdmin) {
+        return Fail(m, proto::BAD_REQUEST,
+                    absl::StrCat(proto::Command_Name(m.header.command()), ": refused, ", admin_queue_.size(),
+                                 " admin commands are already waiting behind a ",
+                                 proto::Command_Name(admin_active_->request.header.command())));
+      }
+      admin_queue_.push_back(std::move(m));
+      return;
+    }
+    auto op = std::make_shared<AdminOp>();
+    op->request = std::move(m);
+    bool started = false;
+    switch (op->request.header.command()) {
+      case proto::SAVE:
+        started = StartSave(*op);
+        break;
+      case proto::RESTORE:
+        started = StartRestore(*op);
+        break;
+      case proto::SWEEP:
+        started = StartSweep(*op);
+        break;
+      default:
+        started = StartStats(*op);
+        break;
+    }
+    if (!started) return;  // refused before anything was parked
+    op->park = OrderPark(&op->park_orders);
+    admin_active_ = op;
+    absl::MutexLock l(&admin_mu_);
+    admin_next_ = std::move(op);
   }
 
-  // The expiry sweep; handlers must be parked. Also drops rows made stale by
-  // a reset. Returns the rows removed.
-  absl::StatusOr<uint64_t> SweepParked() {
-    const uint64_t now_push_seq = push_seq_.load();
-    const uint32_t now_day = log_day_.load();
+  // I/O thread: finishes the operation the admin thread handed back, if
+  // any, then starts the next queued one and replays what was deferred.
+  void FinishAdmin() {
+    std::shared_ptr<AdminOp> op;
+    {
+      absl::MutexLock l(&admin_mu_);
+      op = std::move(admin_done_);
+    }
+    if (op == nullptr) return;
+    admin_active_ = nullptr;
+    deferring_ = false;
+    op->finish();
+    while (admin_active_ == nullptr && !admin_queue_.empty()) {
+      net::Message next = std::move(admin_queue_.front());
+      admin_queue_.pop_front();
+      HandleAdmin(std::move(next));
+    }
+    // In arrival order; a RESTORE among them defers the rest again.
+    std::deque<net::Message> deferred = std::move(deferred_);
+    deferred_.clear();
+    for (net::Message& m : deferred) Handle(std::move(m));
+  }
+
+  void AdminLoop() {
+    for (;;) {
+      std::shared_ptr<AdminOp> op;
+      {
+        absl::MutexLock l(&admin_mu_);
+        admin_mu_.Await(absl::Condition(
+            +[](Impl* i) ABSL_EXCLUSIVE_LOCKS_REQUIRED(i->admin_mu_) {
+              return i->admin_next_ != nullptr || i->admin_quit_;
+            },
+            this));
+        if (admin_next_ == nullptr) return;
+        op = std::move(admin_next_);
+      }
+      {
+        absl::MutexLock l(&op->park->mu);
+        op->park->mu.Await(absl::Condition(op->park.get(), &Park::AllArrived));
+      }
+      op->work();
+      {
+        absl::MutexLock l(&op->park->mu);
+        op->park->released = true;
+      }
+      {
+        absl::MutexLock l(&admin_mu_);
+        admin_done_ = std::move(op);
+      }
+      transport_->Wake();
+    }
+  }
+
+  net::Message AdminReply(const net::Message& m) {
+    net::Message r = net::MakeReply(m);
+    r.header.set_sender(opt_.node_id);
+    return r;
+  }
+
+  // The cut of a SAVE or SWEEP, taken on the I/O thread when it starts.
+  struct Cut {
+    uint64_t push_seq = 0;
+    uint32_t day = 0;
+    std::vector<uint32_t> generations;
+  };
+  Cut TakeCut() const {
+    Cut c;
+    c.push_seq = push_seq_.load();
+    c.day = log_day_.load();
+    for (const auto& e : table_generation_) c.generations.push_back(e.load());
+    return c;
+  }
+
+  bool StartSave(AdminOp& op) {
+    const net::Message& m = op.request;
+    const proto::SaveRequest& q = m.header.save();
+    absl::StatusOr<std::string> dir = ResolveCheckpointPath(q.dir());
+    if (!dir.ok()) {
+      FailStatus(m, absl::Status(dir.status().code(), absl::StrCat("SAVE: ", dir.status().message())));
+      return false;
+    }
+    // The cut: the dense slice now (a partial round flushed), and the push
+    // counter and generations now; pushes after this wait behind the park.
+    auto dense = std::make_shared<storage::DenseSlice>(CopyDense());
+    auto cut = std::make_shared<Cut>(TakeCut());
+    auto result = std::make_shared<absl::StatusOr<proto::CheckpointPart>>();
+    auto swept = std::make_shared<uint64_t>(0);
+    op.work = [this, q, dir = *dir, dense, cut, result, swept] {
+      if (q.sweep()) {
+        absl::StatusOr<uint64_t> n = SweepParked(*cut);
+        if (!n.ok()) {
+          *result = n.status();
+          return;
+        }
+        *swept = *n;
+      }
+      storage::SaveSource src;
+      src.rank = opt_.rank;
+      src.num_logical_shards = static_cast<uint32_t>(shard_handler_.size());
+      src.specs = Specs();
+      src.stores = Stores();
+      src.generations = cut->generations;
+      // Incremental only on the checkpoint this server is known clean against.
+      src.delta = q.parent_id() != 0 && q.parent_id() == clean_since_id_;
+      src.cut_push_seq = clean_cut_push_seq_;
+      src.tombstones = &tombstones_;
+      src.dense = dense.get();
+      src.push_seq = cut->push_seq;
+      src.bytes_per_sec = opt_.config.storage().checkpoint_bytes_per_sec();
+      *result = storage::WriteCheckpointPart(dir, src);
+      if (result->ok()) {
+        clean_since_id_ = q.id();
+        clean_cut_push_seq_ = cut->push_seq;
+        tombstones_.clear();
+      } else {
+        clean_since_id_ = 0;  // the next checkpoint must be full
+      }
+    };
+    op.finish = [this, &op, result, swept] {
+      const net::Message& m = op.request;
+      if (!result->ok()) return FailStatus(m, result->status());
+      proto::CheckpointPart& part = **result;
+      LOG(INFO) << "server " << opt_.rank << ": saved " << (part.delta() ? "incremental" : "full") << " checkpoint "
+                << m.header.save().id() << " (" << part.bytes() << " bytes in " << part.seconds() << " s"
+                << (*swept ? absl::StrCat(", swept ", *swept, " rows") : std::string()) << ")";
+      net::Message r = AdminReply(m);
+      *r.header.mutable_save_reply()->mutable_part() = std::move(part);
+      Reply(std::move(r));
+    };
+    return true;
+  }
+
+  bool StartRestore(AdminOp& op) {
+    const net::Message& m = op.request;
+    const proto::RestoreRequest& q = m.header.restore();
+    absl::StatusOr<std::string> dir = ResolveCheckpointPath(q.dir());
+    if (!dir.ok()) {
+      FailStatus(m, absl::Status(dir.status().code(), absl::StrCat("RESTORE: ", dir.status().message())));
+      return false;
+    }
+    // A load replaces the model: nothing else runs until it is done.
+    if (!q.verify_only()) deferring_ = true;
+    struct Out {
+      absl::Status status;
+      uint64_t rows = 0, bytes = 0;
+      storage::DenseSlice dense;
+      std::vector<uint32_t> generations;
+      uint64_t push_seq = 0;
+    };
+    auto out = std::make_shared<Out>();
+    storage::RestoreTarget target;
+    target.config = &opt_.config;
+    target.dense_total = opt_.dense_total;
+    target.specs = Specs();
+    target.stores = Stores();
+    target.dense_rule = &dense_->rule();
+    target.dense_offset = opt_.dense_offset;
+    target.dense_length = dense_->size();
+    target.dense_trained = dense_->trained();
+    target.root = &root_;
+    op.work = [this, q, dir = *dir, target, out] {
+      absl::StatusOr<storage::RestorePlan> plan = storage::RestorePlan::Make(dir, target);
+      if (!plan.ok()) {
+        out->status = plan.status();
+        return;
+      }
+      if (out->status = plan->Verify(&out->rows, &out->bytes); !out->status.ok()) return;
+      if (q.verify_only()) return;
+      if (absl::Status st = plan->Apply(&out->dense, &out->rows); !st.ok()) {
+        out->status = absl::InternalError(absl::StrCat("restore of ", q.dir(),
+                                                       " failed after verification, server state is partial: ",
+                                                       st.message()));
+        return;
+      }
+      out->generations = plan->generations();
+      // Data requests are deferred: the counter is not moving.
+      out->push_seq = std::max(push_seq_.load(), plan->manifest().push_seq());
+      clean_since_id_ = plan->manifest().id();
+      clean_cut_push_seq_ = out->push_seq;
+      tombstones_.clear();
+    };
+    op.finish = [this, &op, out] {
+      const net::Message& m = op.request;
+      const proto::RestoreRequest& q = m.header.restore();
+      if (!out->status.ok()) return FailStatus(m, out->status);
+      if (!q.verify_only()) {
+        dense_->Reset(std::move(out->dense.weights), std::move(out->dense.state));
+        for (size_t t = 0; t < table_generation_.size(); ++t) table_generation_[t].store(out->generations[t]);
+        push_seq_.store(out->push_seq);
+        incarnation_.store(q.incarnation());
+        LOG(INFO) << "server " << opt_.rank << ": restored " << out->rows << " rows from " << q.dir();
+      }
+      net::Message r = AdminReply(m);
+      r.header.mutable_restore_reply()->set_rows(out->rows);
+      r.header.mutable_restore_reply()->set_bytes_read(out->bytes);
+      Reply(std::move(r));
+    };
+    return true;
+  }
+
+  bool StartSweep(AdminOp& op) {
+    auto cut = std::make_shared<Cut>(TakeCut());
+    auto n = std::make_shared<absl::StatusOr<uint64_t>>();
+    op.work = [this, cut, n] { *n = SweepParked(*cut); };
+    op.finish = [this, &op, n] {
+      if (!n->ok()) return FailStatus(op.request, n->status());
+      net::Message r = AdminReply(op.request);
+      r.header.mutable_sweep_reply()->set_removed(**n);
+      Reply(std::move(r));
+    };
+    return true;
+  }
+
+  bool StartStats(AdminOp& op) {
+    auto p = std::make_shared<proto::ServerStatsProto>();
+    // Exact row counts: a walk of every shard while the handlers are parked.
+    op.work = [this, p] {
+      for (auto& h : handlers_) UpdateGauges(h.get(), /*force=*/true);
+      *p = StatsProto();
+    };
+    op.finish = [this, &op, p] {
+      net::Message r = AdminReply(op.request);
+      *r.header.mutable_stats_reply() = std::move(*p);
+      Reply(std::move(r));
+    };
+    return true;
+  }
+
+  // The expiry sweep (admin thread, handlers parked), judged at `cut`. Also
+  // drops rows made stale by a reset. Returns the rows removed.
+  absl::StatusOr<uint64_t> SweepParked(const Cut& cut) {
+    const uint64_t now_push_seq = cut.push_seq;
+    const uint32_t now_day = cut.day;
     uint64_t removed = 0;
     for (uint32_t t = 0; t < specs_.size(); ++t) {
       const proto::ExpiryConfig& x = opt_.config.tables(t).expiry();
-      const uint32_t generation = table_generation_[t].load();
+      const uint32_t generation = cut.generations[t];
       auto expired = [&](const storage::RowMeta& r) { return storage::RowExpired(x, r, now_push_seq, now_day); };
       for (auto& h : handlers_) {
         TieredStore& store = *h->store;
@@ -1075,7 +1285,21 @@ class Server::Impl {
   std::unique_ptr<storage::SpillStore> spill_;       // null without a budget
   uint64_t ceiling_ = 0;     // resident ceiling in force, bytes (set by Init)
   std::string ceiling_how_;  // how it was chosen, for messages ("" if configured)
-  // I/O thread only (handlers parked): checkpoint bookkeeping.
+  storage::CheckpointRoot root_;  // checkpoint.dir, resolved at Init; unset without one
+  std::string root_error_;        // why checkpoint.dir could not be opened, if it could not
+  // Admin plane (see HandleAdmin). I/O thread only:
+  std::shared_ptr<AdminOp> admin_active_;   // started, not yet finished
+  std::deque<net::Message> admin_queue_;    // admin commands waiting for it
+  bool deferring_ = false;                  // a RESTORE is loading
+  std::deque<net::Message> deferred_;       // what arrived meanwhile
+  // Handed between the I/O thread and the admin thread:
+  absl::Mutex admin_mu_;
+  std::shared_ptr<AdminOp> admin_next_ ABSL_GUARDED_BY(admin_mu_);  // to run
+  std::shared_ptr<AdminOp> admin_done_ ABSL_GUARDED_BY(admin_mu_);  // to finish
+  bool admin_quit_ ABSL_GUARDED_BY(admin_mu_) = false;
+  std::thread admin_thread_;
+  // Admin thread only (one operation at a time, handed over under
+  // admin_mu_): checkpoint bookkeeping.
   uint64_t clean_since_id_ = 0;   // rows changed after clean_cut_push_seq_ are new since this checkpoint
   uint64_t clean_cut_push_seq_ = 0;
   storage::Tombstones tombstones_;  // rows removed since that checkpoint

@@ -11,9 +11,17 @@
 //
 // Storage (config.storage, docs/storage.md): with a memory budget each
 // handler keeps its share of it and moves cold rows to the server's RocksDB
-// tier (storage::TieredStore). SAVE, RESTORE and SWEEP park every handler
+// tier (storage::TieredStore). SAVE, RESTORE, SWEEP and STATS (the admin
+// plane) run one at a time on an admin thread, never on the I/O thread, which
+// keeps answering (PING, LIST_CHECKPOINTS at once): each parks every handler
 // behind the requests already queued (so a checkpoint is one cut of the push
-// stream: pushes that arrive meanwhile wait) and run on the I/O thread.
+// stream: sparse requests that arrive meanwhile wait); a SAVE's dense copy is
+// taken on the I/O thread when it starts; while a RESTORE loads, every
+// request but PING and LIST_CHECKPOINTS is deferred and replayed in order
+// afterwards. Admin commands that arrive while one runs queue (16 at most).
+// Checkpoint paths are relative to config.checkpoint.dir, resolved once at
+// Create, with no "..", no absolute path and no symlink below it
+// (storage::CheckpointRoot; docs/wire_format.md).
 // RESET_TABLE bumps the table's generation: requests dispatched after it see
 // every older row as stale and re-initialise it on first touch.
 //

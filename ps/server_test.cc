@@ -380,6 +380,29 @@ TEST_F(ServerTest, DefaultResidentCeilingIsDerivedFromTheHost) {
   EXPECT_NE(bad.status().message().find("storage.memory_budget_bytes"), std::string::npos) << bad.status();
 }
 
+TEST_F(ServerTest, SaveAndRestoreAreRefusedWithoutACheckpointRoot) {
+  // This job has no checkpoint.dir: nothing may be saved or restored, even
+  // into a directory that exists.
+  const std::string dir = ::testing::TempDir();
+  for (proto::Command command : {proto::SAVE, proto::RESTORE}) {
+    net::Message m;
+    m.header.set_command(command);
+    if (command == proto::SAVE) {
+      m.header.mutable_save()->set_dir(dir);
+      m.header.mutable_save()->set_id(1);
+    } else {
+      m.header.mutable_restore()->set_dir("ckpt-00000001");
+    }
+    auto r = client_->Call(peer_, std::move(m), absl::Seconds(10));
+    ASSERT_FALSE(r.ok()) << proto::Command_Name(command);
+    EXPECT_NE(r.status().message().find("BAD_REQUEST"), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find("no checkpoint root"), std::string::npos) << r.status();
+  }
+  net::Message ping;
+  ping.header.set_command(proto::PING);
+  EXPECT_TRUE(client_->Call(peer_, std::move(ping), absl::Seconds(10)).ok());
+}
+
 TEST_F(ServerTest, DenseSlicePullPush) {
   net::Message m;
   m.header.set_command(proto::DENSE_PULL);

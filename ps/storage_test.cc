@@ -76,6 +76,11 @@ class Servers {
       : config_(std::move(config)), router_(MakeMap(num_servers), num_servers) {
     config_.mutable_cluster()->set_num_servers(num_servers);
     config_.mutable_storage()->set_spill_path(spill_root);
+    // Every test saves and restores below its scratch directory (the spill
+    // root's parent): that is the job's checkpoint root.
+    if (config_.checkpoint().dir().empty()) {
+      config_.mutable_checkpoint()->set_dir(fs::path(spill_root).parent_path().string());
+    }
     net::TransportOptions o;
     o.kind = net::TransportOptions::Kind::kInproc;
     o.hub = &hub_;
@@ -539,6 +544,76 @@ TEST(StorageTest, CheckpointDuringPushesIsOneCut) {
     EXPECT_EQ(counts[1].size(), 1u) << ckpt << ": a server's checkpoint cuts its push stream at one point";
     fs::remove_all(dir.path() + "/re");
   }
+}
+
+// Admin commands run off the I/O thread: while a (throttled) SAVE writes,
+// the server answers PING, LIST_CHECKPOINTS and dense requests; a STATS sent
+// meanwhile waits for the SAVE instead of being refused; a SAVE naming a path
+// outside the checkpoint root is refused at once.
+TEST(StorageTest, ServerAnswersWhileASaveIsInProgress) {
+  Scratch dir;
+  proto::JobConfig c = BaseConfig();
+  // About 3 s for ~400 KB of rows: long enough to talk to the server meanwhile.
+  c.mutable_storage()->set_checkpoint_bytes_per_sec(128 << 10);
+  Servers s(c, 1, dir.path() + "/spill");
+  std::vector<uint64_t> keys;
+  for (uint64_t i = 0; i < 3000; ++i) keys.push_back(proto::Mix64(i + 1));
+  s.Push(0, keys, std::vector<float>(keys.size() * kDim, 0.25f));
+  const std::vector<float> dense_before = s.DensePull();
+
+  std::atomic<bool> saved{false};
+  absl::StatusOr<proto::CheckpointManifest> manifest;
+  std::thread save([&] {
+    manifest = s.coordinator().Save(dir.path() + "/ckpt", false, false);
+    saved.store(true);
+  });
+  struct Joiner {
+    std::thread& t;
+    ~Joiner() {
+      if (t.joinable()) t.join();
+    }
+  } joiner{save};
+  // Wait until the server has begun writing.
+  const std::string part = dir.path() + "/ckpt/" + storage::CheckpointDirName(1) + "/t0-r0.rows";
+  while (!fs::exists(part) && !saved.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_FALSE(saved.load()) << "the SAVE ended before it could be observed: " << manifest.status();
+
+  auto call = [&](proto::Command command) {
+    net::Message m;
+    m.header.set_command(command);
+    if (command == proto::LIST_CHECKPOINTS) m.header.mutable_list()->set_root("ckpt");
+    return s.client().Call(s.peers()[0], std::move(m), absl::Seconds(60));
+  };
+  // STATS is queued behind the SAVE; start it now, collect it at the end.
+  net::Message stats;
+  stats.header.set_command(proto::STATS);
+  const net::Client::CallId stats_call = s.client().Start(s.peers()[0], std::move(stats));
+
+  absl::StatusOr<net::Message> ping = call(proto::PING);
+  ASSERT_TRUE(ping.ok()) << ping.status();
+  EXPECT_FALSE(saved.load()) << "PING was answered only after the SAVE";
+  absl::StatusOr<net::Message> list = call(proto::LIST_CHECKPOINTS);
+  ASSERT_TRUE(list.ok()) << list.status();
+  ASSERT_EQ(list->header.list_reply().checkpoints_size(), 1);
+  EXPECT_EQ(list->header.list_reply().checkpoints(0).dir(), "ckpt/" + storage::CheckpointDirName(1));
+  EXPECT_FALSE(list->header.list_reply().checkpoints(0).complete());  // still being written
+  EXPECT_EQ(s.DensePull(), dense_before);
+  {
+    net::Message m;
+    m.header.set_command(proto::SAVE);
+    m.header.mutable_save()->set_dir(dir.path());  // absolute
+    absl::StatusOr<net::Message> r = s.client().Call(s.peers()[0], std::move(m), absl::Seconds(60));
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("BAD_REQUEST"), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find("absolute"), std::string::npos) << r.status();
+  }
+  EXPECT_FALSE(saved.load()) << "the SAVE ended before the requests above were answered";
+
+  save.join();
+  ASSERT_TRUE(manifest.ok()) << manifest.status();
+  absl::StatusOr<net::Message> st = s.client().Wait(stats_call);
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->header.stats_reply().tables(0).resident_rows(), keys.size());
 }
 
 TEST(StorageTest, DamagedCheckpointIsRefusedAndNothingLoads) {

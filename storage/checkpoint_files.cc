@@ -17,6 +17,7 @@
 #include <system_error>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -166,7 +167,7 @@ absl::StatusOr<uint64_t> FileSize(int fd, const std::string& path) {
 }
 
 absl::StatusOr<int> OpenForRead(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, ": missing"));
     return ErrnoError(errno, path, "cannot open");
@@ -265,7 +266,11 @@ absl::Status WriteFramed(const std::string& dir, const FrameKind& kind, const go
   frame += payload;
 
   const std::string tmp = path + ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  // A temporary left by a crash (or anything planted under its name, a
+  // symlink included: unlink does not follow) goes; the new one is created
+  // fresh, never opened through a link.
+  if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) return ErrnoError(errno, tmp, "cannot remove the old temporary");
+  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644));
   if (fd.get() < 0) return ErrnoError(errno, tmp, "cannot create");
   absl::Status st = WriteAll(fd.get(), frame.data(), frame.size(), tmp);
   if (st.ok() && ::fdatasync(fd.get()) != 0) st = ErrnoError(errno, tmp, "fdatasync failed");
@@ -282,9 +287,82 @@ absl::Status WriteFramed(const std::string& dir, const FrameKind& kind, const go
   return absl::OkStatus();
 }
 
+absl::StatusOr<CheckpointRoot> CheckpointRoot::Open(const std::string& dir) {
+  if (dir.empty()) return absl::InvalidArgumentError("checkpoint root: empty path");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot create the checkpoint root: ", ec.message()));
+  const fs::path real = fs::canonical(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat(dir, ": cannot resolve the checkpoint root: ", ec.message()));
+  if (!fs::is_directory(real, ec)) return absl::InvalidArgumentError(absl::StrCat(dir, ": not a directory"));
+  CheckpointRoot root;
+  root.path_ = real.string();
+  return root;
+}
+
+absl::StatusOr<std::string> CheckpointRoot::Resolve(const std::string& name, bool allow_root) const {
+  if (!configured()) {
+    return absl::FailedPreconditionError(
+        "the job has no checkpoint root (checkpoint.dir is empty): no checkpoint can be saved or restored");
+  }
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint path '", name, "': ", why));
+  };
+  if (name.empty()) {
+    if (allow_root) return path_;
+    return bad("empty; name a checkpoint relative to the checkpoint root");
+  }
+  if (name[0] == '/') return bad("absolute; name a checkpoint relative to the checkpoint root");
+  std::vector<std::string> parts;
+  for (size_t begin = 0;;) {
+    const size_t end = name.find('/', begin);
+    parts.push_back(name.substr(begin, end == std::string::npos ? std::string::npos : end - begin));
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  for (const std::string& p : parts) {
+    if (p.empty()) return bad("has an empty component");
+    if (p == "." || p == "..") return bad(absl::StrCat("has a '", p, "' component"));
+  }
+  Fd dir(::open(path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) return ErrnoError(errno, path_, "cannot open the checkpoint root");
+  std::string walked;
+  for (const std::string& p : parts) {
+    walked = walked.empty() ? p : absl::StrCat(walked, "/", p);
+    Fd next(::openat(dir.get(), p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (next.get() < 0) {
+      const int err = errno;
+      struct stat st;
+      if (::fstatat(dir.get(), p.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+        return bad(absl::StrCat("'", walked, "' is a symlink; symlinks below the checkpoint root are not followed"));
+      }
+      if (err == ENOENT) {
+        return absl::NotFoundError(absl::StrCat("checkpoint path '", name, "': '", walked,
+                                                "' does not exist under the checkpoint root"));
+      }
+      if (err == ENOTDIR) return bad(absl::StrCat("'", walked, "' is not a directory"));
+      return ErrnoError(err, absl::StrCat(path_, "/", walked), "cannot open");
+    }
+    dir = std::move(next);
+  }
+  return absl::StrCat(path_, "/", name);
+}
+
+absl::StatusOr<std::string> NameUnderRoot(const std::string& root, const std::string& path) {
+  const fs::path r = fs::absolute(root).lexically_normal();
+  const fs::path p = fs::absolute(path).lexically_normal();
+  const fs::path rel = p.lexically_relative(r);
+  std::string name = rel.generic_string();
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  if (rel.empty() || name.empty() || name == "." || *rel.begin() == "..") {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not below the checkpoint root ", root));
+  }
+  return name;
+}
+
 absl::Status ReadFramed(const std::string& dir, const FrameKind& kind, google::protobuf::MessageLite* message) {
   const std::string path = JoinPath(dir, kManifestName);
-  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (raw < 0) {
     if (errno == ENOENT) {
       return absl::NotFoundError(
@@ -663,8 +741,10 @@ absl::StatusOr<std::unique_ptr<DataFileWriter>> DataFileWriter::Create(const std
                                                                        uint64_t bytes_per_sec) {
   if (absl::Status st = CheckFileName(dir, name); !st.ok()) return st;
   std::string path = JoinPath(dir, name);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return ErrnoError(errno, path, "cannot create");
+  // Always a new file: an existing one (or a symlink planted under the name)
+  // is refused, never truncated or written through.
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return ErrnoError(errno, path, errno == EEXIST ? "cannot create: already exists" : "cannot create");
   return std::unique_ptr<DataFileWriter>(new DataFileWriter(std::move(path), name, fd, bytes_per_sec));
 }
 

@@ -78,6 +78,43 @@ struct FrameKind {
 // FAILED_PRECONDITION for another format version; the message names the file.
 [[nodiscard]] absl::StatusOr<proto::CheckpointManifest> ReadManifest(const std::string& dir);
 
+// The job's checkpoint root (checkpoint.dir) as a server confines what the
+// network names to it: SAVE, RESTORE and LIST_CHECKPOINTS name a checkpoint
+// by a path RELATIVE to the root. The root itself is whatever the operator
+// configured (symlinks in it are resolved once, at Open); below it a name
+// must not be absolute, must not have an empty, "." or ".." component, and
+// must not pass through a symlink: each component is opened with
+// openat(O_NOFOLLOW | O_DIRECTORY) from the one before. (A process that can
+// swap a checked directory for a symlink between the check and the use
+// already writes inside the root; files are created O_EXCL | O_NOFOLLOW.)
+// Thread-safe (immutable after Open).
+class CheckpointRoot {
+ public:
+  // No root: every Resolve is refused with FAILED_PRECONDITION.
+  CheckpointRoot() = default;
+  // Creates `dir` if it is missing and resolves it. INVALID_ARGUMENT if `dir`
+  // is empty, else the filesystem's error naming `dir`.
+  [[nodiscard]] static absl::StatusOr<CheckpointRoot> Open(const std::string& dir);
+  bool configured() const { return !path_.empty(); }
+  // The resolved root; empty without one.
+  const std::string& path() const { return path_; }
+  // path()/name once `name` passes the checks above and every component
+  // exists as a directory. INVALID_ARGUMENT naming the reason (and the
+  // component) for a bad name or a symlink, NOT_FOUND for a missing
+  // component, FAILED_PRECONDITION without a root. An empty `name` is the
+  // root itself if `allow_root`, else refused.
+  [[nodiscard]] absl::StatusOr<std::string> Resolve(const std::string& name, bool allow_root = false) const;
+
+ private:
+  std::string path_;
+};
+
+// `path` as a name relative to `root`, lexically (both made absolute against
+// the working directory, "." and ".." folded, no filesystem access): what a
+// coordinator that knows the root puts in SAVE and RESTORE. INVALID_ARGUMENT
+// if `path` is not strictly below `root`.
+[[nodiscard]] absl::StatusOr<std::string> NameUnderRoot(const std::string& root, const std::string& path);
+
 // One checkpoint of a chain, as a visitor of WalkCheckpointChain reports it.
 struct ChainLink {
   uint64_t id = 0;         // the checkpoint's id

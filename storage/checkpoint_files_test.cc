@@ -1,11 +1,13 @@
 #include "storage/checkpoint_files.h"
 
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -500,17 +502,80 @@ TEST_F(DataFileTest, MissingFileIsNotFound) {
 }
 
 TEST_F(DataFileTest, WriteErrorNamesTheFileAndIsSticky) {
-  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
-  fs::create_symlink("/dev/full", Path("full.rows"));
+  // A file size limit of 1 MiB makes the write past it fail (EFBIG), as a
+  // full disk would: the writer must report it and stay failed.
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  void (*old_handler)(int) = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit limit = old_limit;
+  limit.rlim_cur = 1 << 20;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
   auto w = DataFileWriter::Create(dir_, "full.rows", 0);
   ASSERT_TRUE(w.ok()) << w.status();
   const std::string data(3 << 20, 'x');  // crosses the buffer: the write happens here
   absl::Status st = (*w)->Append(data.data(), data.size());
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  std::signal(SIGXFSZ, old_handler);
   ASSERT_FALSE(st.ok());
-  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_TRUE(Contains(std::string(st.message()), Path("full.rows")));
-  EXPECT_EQ((*w)->Append("y", 1).code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_EQ((*w)->Finish().status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ((*w)->Append("y", 1).code(), st.code());
+  EXPECT_EQ((*w)->Finish().status().code(), st.code());
+}
+
+TEST_F(DataFileTest, CreateRefusesAnExistingFileOrASymlink) {
+  // A symlink planted under a data file's name is not written through...
+  const std::string target = Path("elsewhere");
+  fs::create_symlink(target, Path("t0-r0.rows"));
+  auto w = DataFileWriter::Create(dir_, "t0-r0.rows", 0);
+  ASSERT_FALSE(w.ok());
+  EXPECT_TRUE(Contains(std::string(w.status().message()), Path("t0-r0.rows"))) << w.status();
+  EXPECT_FALSE(fs::exists(target));
+  // ... and an existing file is not truncated.
+  { std::ofstream(Path("t1-r0.rows")) << "keep"; }
+  w = DataFileWriter::Create(dir_, "t1-r0.rows", 0);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(fs::file_size(Path("t1-r0.rows")), 4u);
+}
+
+TEST_F(DataFileTest, CheckpointRootConfinesNames) {
+  fs::create_directories(Path("root/a/ckpt-00000001"));
+  fs::create_directories(Path("outside"));
+  fs::create_directory_symlink(Path("outside"), Path("root/link"));
+  fs::create_directory_symlink(Path("outside"), Path("root/a/inner"));
+  absl::StatusOr<CheckpointRoot> root = CheckpointRoot::Open(Path("root"));
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_EQ(*root->Resolve("a/ckpt-00000001"), root->path() + "/a/ckpt-00000001");
+  EXPECT_EQ(*root->Resolve("", /*allow_root=*/true), root->path());
+  const std::pair<std::string, std::string> refused[] = {
+      {"", "empty"},
+      {Path("root/a"), "absolute"},
+      {"../outside", "'..'"},
+      {"a/../a", "'..'"},
+      {"./a", "'.'"},
+      {"a//ckpt-00000001", "empty component"},
+      {"a/", "empty component"},
+      {"link", "'link' is a symlink"},
+      {"a/inner/x", "'a/inner' is a symlink"},
+  };
+  for (const auto& [name, why] : refused) {
+    absl::StatusOr<std::string> r = root->Resolve(name);
+    ASSERT_FALSE(r.ok()) << name;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << name << ": " << r.status();
+    EXPECT_TRUE(Contains(std::string(r.status().message()), why)) << name << ": " << r.status();
+  }
+  EXPECT_EQ(root->Resolve("a/missing").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(CheckpointRoot().Resolve("a").status().code(), absl::StatusCode::kFailedPrecondition);
+  // The root itself may be a symlink: the operator chose it.
+  fs::create_directory_symlink(Path("root"), Path("root-link"));
+  root = CheckpointRoot::Open(Path("root-link"));
+  ASSERT_TRUE(root.ok()) << root.status();
+  EXPECT_TRUE(root->Resolve("a/ckpt-00000001").ok());
+
+  EXPECT_EQ(*NameUnderRoot("/x/root", "/x/root/ckpt-00000007"), "ckpt-00000007");
+  EXPECT_EQ(*NameUnderRoot("/x/root/", "/x/root/a/../b/ckpt-1/"), "b/ckpt-1");
+  EXPECT_FALSE(NameUnderRoot("/x/root", "/x/root").ok());
+  EXPECT_FALSE(NameUnderRoot("/x/root", "/x/rootother/c").ok());
+  EXPECT_FALSE(NameUnderRoot("/x/root", "/x/root/../c").ok());
 }
 
 TEST_F(DataFileTest, AbandonedWriterRemovesItsFile) {

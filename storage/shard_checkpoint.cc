@@ -171,6 +171,11 @@ absl::StatusOr<RestorePlan> RestorePlan::Make(const std::string& dir, const Rest
 
   // The checkpoint, then ancestors while any block still needs its parent.
   absl::Status walked = WalkCheckpointChain(dir, [&](const std::string& at) -> absl::StatusOr<ChainLink> {
+    if (target.root != nullptr) {
+      absl::StatusOr<std::string> name = NameUnderRoot(target.root->path(), at);
+      if (!name.ok()) return name.status();
+      if (absl::StatusOr<std::string> ok = target.root->Resolve(*name); !ok.ok()) return ok.status();
+    }
     absl::StatusOr<proto::CheckpointManifest> m = ReadManifest(at);
     if (!m.ok()) return m.status();
     // Every size and offset in range before anything is read or sized.

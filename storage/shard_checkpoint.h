@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "proto/checkpoint.pb.h"
 #include "proto/config.pb.h"
+#include "storage/checkpoint_files.h"
 #include "storage/optimizer.h"
 #include "storage/tiered_store.h"
 
@@ -68,6 +69,9 @@ struct RestoreTarget {
   std::vector<TieredStore*> stores;  // the shards to restore are theirs
   const OptimizerRule* dense_rule = nullptr;
   uint64_t dense_offset = 0, dense_length = 0, dense_trained = 0;
+  // If set, the checkpoint and every ancestor its restore reads must lie
+  // below this root, reached without a symlink (CheckpointRoot::Resolve).
+  const CheckpointRoot* root = nullptr;
 };
 
 // A restore, checked before anything changes: Make() reads the manifests of

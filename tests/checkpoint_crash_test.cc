@@ -28,7 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-proto::JobConfig Config(uint64_t bytes_per_sec) {
+proto::JobConfig Config(uint64_t bytes_per_sec, const std::string& root) {
   proto::JobConfig c;
   auto* t = c.add_tables();
   t->set_name("emb");
@@ -38,6 +38,7 @@ proto::JobConfig Config(uint64_t bytes_per_sec) {
   c.mutable_cluster()->set_server_threads(2);
   c.mutable_storage()->set_checkpoint_bytes_per_sec(bytes_per_sec);
   c.mutable_checkpoint()->set_keep(5);
+  c.mutable_checkpoint()->set_dir(root);
   return c;
 }
 
@@ -73,10 +74,10 @@ TEST(CheckpointCrashTest, KilledMidSaveLeavesPreviousCheckpointLoadable) {
   const std::string root = dir.path() + "/ckpt";
   // 1 MB/s: the second save (about 12 MB) takes seconds, time enough to kill
   // the server in the middle of it.
-  const proto::JobConfig slow = Config(1 << 20);
+  const proto::JobConfig slow = Config(1 << 20, root);
   const int port = FreePort(), port2 = FreePort();
   pid_t victim = StartServer(slow, port, dir.path() + "/spill1");
-  pid_t fresh = StartServer(Config(0), port2, dir.path() + "/spill2");
+  pid_t fresh = StartServer(Config(0, root), port2, dir.path() + "/spill2");
   struct Reaper {
     pid_t* a;
     pid_t* b;
