@@ -12,7 +12,9 @@
 #
 # Environment: EMBER_FUZZ_BUILD_DIR (default <repo>/build-fuzz);
 # EMBER_FUZZ_NO_BUILD=1 to use the binaries there as they are (ctest's
-# fuzz_short does); EMBER_FUZZ_JOBS targets at a time (default 1).
+# fuzz_short does); EMBER_FUZZ_JOBS targets at a time (default 1);
+# EMBER_FUZZ_TMPDIR for scratch files (default /dev/shm if writable, else
+# $TMPDIR or /tmp).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../../launch/setup.sh"
 if [ $# -lt 1 ] || ! [[ "$1" =~ ^[0-9]+$ ]] || [ "$1" -lt 1 ]; then
@@ -45,7 +47,13 @@ if [ "${EMBER_FUZZ_NO_BUILD:-0}" != 1 ]; then
 fi
 artifacts="${EMBER_FUZZ_ARTIFACTS:-$build_dir/fuzz-artifacts}"
 mkdir -p "$artifacts"
-scratch="$(mktemp -d "${TMPDIR:-/tmp}/ember_fuzz_run.XXXXXX")"
+# Scratch corpora and the targets' temporary files (fuzz_checkpoint writes a
+# checkpoint directory per input: ~30x faster on tmpfs than on this disk).
+scratch_root="${EMBER_FUZZ_TMPDIR:-}"
+if [ -z "$scratch_root" ]; then
+  if [ -d /dev/shm ] && [ -w /dev/shm ]; then scratch_root=/dev/shm; else scratch_root="${TMPDIR:-/tmp}"; fi
+fi
+scratch="$(mktemp -d "$scratch_root/ember_fuzz_run.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 
 # run_one TARGET: fuzzes, then prints its line; the status file says how it went.
