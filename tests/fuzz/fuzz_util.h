@@ -56,8 +56,9 @@ inline void AppendPiece(std::string* out, std::string_view piece) {
   out->append(piece);
 }
 
-// A fresh directory under $TMPDIR (or /tmp) that lives as long as the
-// process; removed at exit by the object's destructor.
+// A fresh directory under $TMPDIR (or /tmp), removed by the destructor. The
+// targets keep theirs in objects never destroyed (libFuzzer exits from any
+// thread), so run.sh points TMPDIR into its scratch directory and removes it.
 class ScratchDir {
  public:
   ScratchDir() {
