@@ -147,7 +147,13 @@ class DenseLayer {
     Eigen::Map<RowMatrix<T>> dw(grad.data() + offset_, in_, out_);
     Eigen::Map<RowVector<T>> db(grad.data() + bias_offset(), out_);
     internal::TiledProduct<T>(x.transpose(), dy, dw);
-    db.noalias() = dy.colwise().sum();
+    // Zero rows (an attention unit over no items): dy's data may be null,
+    // and Eigen's column blocks would offset it (UBSan: null pointer offset).
+    if (dy.rows() == 0) {
+      db.setZero();
+    } else {
+      db.noalias() = dy.colwise().sum();
+    }
   }
 
   // dx (batch x in) = dy W^T. Separate from ParamGradient because the first

@@ -42,7 +42,8 @@ class DenseGradientTest : public LayersTest,
                           public ::testing::WithParamInterface<std::tuple<int, int, int>> {};
 
 TEST_P(DenseGradientTest, MatchesFiniteDifferences) {
-  const auto [b, in, out] = GetParam();
+  // Not a structured binding: clang before 16 cannot capture one in a lambda.
+  const int b = std::get<0>(GetParam()), in = std::get<1>(GetParam()), out = std::get<2>(GetParam());
   const size_t offset = 7;  // the layer's slice sits inside a larger vector
   const size_t total = offset + DenseLayer<double>::NumParams(in, out) + 3;
   DenseLayer<double> layer(in, out, offset);

@@ -40,7 +40,10 @@ WireCheck ExpectPayload(const Message& m, proto::Header::PayloadCase want) {
 
 WireCheck Check(Message& m) {
   const proto::Header& h = m.header;
-  if (h.error() != proto::OK) return {};  // error replies carry no frames worth checking
+  // Error replies carry no frames worth checking. Only replies: a request
+  // that sets `error` is checked like any other (it used to skip every
+  // check, so a PULL naming 40 keys with a 2-key frame reached the server).
+  if (h.is_reply() && h.error() != proto::OK) return {};
   if (h.num_keys() > kMaxElements || h.dense_length() > kMaxElements || h.dim() > 65536) {
     return Bad(proto::BAD_SIZE, absl::StrCat(proto::Command_Name(h.command()), ": num_keys ", h.num_keys(),
                                              ", dim ", h.dim(), " or dense_length ", h.dense_length(),

@@ -36,6 +36,20 @@ TEST(ValidateTest, TruncatedKeys) {
   EXPECT_EQ(ValidateMessage(odd).code, proto::BAD_SIZE);
 }
 
+// Found by tests/fuzz/fuzz_wire: a request with `error` set skipped every
+// check, and the server read 40 keys from a 2-key frame.
+TEST(ValidateTest, RequestWithErrorFieldIsStillChecked) {
+  Message m = Pull(40, 2);
+  m.header.set_error(proto::UNKNOWN_TABLE);
+  EXPECT_EQ(ValidateMessage(m).code, proto::BAD_SIZE);
+  // An error reply carries no frames, whatever its header says.
+  Message reply = Pull(40, 0);
+  reply.frames.clear();
+  reply.header.set_is_reply(true);
+  reply.header.set_error(proto::UNKNOWN_TABLE);
+  EXPECT_TRUE(ValidateMessage(reply).ok());
+}
+
 TEST(ValidateTest, PushGradientSizeMustMatchDim) {
   Message m;
   m.header.set_command(proto::PUSH);

@@ -416,7 +416,9 @@ class HttpServer::Impl {
     Json doc;
     try {
       doc = Json::parse(req.body);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
+      // parse_error, and out_of_range for a number beyond double's range
+      // ("5e308"): the client's error either way, not a 500.
       SetError(res, 400, absl::StrCat("malformed JSON: ", e.what()));
       return;
     }

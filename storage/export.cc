@@ -41,11 +41,19 @@ fs::path Clean(const std::string& dir) {
 size_t ValueSize(proto::ValueType type) { return type == proto::FP16 ? 2 : 4; }
 
 // IEEE binary16 <-> binary32, round to nearest even (the compiler's
-// conversions: F16C where the target has it, libgcc's otherwise).
+// conversions: F16C where the target has it, libgcc's otherwise). Clang
+// before 15 has no _Float16 on x86 but the storage type __fp16, whose
+// conversions come from compiler-rt's builtins (CMakeLists.txt links them).
+#if defined(__clang__) && __clang_major__ < 15
+using Half = __fp16;
+#else
+using Half = _Float16;
+#endif
+
 void Encode(const float* w, size_t n, proto::ValueType type, uint8_t* out) {
   if (type == proto::FP16) {
     for (size_t i = 0; i < n; ++i) {
-      const _Float16 h = static_cast<_Float16>(w[i]);
+      const Half h = static_cast<Half>(w[i]);
       std::memcpy(out + 2 * i, &h, 2);
     }
   } else {
@@ -56,7 +64,7 @@ void Encode(const float* w, size_t n, proto::ValueType type, uint8_t* out) {
 void Decode(const uint8_t* in, size_t n, proto::ValueType type, float* out) {
   if (type == proto::FP16) {
     for (size_t i = 0; i < n; ++i) {
-      _Float16 h;
+      Half h;
       std::memcpy(&h, in + 2 * i, 2);
       out[i] = static_cast<float>(h);
     }

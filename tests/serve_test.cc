@@ -252,6 +252,9 @@ TEST_F(ServeTest, AnswersLikeEmberPredictAndStatusEndpoints) {
 TEST_F(ServeTest, BadRequestsGetA4xxWithAReasonAndTheServerKeepsServing) {
   ASSERT_NO_FATAL_FAILURE(StartServer({"--max_body_bytes=200000", "--max_instances=1000"}));
   ExpectError(Predict("{\"instances\": [\"a\", "), 400, "malformed JSON");
+  // A number beyond double's range is the client's error (it was a 500;
+  // found by tests/fuzz/fuzz_serve_request).
+  ExpectError(Predict("{\"instances\": [{\"item_id\": 5e308}]}"), 400, "malformed JSON");
   ASSERT_NO_FATAL_FAILURE(ExpectGoodAnswer());
   // A line with too few columns: the parser's reason, the instance named.
   Json bad;
