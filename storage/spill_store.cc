@@ -269,9 +269,14 @@ absl::Status SpillStore::ForEach(uint32_t table, uint32_t shard,
   r.fill_cache = false;  // a scan must not flush the cache of hot blocks
   r.readahead_size = 2 << 20;
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(r, cfs_[table]));
+  // RocksDB's values sit at any alignment (2 bytes was seen); callers read
+  // them as RowMeta and floats, so each is copied to 8-byte-aligned memory.
+  std::vector<uint64_t> aligned;
   for (it->Seek(rocksdb::Slice(lo, kKeyBytes)); it->Valid(); it->Next()) {
     const rocksdb::Slice v = it->value();
-    if (!fn(DecodeKey(it->key().data()), reinterpret_cast<const uint8_t*>(v.data()), v.size())) break;
+    aligned.resize((v.size() + 7) / 8);
+    if (v.size() > 0) std::memcpy(aligned.data(), v.data(), v.size());
+    if (!fn(DecodeKey(it->key().data()), reinterpret_cast<const uint8_t*>(aligned.data()), v.size())) break;
   }
   return FromRocks(it->status(), "scan");
 }

@@ -87,7 +87,8 @@ class SpillStore {
                                       uint8_t* found);
 
   // Calls fn(key, row, bytes) for every row of (table, shard), in key order,
-  // from a consistent snapshot. fn returns false to stop.
+  // from a consistent snapshot. fn returns false to stop. `row` is 8-byte
+  // aligned and valid only during the call.
   [[nodiscard]] absl::Status ForEach(uint32_t table, uint32_t shard,
                                      const std::function<bool(uint64_t, const uint8_t*, size_t)>& fn);
 

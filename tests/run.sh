@@ -25,12 +25,5 @@ echo "== unit tests under ASan+UBSan and a short fuzz run, clang build ($sanitiz
 ember_build "$sanitize_dir" -DCMAKE_CXX_COMPILER=clang++ -DEMBER_FUZZ=ON -DEMBER_BUILD_TESTS=ON \
   -DEMBER_BUILD_BENCHMARKS=OFF
 cd "$sanitize_dir"
-# Known UBSan reports, open (docs/fuzzing.md, "Open"): rows read back from
-# RocksDB are cast to RowMeta at 2-byte alignment (storage/tiered_store.cc:17
-# and :229, tiered_store_test.cc:235). Remove a name here once its report
-# is fixed.
-known='SpillStoreTest.ShardScanAndDropWithHashedMemtables'
-known+='|StorageTest.(BudgetOfAThirdGivesBitIdenticalPulls|RoundTripIntoFreshServers|BasePlusThreeIncrementsRestoresExactly'
-known+='|ExpiryByPushes|ResetReinitialisesResidentAndSpilledRows)$'
 ASAN_OPTIONS=abort_on_error=1:detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  ctest --output-on-failure --timeout 900 -j"$(nproc)" -LE cluster -E "$known"
+  ctest --output-on-failure --timeout 900 -j"$(nproc)" -LE cluster
