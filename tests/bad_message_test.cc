@@ -4,7 +4,6 @@
 // --max_message_bytes and a stream of pulls of new keys past
 // storage.max_resident_bytes are refused, and it stays up.
 #include <random>
-#include <zmq.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -12,46 +11,12 @@
 #include "proto/wire.pb.h"
 #include "scheduler/scheduler_client.h"
 #include "tests/cluster_harness.h"
+#include "tests/raw_peer.h"
 
 namespace ember::testing {
 namespace {
 
-class RawPeer {
- public:
-  explicit RawPeer(const std::string& endpoint) : sock_(ctx_, zmq::socket_type::dealer) {
-    sock_.set(zmq::sockopt::linger, 0);
-    sock_.set(zmq::sockopt::rcvtimeo, 10000);
-    sock_.connect(endpoint);
-  }
-  void Send(const proto::Header& h, const std::vector<std::string>& frames) {
-    SendRaw(h.SerializeAsString(), frames);
-  }
-  void SendRaw(const std::string& first, const std::vector<std::string>& frames) {
-    sock_.send(zmq::buffer(first), frames.empty() ? zmq::send_flags::none : zmq::send_flags::sndmore);
-    for (size_t i = 0; i < frames.size(); ++i) {
-      sock_.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-    }
-  }
-  void SetRecvTimeout(absl::Duration d) { sock_.set(zmq::sockopt::rcvtimeo, static_cast<int>(absl::ToInt64Milliseconds(d))); }
-  // The reply's header and data frames; false on timeout.
-  bool Recv(proto::Header* h, std::vector<std::string>* frames) {
-    zmq::message_t m;
-    if (!sock_.recv(m)) return false;
-    if (!h->ParseFromArray(m.data(), m.size())) return false;
-    frames->clear();
-    while (m.more()) {
-      (void)sock_.recv(m);
-      frames->push_back(m.to_string());
-    }
-    return true;
-  }
-
- private:
-  zmq::context_t ctx_;
-  zmq::socket_t sock_;
-};
-
-std::string Keys(std::vector<uint64_t> k) { return std::string(reinterpret_cast<char*>(k.data()), k.size() * 8); }
+std::string Keys(const std::vector<uint64_t>& k) { return KeyBytes(k); }
 
 TEST(BadMessageTest, ServerAnswersMalformedMessagesWithErrorsAndKeepsServing) {
   TempDir tmp;
@@ -65,19 +30,11 @@ TEST(BadMessageTest, ServerAnswersMalformedMessagesWithErrorsAndKeepsServing) {
   Process server({EmberBinary(), "server", "--scheduler=" + sched_ep}, tmp.path() + "/server.log");
 
   // This test is the job's worker: it registers, learns the server's endpoint, and then misbehaves.
-  scheduler::SchedulerClientOptions o;
-  o.scheduler_endpoint = sched_ep;
-  o.self.set_role(proto::WORKER);
-  auto control = scheduler::SchedulerClient::Create(o, std::move(*net::CreateTransport({})));
-  ASSERT_TRUE(control.ok());
-  auto reg = (*control)->Register();
-  ASSERT_TRUE(reg.ok()) << reg.status() << ReadFile(tmp.path() + "/scheduler.log");
-  (*control)->StartHeartbeats(absl::Milliseconds(500), absl::Seconds(10));
-  std::string server_ep;
-  for (const auto& n : reg->cluster().nodes()) {
-    if (n.role() == proto::SERVER) server_ep = n.endpoint();
-  }
-  ASSERT_FALSE(server_ep.empty());
+  absl::StatusOr<JoinedWorker> joined = JoinAsWorker(sched_ep);
+  ASSERT_TRUE(joined.ok()) << joined.status() << ReadFile(tmp.path() + "/scheduler.log");
+  auto& control = joined->control;
+  const proto::RegisterReply* reg = &joined->registration;
+  const std::string server_ep = joined->server_endpoints[0];
   const uint32_t dim = reg->cluster().config().tables(0).dim();
   RawPeer peer(server_ep);
   proto::Header h;
@@ -136,7 +93,7 @@ TEST(BadMessageTest, ServerAnswersMalformedMessagesWithErrorsAndKeepsServing) {
   EXPECT_NE(slog.find("rejected PULL"), std::string::npos) << slog;
 
   // End the job; everyone stops.
-  (*control)->Leave("test over", true);
+  control->Leave("test over", true);
   EXPECT_NE(scheduler.Wait(absl::Seconds(30)), -1);
   EXPECT_NE(server.Wait(absl::Seconds(30)), -1);
 }
@@ -171,19 +128,11 @@ class LimitsTest : public ::testing::Test {
     server_ = std::make_unique<Process>(
         std::vector<std::string>{EmberBinary(), "server", "--scheduler=" + sched_ep, "--max_message_bytes=1048576"},
         tmp_.path() + "/server.log");
-    scheduler::SchedulerClientOptions o;
-    o.scheduler_endpoint = sched_ep;
-    o.self.set_role(proto::WORKER);
-    auto control = scheduler::SchedulerClient::Create(o, std::move(*net::CreateTransport({})));
-    ASSERT_TRUE(control.ok());
-    control_ = std::move(*control);
-    auto reg = control_->Register();
-    ASSERT_TRUE(reg.ok()) << reg.status() << ReadFile(tmp_.path() + "/scheduler.log");
-    control_->StartHeartbeats(absl::Milliseconds(500), absl::Seconds(10));
-    for (const auto& n : reg->cluster().nodes()) {
-      if (n.role() == proto::SERVER) server_ep_ = n.endpoint();
-    }
-    ASSERT_FALSE(server_ep_.empty());
+    absl::StatusOr<JoinedWorker> joined = JoinAsWorker(sched_ep);
+    ASSERT_TRUE(joined.ok()) << joined.status() << ReadFile(tmp_.path() + "/scheduler.log");
+    control_ = std::move(joined->control);
+    const proto::RegisterReply* reg = &joined->registration;
+    server_ep_ = joined->server_endpoints[0];
     dim_ = reg->cluster().config().tables(0).dim();
     table_ = reg->cluster().config().tables(0).name();
   }
@@ -231,10 +180,10 @@ TEST_F(LimitsTest, ServerRefusesPastItsLimitsAndStaysUp) {
   EXPECT_EQ(h.error(), proto::BAD_SIZE) << h.error_message();
   // ... and a keys frame over --max_message_bytes (2 MiB of the 8 GiB) is
   // dropped by ZeroMQ before it is allocated in full: no reply.
-  peer.SetRecvTimeout(absl::Seconds(3));
+  peer.SetTimeout(absl::Seconds(3));
   peer.Send(Pull(uint64_t{1} << 30), {std::string(2 << 20, '\0')});
   EXPECT_FALSE(peer.Recv(&h, &frames)) << "a 2 MiB part got through: " << h.ShortDebugString();
-  peer.SetRecvTimeout(absl::Seconds(30));
+  peer.SetTimeout(absl::Seconds(30));
   ASSERT_TRUE(server_->Running()) << ReadFile(tmp_.path() + "/server.log");
 
   // A stream of pulls of random new keys, no budget: served until the

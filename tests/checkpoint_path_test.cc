@@ -4,7 +4,6 @@
 // the server keeps serving; a SAVE named relative to the root still works.
 #include <sys/stat.h>
 
-#include <zmq.hpp>
 
 #include <filesystem>
 #include <map>
@@ -15,35 +14,15 @@
 #include "proto/wire.pb.h"
 #include "scheduler/scheduler_client.h"
 #include "tests/cluster_harness.h"
+#include "tests/raw_peer.h"
 
 namespace ember::testing {
 namespace {
 
 namespace fs = std::filesystem;
 
-class RawPeer {
- public:
-  explicit RawPeer(const std::string& endpoint) : sock_(ctx_, zmq::socket_type::dealer) {
-    sock_.set(zmq::sockopt::linger, 0);
-    sock_.set(zmq::sockopt::rcvtimeo, 30000);
-    sock_.connect(endpoint);
-  }
-  // Sends `h` alone and returns the reply's header (command NONE if none came).
-  proto::Header Call(const proto::Header& h) {
-    const std::string bytes = h.SerializeAsString();
-    sock_.send(zmq::buffer(bytes), zmq::send_flags::none);
-    proto::Header r;
-    zmq::message_t m;
-    if (!sock_.recv(m)) return r;
-    EXPECT_TRUE(r.ParseFromArray(m.data(), m.size()));
-    while (m.more()) (void)sock_.recv(m);
-    return r;
-  }
-
- private:
-  zmq::context_t ctx_;
-  zmq::socket_t sock_;
-};
+// The reply's header; command CMD_UNSPECIFIED if none came.
+proto::Header Ask(RawPeer& peer, const proto::Header& h) { return peer.Call(h).value_or(proto::Header()); }
 
 // Every path under `dir` (symlinks not followed) with its mode, size and
 // mtime: what a refused request must leave as it was. Logs, and the
@@ -79,23 +58,14 @@ TEST(CheckpointPathTest, SaveAndRestoreOutsideTheRootAreRefusedAndWriteNothing) 
 
   // This test is the job's worker: it registers, learns the server's
   // endpoint, and then sends admin commands itself.
-  scheduler::SchedulerClientOptions o;
-  o.scheduler_endpoint = sched_ep;
-  o.self.set_role(proto::WORKER);
-  auto control = scheduler::SchedulerClient::Create(o, std::move(*net::CreateTransport({})));
-  ASSERT_TRUE(control.ok());
-  auto reg = (*control)->Register();
-  ASSERT_TRUE(reg.ok()) << reg.status() << ReadFile(tmp.path() + "/scheduler.log");
-  (*control)->StartHeartbeats(absl::Milliseconds(500), absl::Seconds(10));
-  std::string server_ep;
-  for (const auto& n : reg->cluster().nodes()) {
-    if (n.role() == proto::SERVER) server_ep = n.endpoint();
-  }
-  ASSERT_FALSE(server_ep.empty());
+  absl::StatusOr<JoinedWorker> joined = JoinAsWorker(sched_ep);
+  ASSERT_TRUE(joined.ok()) << joined.status() << ReadFile(tmp.path() + "/scheduler.log");
+  auto& control = joined->control;
+  const std::string server_ep = joined->server_endpoints[0];
   RawPeer peer(server_ep);
   proto::Header ping;
   ping.set_command(proto::PING);
-  ASSERT_EQ(peer.Call(ping).command(), proto::PING);  // the server has started (and made its root)
+  ASSERT_EQ(Ask(peer, ping).command(), proto::PING);  // the server has started (and made its root)
   ASSERT_TRUE(fs::is_directory(root));
 
   // The attacker's stage: a directory outside the root with a file in it,
@@ -139,7 +109,7 @@ TEST(CheckpointPathTest, SaveAndRestoreOutsideTheRootAreRefusedAndWriteNothing) 
       } else {
         h.mutable_restore()->set_dir(c.dir);
       }
-      const proto::Header r = peer.Call(h);
+      const proto::Header r = Ask(peer, h);
       EXPECT_EQ(r.request_id(), 11u);
       EXPECT_EQ(r.error(), proto::BAD_REQUEST) << r.error_message();
       EXPECT_NE(r.error_message().find(c.reason), std::string::npos) << r.error_message();
@@ -153,13 +123,13 @@ TEST(CheckpointPathTest, SaveAndRestoreOutsideTheRootAreRefusedAndWriteNothing) 
     h.set_command(proto::SAVE);
     h.mutable_save()->set_dir("ckpt-00000005");
     h.mutable_save()->set_id(5);
-    const proto::Header r = peer.Call(h);
+    const proto::Header r = Ask(peer, h);
     EXPECT_EQ(r.error(), proto::BAD_REQUEST) << r.error_message();
     EXPECT_NE(r.error_message().find("t0-r0.rows"), std::string::npos) << r.error_message();
     EXPECT_NE(r.error_message().find("exists"), std::string::npos) << r.error_message();
     h.set_command(proto::RESTORE);
     h.mutable_restore()->set_dir("ckpt-00000005");
-    const proto::Header q = peer.Call(h);
+    const proto::Header q = Ask(peer, h);
     EXPECT_NE(q.error(), proto::OK);
     EXPECT_NE(q.error_message().find("MANIFEST"), std::string::npos) << q.error_message();
   }
@@ -168,13 +138,13 @@ TEST(CheckpointPathTest, SaveAndRestoreOutsideTheRootAreRefusedAndWriteNothing) 
 
   // Still serving, and a SAVE named relative to the root works.
   EXPECT_TRUE(server.Running());
-  EXPECT_EQ(peer.Call(ping).error(), proto::OK);
+  EXPECT_EQ(Ask(peer, ping).error(), proto::OK);
   fs::create_directories(root + "/ckpt-00000042");
   proto::Header save;
   save.set_command(proto::SAVE);
   save.mutable_save()->set_dir("ckpt-00000042");
   save.mutable_save()->set_id(42);
-  const proto::Header saved = peer.Call(save);
+  const proto::Header saved = Ask(peer, save);
   EXPECT_EQ(saved.error(), proto::OK) << saved.error_message();
   EXPECT_TRUE(fs::exists(root + "/ckpt-00000042/t0-r0.rows"));
   EXPECT_TRUE(fs::exists(root + "/ckpt-00000042/dense-r0.bin"));
@@ -182,13 +152,13 @@ TEST(CheckpointPathTest, SaveAndRestoreOutsideTheRootAreRefusedAndWriteNothing) 
   proto::Header list;
   list.set_command(proto::LIST_CHECKPOINTS);
   list.mutable_list();
-  const proto::Header listed = peer.Call(list);
+  const proto::Header listed = Ask(peer, list);
   EXPECT_EQ(listed.error(), proto::OK) << listed.error_message();
   bool found = false;
   for (const auto& c : listed.list_reply().checkpoints()) found |= c.dir() == "ckpt-00000042";
   EXPECT_TRUE(found) << listed.DebugString();
 
-  (*control)->Leave("test over", true);
+  control->Leave("test over", true);
   EXPECT_NE(scheduler.Wait(absl::Seconds(30)), -1);
   EXPECT_NE(server.Wait(absl::Seconds(30)), -1);
 }
