@@ -16,7 +16,6 @@
 namespace ember::testing {
 namespace {
 
-std::string Keys(const std::vector<uint64_t>& k) { return KeyBytes(k); }
 
 TEST(BadMessageTest, ServerAnswersMalformedMessagesWithErrorsAndKeepsServing) {
   TempDir tmp;
@@ -55,22 +54,22 @@ TEST(BadMessageTest, ServerAnswersMalformedMessagesWithErrorsAndKeepsServing) {
   ASSERT_TRUE(peer.Recv(&h, &frames));
   EXPECT_EQ(h.error(), proto::BAD_HEADER);
   // Wrong frame count.
-  peer.Send(pull(0, 2), {Keys({1, 2}), "extra"});
+  peer.Send(pull(0, 2), {KeyBytes({1, 2}), "extra"});
   ASSERT_TRUE(peer.Recv(&h, &frames));
   EXPECT_EQ(h.error(), proto::BAD_FRAMES) << h.error_message();
   EXPECT_EQ(h.request_id(), 7u);
   // Unknown table.
-  peer.Send(pull(99, 2), {Keys({1, 2})});
+  peer.Send(pull(99, 2), {KeyBytes({1, 2})});
   ASSERT_TRUE(peer.Recv(&h, &frames));
   EXPECT_EQ(h.error(), proto::UNKNOWN_TABLE) << h.error_message();
   // Truncated key bytes.
-  peer.Send(pull(0, 2), {Keys({1, 2}).substr(0, 13)});
+  peer.Send(pull(0, 2), {KeyBytes({1, 2}).substr(0, 13)});
   ASSERT_TRUE(peer.Recv(&h, &frames));
   EXPECT_EQ(h.error(), proto::BAD_SIZE) << h.error_message();
   // A push whose gradient frame does not match num_keys x dim.
   proto::Header push = pull(0, 2);
   push.set_command(proto::PUSH);
-  peer.Send(push, {Keys({1, 2}), std::string(4 * dim, '\0')});
+  peer.Send(push, {KeyBytes({1, 2}), std::string(4 * dim, '\0')});
   ASSERT_TRUE(peer.Recv(&h, &frames));
   EXPECT_EQ(h.error(), proto::BAD_SIZE) << h.error_message();
   // A command a server does not serve.
@@ -176,7 +175,7 @@ TEST_F(LimitsTest, ServerRefusesPastItsLimitsAndStaysUp) {
 
   // A PULL naming 2^30 keys: its keys frame would be 8 GiB. The claim alone
   // is refused before anything is sized from it ...
-  ASSERT_TRUE(Call(peer, Pull(uint64_t{1} << 30), {Keys({1, 2})}, &h, &frames));
+  ASSERT_TRUE(Call(peer, Pull(uint64_t{1} << 30), {KeyBytes({1, 2})}, &h, &frames));
   EXPECT_EQ(h.error(), proto::BAD_SIZE) << h.error_message();
   // ... and a keys frame over --max_message_bytes (2 MiB of the 8 GiB) is
   // dropped by ZeroMQ before it is allocated in full: no reply.
@@ -197,7 +196,7 @@ TEST_F(LimitsTest, ServerRefusesPastItsLimitsAndStaysUp) {
     std::vector<uint64_t> keys(kBatch);
     for (uint64_t& k : keys) k = rng();
     if (first.empty()) first = keys;
-    ASSERT_TRUE(Call(peer, Pull(kBatch), {Keys(keys)}, &h, &frames)) << "pull " << i << " unanswered";
+    ASSERT_TRUE(Call(peer, Pull(kBatch), {KeyBytes(keys)}, &h, &frames)) << "pull " << i << " unanswered";
     if (h.error() == proto::OK) {
       ASSERT_EQ(refused, 0) << "a pull of new keys was served after a refusal";
       ASSERT_EQ(frames.size(), 1u);
@@ -237,7 +236,7 @@ TEST_F(LimitsTest, ServerRefusesPastItsLimitsAndStaysUp) {
   ping.set_request_id(++request_id_);
   ASSERT_TRUE(Call(peer, ping, {}, &h, &frames));
   EXPECT_EQ(h.error(), proto::OK) << h.error_message();
-  ASSERT_TRUE(Call(peer, Pull(kBatch), {Keys(first)}, &h, &frames));
+  ASSERT_TRUE(Call(peer, Pull(kBatch), {KeyBytes(first)}, &h, &frames));
   EXPECT_EQ(h.error(), proto::OK) << h.error_message();
   ASSERT_EQ(frames.size(), 1u);
   EXPECT_EQ(frames[0].size(), kBatch * dim_ * sizeof(float));

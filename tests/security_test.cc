@@ -43,7 +43,6 @@ proto::Header Register(proto::Role role, const std::string& token) {
   return h;
 }
 
-std::string Keys(const std::vector<uint64_t>& k) { return KeyBytes(k); }
 
 uint64_t Rows(const proto::ServerStatsProto& s) {
   uint64_t n = 0;
@@ -145,14 +144,14 @@ TEST(SecurityTest, PeersWithoutTheRightKeyCannotRegisterPullPushOrAdminister) {
   // goes first: a plain peer's retries fill the rate-limited log quickly.)
   for (const net::KeyPair* kp : {&stranger, &none}) {
     RawPeer p(server_ep, kNoAnswer, *kp, server_key);
-    EXPECT_FALSE(p.Call(pull, {Keys({1, 2})}));
-    EXPECT_FALSE(p.Call(push, {Keys({1, 2}), grads}));
+    EXPECT_FALSE(p.Call(pull, {KeyBytes({1, 2})}));
+    EXPECT_FALSE(p.Call(push, {KeyBytes({1, 2}), grads}));
     EXPECT_FALSE(p.Call(Command(proto::STATS)));
   }
   // A worker's key: data yes, admin no.
   {
     RawPeer p(server_ep, kAnswer, worker, server_key);
-    std::optional<proto::Header> r = p.Call(pull, {Keys({1, 2})});
+    std::optional<proto::Header> r = p.Call(pull, {KeyBytes({1, 2})});
     ASSERT_TRUE(r);
     EXPECT_EQ(r->error(), proto::OK) << r->error_message();
     for (proto::Command c : admin_commands) {
@@ -171,12 +170,12 @@ TEST(SecurityTest, PeersWithoutTheRightKeyCannotRegisterPullPushOrAdminister) {
     EXPECT_EQ(r->stats_reply().pushes(), 0u);
     EXPECT_EQ(Rows(r->stats_reply()), 2u) << "only the worker's pull made rows";
     for (const proto::Header* h : {&pull, &push}) {
-      r = p.Call(*h, h == &pull ? std::vector<std::string>{Keys({3, 4})} : std::vector<std::string>{Keys({3, 4}), grads});
+      r = p.Call(*h, h == &pull ? std::vector<std::string>{KeyBytes({3, 4})} : std::vector<std::string>{KeyBytes({3, 4}), grads});
       ASSERT_TRUE(r);
       EXPECT_EQ(r->error(), proto::UNAUTHORIZED) << r->error_message();
     }
     RawPeer s(server_ep, kAnswer, server_pair, server_key);
-    r = s.Call(push, {Keys({3, 4}), grads});
+    r = s.Call(push, {KeyBytes({3, 4}), grads});
     ASSERT_TRUE(r);
     EXPECT_EQ(r->error(), proto::UNAUTHORIZED) << r->error_message();
     r = s.Call(admin_command(proto::RESET_TABLE));
