@@ -41,9 +41,13 @@
 #include "worker/worker.h"
 
 // Every role.
-DEFINE_string(host, "127.0.0.1", "Address this node listens on and gives to others (scheduler, server).");
-DEFINE_int32(port, 0, "Port to listen on: the scheduler's port (required for `scheduler`), or a server's "
-                      "port (0 = any free port).");
+DEFINE_string(host, "127.0.0.1", "Address this node listens on (binds): an interface's address, or 0.0.0.0 for "
+                                  "every interface (`scheduler`, `server`, `serve`).");
+DEFINE_string(advertise_host, "", "Address other nodes reach this one at: the endpoint a server gives the scheduler "
+                                  "at registration (`scheduler`, `server`). Empty: --host, or this machine's "
+                                  "hostname when --host is the wildcard 0.0.0.0 (set it behind NAT or in a pod).");
+DEFINE_int32(port, 0, "Port to listen on: the scheduler's port (fixed, required for `scheduler`), or a server's "
+                      "port (0 = any free port, which the server reports at registration).");
 DEFINE_string(scheduler, "", "Scheduler endpoint for `server` and `worker`, e.g. tcp://127.0.0.1:7000.");
 // Scheduler.
 DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`); see examples/ and docs/.");
@@ -135,11 +139,11 @@ const std::vector<CommandHelp>& Commands() {
   static const std::vector<CommandHelp> commands = {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
-       {"config", "port", "host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
+       {"config", "port", "host", "advertise_host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
         "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file",
         "eval_scores_out", "max_message_bytes", "keys_dir", "key_file", "insecure", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
-       {"scheduler", "host", "port", "rank", "max_message_bytes", "keys_dir", "key_file", "insecure",
+       {"scheduler", "host", "advertise_host", "port", "rank", "max_message_bytes", "keys_dir", "key_file", "insecure",
         "exit_with_parent", "log_dir"}},
       {"worker", "ember worker --scheduler=tcp://HOST:P [flags]", "train a model replica",
        {"scheduler", "rank", "debug_step_delay_ms", "max_message_bytes", "keys_dir", "key_file", "exit_with_parent",
@@ -266,6 +270,50 @@ std::string Hostname() {
   return buf;
 }
 
+bool IsWildcardHost(const std::string& h) { return h == "0.0.0.0" || h == "*"; }
+
+// The host other nodes reach this one at: --advertise_host, else --host
+// unless it is a wildcard, else this machine's hostname.
+absl::StatusOr<std::string> AdvertisedHost() {
+  if (!FLAGS_advertise_host.empty()) {
+    if (IsWildcardHost(FLAGS_advertise_host)) {
+      return absl::InvalidArgumentError(absl::StrCat("flag --advertise_host: ", FLAGS_advertise_host,
+                                                     " is a wildcard; give an address the other nodes can reach"));
+    }
+    return FLAGS_advertise_host;
+  }
+  if (!IsWildcardHost(FLAGS_host)) return FLAGS_host;
+  const std::string h = Hostname();
+  if (h.empty() || h == "localhost") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "flag --advertise_host: required with --host=", FLAGS_host,
+        " (a wildcard) on a machine without a usable hostname: give the address the other nodes reach this one at"));
+  }
+  return h;
+}
+
+// Listens on tcp://--host:--port and returns the endpoint others reach it
+// at (--advertise_host, the port bound). A failure names the flags.
+absl::StatusOr<std::string> BindFromFlags(net::Transport& transport) {
+  absl::StatusOr<std::string> advertised = AdvertisedHost();
+  if (!advertised.ok()) return advertised.status();
+  absl::StatusOr<std::string> bound = transport.Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
+  if (!bound.ok()) {
+    if (absl::StrContains(bound.status().message(), "in use")) {
+      return absl::UnavailableError(absl::StrCat("flag --port: port ", FLAGS_port, " on ", FLAGS_host,
+                                                 " is already in use by another process; choose another --port",
+                                                 FLAGS_port != 0 ? " (a server may take 0, any free port)" : ""));
+    }
+    return absl::UnavailableError(
+        absl::StrCat("flags --host/--port: cannot listen on ", FLAGS_host, ":", FLAGS_port, ": ",
+                     bound.status().message()));
+  }
+  const size_t colon = bound->rfind(':');
+  if (colon == std::string::npos) return absl::InternalError(absl::StrCat("bound to ", *bound, ": no port"));
+  LOG(INFO) << "listening on " << *bound << ", reachable at " << *advertised << bound->substr(colon);
+  return absl::StrCat("tcp://", *advertised, bound->substr(colon));
+}
+
 absl::Status CheckPort(bool required) {
   if (FLAGS_port < 0 || FLAGS_port > 65535) return absl::InvalidArgumentError("flag --port: must be in [0, 65535]");
   if (required && FLAGS_port == 0) return absl::InvalidArgumentError("flag --port: the scheduler needs a fixed port");
@@ -318,9 +366,9 @@ int RunScheduler() {
 
   auto transport = NewTransport(proto::SCHEDULER);
   if (!transport.ok()) return ErrorExit(transport.status());
-  absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
+  absl::StatusOr<std::string> ep = BindFromFlags(**transport);
   if (!ep.ok()) return ErrorExit(ep.status());
-  LOG(INFO) << "scheduler listening on " << *ep;
+  LOG(INFO) << "scheduler at " << *ep;
   scheduler::SchedulerOptions so;
   so.config = *config;
   so.dense_size = (*model)->dense_size();
@@ -406,7 +454,7 @@ int RunServer() {
   if (absl::Status st = CheckExposure(proto::SERVER); !st.ok()) return ErrorExit(st);
   auto transport = NewTransport(proto::SERVER);
   if (!transport.ok()) return ErrorExit(transport.status());
-  absl::StatusOr<std::string> ep = (*transport)->Bind(absl::StrCat("tcp://", FLAGS_host, ":", FLAGS_port));
+  absl::StatusOr<std::string> ep = BindFromFlags(**transport);
   if (!ep.ok()) return ErrorExit(ep.status());
   proto::RegisterReply reg;
   auto control = Join(proto::SERVER, *ep, &reg);
