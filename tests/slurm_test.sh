@@ -178,7 +178,7 @@ log="$work/requeue/logs/run0/scheduler.log"
 pid=""
 for _ in $(seq 1 600); do
   pid=$(sed -n 's/.*registered SERVER rank 0 as node [0-9]* ([^ ]* pid \([0-9]*\).*/\1/p' "$log" 2>/dev/null | head -n 1 || true)
-  [ -n "$pid" ] && ls -d "$work/requeue/checkpoints"/ckpt-* >/dev/null 2>&1 && break
+  [ -n "$pid" ] && ls "$work/requeue/checkpoints"/ckpt-*/MANIFEST >/dev/null 2>&1 && break
   sleep 0.1
 done
 [ -n "$pid" ] || fail "the server of job $job never registered"
@@ -186,6 +186,15 @@ grep -q '^final:' "$work/requeue/logs/run0/scheduler.out" 2>/dev/null &&
   fail "job $job finished before its server could be killed"
 kill -9 "$pid"
 echo "killed the server (pid $pid) of job $job"
+# Slurm holds a requeued job (BeginTime) for a couple of minutes; the test
+# lets it start at once.
+for _ in $(seq 1 120); do
+  if [ "$(squeue -h -j "$job" -o %T 2>/dev/null)" = PENDING ]; then
+    scontrol update JobId="$job" StartTime=now >/dev/null 2>&1 || true
+    break
+  fi
+  sleep 0.5
+done
 wait_gone
 check_final requeue
 out="$work/requeue/slurm-$job.out"
