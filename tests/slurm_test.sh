@@ -37,6 +37,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("", 0)); pri
 cleanup() {
   local rc=$?
   set +e
+  trap '' PIPE INT TERM HUP  # finish the cleanup whatever happens to the output
   if [ "$rc" -ne 0 ]; then
     echo "--- logs (the test failed) ---" >&2
     for f in "$work"/job/slurm-*.out "$work"/job/logs/run*/*.log "$work"/log/*.log "$work"/munge/munged.log; do
@@ -67,6 +68,11 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+# A signal (Ctrl-C, ctest's stop, a closed pipe) exits through the cleanup too.
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 141' PIPE
+trap 'exit 143' TERM
 
 # munge: its own key, socket, pid, log and seed files.
 mkdir -p "$work/munge" "$work/state" "$work/spool" "$work/log"
