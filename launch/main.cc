@@ -139,7 +139,8 @@ const std::vector<CommandHelp>& Commands() {
   static const std::vector<CommandHelp> commands = {
       {"scheduler", "ember scheduler --config=JOB.conf --port=P [flags]",
        "run a job: waits for the servers and workers, drives epochs and evaluation, prints the final line",
-       {"config", "port", "host", "advertise_host", "data_dir", "num_servers", "num_workers", "epochs", "result_file", "resume",
+       {"config", "port", "host", "advertise_host", "data_dir", "num_servers", "num_workers", "epochs", "result_file",
+        "resume",
         "checkpoint_dir", "checkpoint_every_seconds", "export_dir", "export_every_seconds", "metrics_file",
         "eval_scores_out", "max_message_bytes", "keys_dir", "key_file", "insecure", "exit_with_parent", "log_dir"}},
       {"server", "ember server --scheduler=tcp://HOST:P [flags]", "serve sparse tables and dense slices",
