@@ -8,8 +8,9 @@ EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libproto
 # Not needed to build or train; tests/run.sh adds them for the tests of the
 # tools beside the binary (launch/plot.py: tests/plot_test.sh) and for the
 # sanitizer and fuzzing build (clang, libFuzzer: docs/fuzzing.md), and the
-# launchers run on real daemons (launch/slurm/: tests/slurm_test.sh).
-EMBER_TEST_PACKAGES="python3-matplotlib clang libfuzzer-14-dev slurm-wlm munge"
+# launchers run on real daemons and hosts (launch/slurm/: tests/slurm_test.sh;
+# network namespaces: tests/netns_lib.sh).
+EMBER_TEST_PACKAGES="python3-matplotlib clang libfuzzer-14-dev slurm-wlm munge iproute2 iputils-ping"
 
 # ember_install_deps [PACKAGE...]: installs EMBER_PACKAGES and the given
 # packages that are not installed yet (apt-get; sudo when not root).
