@@ -53,10 +53,14 @@
 
 DEFINE_string(mode, "relay", "relay, echo or probe.");
 DEFINE_string(listen, "", "ADDR:PORT to listen on (relay, echo); ADDR a numeric IPv4 address.");
-DEFINE_string(target, "", "ADDR:PORT to connect to (relay: each connection's upstream; probe: where to probe).");
-DEFINE_double(delay_ms, 0, "Milliseconds each chunk is held before it is written on (relay), >= 0.");
-DEFINE_int64(max_queued_bytes, 64 << 20, "Bytes one direction of a connection may hold before it stops "
-                                         "reading (relay).");
+DEFINE_string(
+    target, "",
+    "ADDR:PORT to connect to (relay: each connection's upstream; probe: where to probe).");
+DEFINE_double(delay_ms, 0,
+              "Milliseconds each chunk is held before it is written on (relay), >= 0.");
+DEFINE_int64(max_queued_bytes, 64 << 20,
+             "Bytes one direction of a connection may hold before it stops "
+             "reading (relay).");
 DEFINE_int32(count, 200, "Round trips (probe).");
 DEFINE_string(prefix, "", "Prefix of the figure names the probe prints (probe).");
 
@@ -102,7 +106,8 @@ int Listen(const sockaddr_in& addr) {
   if (fd < 0) Die(Errno("socket"));
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) Die(Errno("bind --listen"));
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
+    Die(Errno("bind --listen"));
   if (listen(fd, 1024) != 0) Die(Errno("listen"));
   return fd;
 }
@@ -111,7 +116,7 @@ volatile sig_atomic_t g_stop = 0;
 void OnSignal(int) { g_stop = 1; }
 
 void InstallSignals() {
-  struct sigaction sa{};
+  struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
@@ -130,10 +135,10 @@ struct Chunk {
 // One direction of a connection: reads side `from`, writes the other side.
 struct Direction {
   std::deque<Chunk> queue;
-  int64_t queued = 0;       // bytes in queue, not yet written
-  bool read_eof = false;    // the source sent FIN (or can no longer be read)
-  bool done = false;        // FIN passed on (or the destination is gone)
-  bool blocked = false;     // a due chunk waits for the destination to drain
+  int64_t queued = 0;     // bytes in queue, not yet written
+  bool read_eof = false;  // the source sent FIN (or can no longer be read)
+  bool done = false;      // FIN passed on (or the destination is gone)
+  bool blocked = false;   // a due chunk waits for the destination to drain
 };
 
 // side 0 = the accepted client, side 1 = the upstream (--target). dir[s]
@@ -179,7 +184,8 @@ class Relay {
           timer_armed_at_ = 0;
         } else {
           auto it = conns_.find(tag >> 1);
-          if (it != conns_.end()) OnEvent(it->second.get(), static_cast<int>(tag & 1), events[i].events);
+          if (it != conns_.end())
+            OnEvent(it->second.get(), static_cast<int>(tag & 1), events[i].events);
         }
       }
       FlushDue();
@@ -187,7 +193,8 @@ class Relay {
   }
 
  private:
-  static constexpr uint64_t kListenerTag = 0, kTimerTag = 1;  // connection ids start at 1, tags at 2
+  static constexpr uint64_t kListenerTag = 0,
+                            kTimerTag = 1;  // connection ids start at 1, tags at 2
   // The timer fires this long after the earliest deadline, so chunks read in
   // a burst leave in one wake-up (and one writev) rather than one each.
   static constexpr Nanos kSlack = 50'000;
@@ -287,7 +294,8 @@ class Relay {
         ssize_t w = write(c->fd[1 - s], buffer_.get(), static_cast<size_t>(n));
         if (w < 0 && errno != EAGAIN && errno != EINTR) return false;
         skip = w > 0 ? static_cast<size_t>(w) : 0;
-        if (skip < static_cast<size_t>(n)) d.blocked = w >= 0 || errno == EAGAIN;  // a full socket buffer
+        if (skip < static_cast<size_t>(n))
+          d.blocked = w >= 0 || errno == EAGAIN;  // a full socket buffer
         if (skip == static_cast<size_t>(n)) {
           if (static_cast<size_t>(n) < kBufferBytes) return true;
           continue;
@@ -479,7 +487,8 @@ void Echo(const sockaddr_in& addr) {
 int Probe(const sockaddr_in& addr) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) Die(Errno("socket"));
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) Die(Errno("connect --target"));
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
+    Die(Errno("connect --target"));
   SetNoDelay(fd);
   std::vector<double> rtts;
   for (int i = 0; i < FLAGS_count + 5; ++i) {
@@ -494,15 +503,16 @@ int Probe(const sockaddr_in& addr) {
   std::sort(rtts.begin(), rtts.end());
   size_t n = rtts.size();
   double median = n % 2 ? rtts[n / 2] : (rtts[n / 2 - 1] + rtts[n / 2]) / 2;
-  std::printf("%srtt_ms_median=%.4f\n%srtt_ms_min=%.4f\n", FLAGS_prefix.c_str(), median, FLAGS_prefix.c_str(),
-              rtts.front());
+  std::printf("%srtt_ms_median=%.4f\n%srtt_ms_min=%.4f\n", FLAGS_prefix.c_str(), median,
+              FLAGS_prefix.c_str(), rtts.front());
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  gflags::SetUsageMessage("a TCP relay that delays every chunk; see the head of bench/delay_relay.cc");
+  gflags::SetUsageMessage(
+      "a TCP relay that delays every chunk; see the head of bench/delay_relay.cc");
   gflags::ParseCommandLineFlags(&argc, &argv, true);
   InstallSignals();
   // Chunks come and go by the thousand: keep them on the heap, not in mmaps.
@@ -520,9 +530,10 @@ int main(int argc, char** argv) {
   if (FLAGS_mode != "relay") Die("flag --mode: '" + FLAGS_mode + "' is not relay, echo or probe");
   if (!(FLAGS_delay_ms >= 0)) Die("flag --delay_ms: must be >= 0");
   if (FLAGS_max_queued_bytes < 1) Die("flag --max_queued_bytes: must be >= 1");
-  Relay relay(listen_addr, ParseAddress("target", FLAGS_target), static_cast<Nanos>(FLAGS_delay_ms * 1e6),
-              FLAGS_max_queued_bytes);
-  std::printf("relaying %s -> %s with %g ms\n", FLAGS_listen.c_str(), FLAGS_target.c_str(), FLAGS_delay_ms);
+  Relay relay(listen_addr, ParseAddress("target", FLAGS_target),
+              static_cast<Nanos>(FLAGS_delay_ms * 1e6), FLAGS_max_queued_bytes);
+  std::printf("relaying %s -> %s with %g ms\n", FLAGS_listen.c_str(), FLAGS_target.c_str(),
+              FLAGS_delay_ms);
   std::fflush(stdout);
   relay.Run();
   return 0;
