@@ -132,7 +132,8 @@ struct Chunk {
   size_t sent = 0;
 };
 
-// One direction of a connection: reads side `from`, writes the other side.
+// One direction of a connection: the bytes read from one side that wait to be
+// written to the other.
 struct Direction {
   std::deque<Chunk> queue;
   int64_t queued = 0;     // bytes in queue, not yet written
@@ -193,8 +194,9 @@ class Relay {
   }
 
  private:
-  static constexpr uint64_t kListenerTag = 0,
-                            kTimerTag = 1;  // connection ids start at 1, tags at 2
+  // epoll tags: a connection's are id << 1 | side, and ids start at 1.
+  static constexpr uint64_t kListenerTag = 0;
+  static constexpr uint64_t kTimerTag = 1;
   // The timer fires this long after the earliest deadline, so chunks read in
   // a burst leave in one wake-up (and one writev) rather than one each.
   static constexpr Nanos kSlack = 50'000;
