@@ -23,6 +23,7 @@
 #include "datasets/gen_data.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
+#include "launch/k8s.h"
 #include "models/model.h"
 #include "net/memory.h"
 #include "net/transport.h"
@@ -122,6 +123,26 @@ DEFINE_int32(rank, -1, "The rank this server or worker must get (a launcher that
 DEFINE_bool(exit_with_parent, false, "Die with the process that started this one, even if it is killed with "
                                      "SIGKILL (`scheduler`, `server`, `worker`; launch/local.sh sets it).");
 
+// k8s (launch/k8s.h); also --config, --num_servers, --num_workers, --epochs,
+// --port, --checkpoint_every_seconds, --insecure and --out.
+DEFINE_string(name, "", "The job's name in Kubernetes: a DNS label of at most 40 characters; default: the config's "
+                        "name, lowercase (`k8s`).");
+DEFINE_string(k8s_namespace, "default", "Namespace of the job's objects (`k8s`).");
+DEFINE_string(image, "", "Container image with the ember binary (--binary) and /bin/sh (`k8s`).");
+DEFINE_string(binary, "/usr/local/bin/ember", "Path of `ember` in the image (`k8s`).");
+DEFINE_int32(server_port, 27200, "Port every server listens on in its pod (`k8s`).");
+DEFINE_string(cluster_domain, "cluster.local", "The cluster's DNS domain (`k8s`).");
+DEFINE_string(job_claim, "", "A ReadWriteMany PersistentVolumeClaim for checkpoints, exports, metrics and the "
+                             "result, shared by every pod (`k8s`; required).");
+DEFINE_string(data_claim, "", "A PersistentVolumeClaim holding train/, test/ and meta.txt, mounted read-only on the "
+                              "scheduler and the workers; empty: the config's data paths, inside the image (`k8s`).");
+DEFINE_string(secret, "", "The Secret with key job-token and the files of `ember keygen`; default <name>-secrets "
+                          "(`k8s`).");
+DEFINE_string(spill_size, "10Gi", "Each server's volume for the RocksDB tier, made when storage.memory_budget_bytes "
+                                  "> 0 (`k8s`).");
+DEFINE_string(spill_storage_class, "", "Storage class of the servers' RocksDB volumes; empty: the default (`k8s`).");
+DEFINE_int32(worker_restarts, 6, "Pod failures allowed per worker before the workers' Job fails (`k8s`).");
+
 namespace ember {
 namespace {
 
@@ -152,6 +173,12 @@ const std::vector<CommandHelp>& Commands() {
       {"keygen", "ember keygen --out=DIR",
        "write CURVE key pairs for a cluster (scheduler, server, worker, admin) and their authorized_keys",
        {"out"}},
+      {"k8s", "ember k8s --config=JOB.conf --image=IMG --job_claim=PVC [--out=DIR] [flags]",
+       "write the Kubernetes manifests of a job (ConfigMap, scheduler Deployment, server StatefulSet, worker "
+       "Indexed Job); docs/launch.md",
+       {"config", "image", "job_claim", "out", "name", "k8s_namespace", "num_servers", "num_workers", "epochs", "port",
+        "server_port", "data_claim", "secret", "insecure", "checkpoint_every_seconds", "spill_size",
+        "spill_storage_class", "binary", "cluster_domain", "worker_restarts"}},
       {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
@@ -532,6 +559,39 @@ int RunWorker() {
   return 0;
 }
 
+// `ember k8s`: the manifests to --out (a directory) or stdout.
+int RunK8s() {
+  launch::K8sOptions o;
+  o.config_path = FLAGS_config;
+  o.num_servers = FLAGS_num_servers;
+  o.num_workers = FLAGS_num_workers;
+  o.epochs = FLAGS_epochs;
+  o.name = FLAGS_name;
+  o.namespace_name = FLAGS_k8s_namespace;
+  o.image = FLAGS_image;
+  o.binary = FLAGS_binary;
+  // --port's default (0) is for the other commands.
+  if (!gflags::GetCommandLineFlagInfoOrDie("port").is_default) o.scheduler_port = FLAGS_port;
+  o.server_port = FLAGS_server_port;
+  o.cluster_domain = FLAGS_cluster_domain;
+  o.job_claim = FLAGS_job_claim;
+  o.data_claim = FLAGS_data_claim;
+  o.secret = FLAGS_secret;
+  o.insecure = FLAGS_insecure;
+  o.spill_size = FLAGS_spill_size;
+  o.spill_storage_class = FLAGS_spill_storage_class;
+  o.checkpoint_every_seconds = FLAGS_checkpoint_every_seconds;
+  o.worker_restarts = FLAGS_worker_restarts;
+  absl::StatusOr<std::vector<launch::K8sManifest>> m = launch::GenerateK8sManifests(o);
+  if (!m.ok()) return ErrorExit(m.status());
+  if (absl::Status st = launch::WriteK8sManifests(*m, FLAGS_out); !st.ok()) return ErrorExit(st);
+  if (!FLAGS_out.empty()) {
+    std::fprintf(stderr, "k8s: %zu manifests in %s; create the Secret first (docs/launch.md), then kubectl apply -f %s\n",
+                 m->size(), FLAGS_out.c_str(), FLAGS_out.c_str());
+  }
+  return 0;
+}
+
 int RunGenData() {
   datasets::GenDataOptions o;
   o.out_dir = FLAGS_out;
@@ -747,6 +807,7 @@ int main(int argc, char** argv) {
   if (command == "worker") return ember::RunWorker();
   if (command == "gen-data") return ember::RunGenData();
   if (command == "keygen") return ember::RunKeygen();
+  if (command == "k8s") return ember::RunK8s();
   if (command == "convert") return ember::RunConvert(positional);
   if (command == "inspect") return ember::RunInspect(positional);
   if (command == "export") return ember::RunExport();
