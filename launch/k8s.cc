@@ -133,14 +133,16 @@ std::string Block(absl::string_view text, int indent) {
   return out;
 }
 
-// Indents every line of `text` by `n` spaces.
+// Indents every line of `text` by `n` spaces; the result ends with one
+// newline.
 std::string Indent(absl::string_view text, int n) {
+  if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
   const std::string pad(n, ' ');
-  std::vector<std::string> lines;
+  std::string out;
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
-    lines.push_back(line.empty() ? std::string() : absl::StrCat(pad, line));
+    absl::StrAppend(&out, line.empty() ? "" : pad, line, "\n");
   }
-  return absl::StrJoin(lines, "\n");
+  return out;
 }
 
 std::string Header(const std::string& name) {
@@ -165,7 +167,7 @@ std::string Labels(const Job& j, absl::string_view component, int indent) {
 
 std::string Metadata(const Job& j, absl::string_view name, absl::string_view component) {
   return absl::StrCat("metadata:\n  name: ", Q(name), "\n  namespace: ", Q(j.o.namespace_name), "\n  labels:\n",
-                      Labels(j, component, 4), "\n");
+                      Labels(j, component, 4), "");
 }
 
 // The flags every node of the job gets for its links.
@@ -183,10 +185,11 @@ Volumes VolumesFor(const Job& j, absl::string_view role) {
   Volumes v;
   const bool scheduler = role == "scheduler";
   // The shared job directory: the scheduler and the servers write
-  // checkpoints there, the workers only look for the result.
+  // checkpoints there, the workers only look for the result. (Not mounted
+  // read-only on the workers: the kubelet creates the sub-path directory when
+  // a worker starts first.)
   absl::StrAppend(&v.pod, "- name: job\n  persistentVolumeClaim:\n    claimName: ", Q(j.o.job_claim), "\n");
-  absl::StrAppend(&v.mounts, "- name: job\n  mountPath: ", kJobDir, "\n  subPath: ", Q(j.o.name), "\n",
-                  role == "worker" ? "  readOnly: true\n" : "");
+  absl::StrAppend(&v.mounts, "- name: job\n  mountPath: ", kJobDir, "\n  subPath: ", Q(j.o.name), "\n");
   if (scheduler) {
     absl::StrAppend(&v.pod, "- name: config\n  configMap:\n    name: ", Q(j.o.name + "-config"), "\n");
     absl::StrAppend(&v.mounts, "- name: config\n  mountPath: ", kConfigDir, "\n  readOnly: true\n");
@@ -252,7 +255,7 @@ constexpr char kIdle[] = "while :; do sleep 3600; done";
 
 std::string ContainerHead(const Job& j, absl::string_view role, absl::string_view script) {
   return absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image), "\n  command: [\"/bin/sh\", \"-c\"]\n  args:\n  - ",
-                      Block(script, 2), "\n  env:\n", Indent(Env(j), 2), "\n");
+                      Block(script, 2), "\n  env:\n", Indent(Env(j), 2), "");
 }
 
 std::string ConfigMap(const Job& j) {
@@ -264,7 +267,7 @@ std::string SchedulerService(const Job& j) {
   return absl::StrCat(Header(j.o.name), "apiVersion: v1\nkind: Service\n",
                       Metadata(j, j.o.name + "-scheduler", "scheduler"),
                       "spec:\n  type: ClusterIP\n  selector:\n", Labels(j, "scheduler", 4),
-                      "\n  ports:\n  - name: ember\n    port: ", j.o.scheduler_port,
+                      "  ports:\n  - name: ember\n    port: ", j.o.scheduler_port,
                       "\n    targetPort: ", j.o.scheduler_port, "\n    protocol: TCP\n");
 }
 
@@ -290,18 +293,18 @@ std::string SchedulerDeployment(const Job& j) {
   std::string container = ContainerHead(j, "scheduler", script);
   absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.scheduler_port,
                   "\n    protocol: TCP\n  readinessProbe:\n", Indent(Probe(j.o.scheduler_port, 5, 3), 4),
-                  "\n  livenessProbe:\n", Indent(Probe(j.o.scheduler_port, 10, 6), 4), "\n  volumeMounts:\n",
-                  Indent(v.mounts, 2), "\n");
+                  "  livenessProbe:\n", Indent(Probe(j.o.scheduler_port, 10, 6), 4), "  volumeMounts:\n",
+                  Indent(v.mounts, 2), "");
   return absl::StrCat(
       Header(j.o.name), "apiVersion: apps/v1\nkind: Deployment\n", Metadata(j, j.o.name + "-scheduler", "scheduler"),
       "spec:\n  replicas: 1\n"
       "  # Never two schedulers on one checkpoint directory: the old pod goes before the new one starts.\n"
       "  strategy:\n    type: Recreate\n  selector:\n    matchLabels:\n",
-      Labels(j, "scheduler", 6), "\n  template:\n    metadata:\n      labels:\n", Labels(j, "scheduler", 8),
-      "\n    spec:\n      restartPolicy: Always\n"
+      Labels(j, "scheduler", 6), "  template:\n    metadata:\n      labels:\n", Labels(j, "scheduler", 8),
+      "    spec:\n      restartPolicy: Always\n"
       "      # SIGTERM: the scheduler checkpoints at the next step boundary and stops every node.\n"
       "      terminationGracePeriodSeconds: 300\n      containers:\n",
-      Indent(container, 6), "\n      volumes:\n", Indent(v.pod, 6), "\n");
+      Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
 }
 
 std::string ServersService(const Job& j) {
@@ -310,7 +313,7 @@ std::string ServersService(const Job& j) {
                       "spec:\n  clusterIP: None\n"
                       "  # Names resolve before a server is ready (it registers before its probe passes).\n"
                       "  publishNotReadyAddresses: true\n  selector:\n",
-                      Labels(j, "server", 4), "\n  ports:\n  - name: ember\n    port: ", j.o.server_port,
+                      Labels(j, "server", 4), "  ports:\n  - name: ember\n    port: ", j.o.server_port,
                       "\n    targetPort: ", j.o.server_port, "\n    protocol: TCP\n");
 }
 
@@ -324,16 +327,16 @@ std::string ServersStatefulSet(const Job& j) {
   std::string container = ContainerHead(j, "server", script);
   absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.server_port,
                   "\n    protocol: TCP\n  readinessProbe:\n", Indent(Probe(j.o.server_port, 5, 3), 4),
-                  "\n  livenessProbe:\n", Indent(Probe(j.o.server_port, 10, 6), 4), "\n  volumeMounts:\n",
-                  Indent(v.mounts, 2), "\n");
+                  "  livenessProbe:\n", Indent(Probe(j.o.server_port, 10, 6), 4), "  volumeMounts:\n",
+                  Indent(v.mounts, 2), "");
   std::string out = absl::StrCat(
       Header(j.o.name), "apiVersion: apps/v1\nkind: StatefulSet\n", Metadata(j, j.o.name + "-server", "server"),
       "spec:\n  serviceName: ", Q(j.o.name + "-servers"), "\n  replicas: ", j.servers,
       "\n  # All at once: a server is ready only once the job runs, which needs every server.\n"
       "  podManagementPolicy: Parallel\n  selector:\n    matchLabels:\n",
-      Labels(j, "server", 6), "\n  template:\n    metadata:\n      labels:\n", Labels(j, "server", 8),
-      "\n    spec:\n      restartPolicy: Always\n      terminationGracePeriodSeconds: 60\n      containers:\n",
-      Indent(container, 6), "\n      volumes:\n", Indent(v.pod, 6), "\n");
+      Labels(j, "server", 6), "  template:\n    metadata:\n      labels:\n", Labels(j, "server", 8),
+      "    spec:\n      restartPolicy: Always\n      terminationGracePeriodSeconds: 60\n      containers:\n",
+      Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
   if (j.spill) {
     absl::StrAppend(&out, "  volumeClaimTemplates:\n  - metadata:\n      name: spill\n    spec:\n",
                     "      accessModes: [\"ReadWriteOnce\"]\n",
@@ -351,16 +354,16 @@ std::string WorkersJob(const Job& j) {
       " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j), "\nrc=$?\n", AfterCleanExit("exit 0"));
   const Volumes v = VolumesFor(j, "worker");
   std::string container = ContainerHead(j, "worker", script);
-  absl::StrAppend(&container, "  volumeMounts:\n", Indent(v.mounts, 2), "\n");
+  absl::StrAppend(&container, "  volumeMounts:\n", Indent(v.mounts, 2), "");
   return absl::StrCat(
       Header(j.o.name), "apiVersion: batch/v1\nkind: Job\n", Metadata(j, j.o.name + "-worker", "worker"),
       "spec:\n  completionMode: Indexed\n  completions: ", j.workers, "\n  parallelism: ", j.workers,
       "\n  backoffLimit: ", j.o.worker_restarts * j.workers,
       "\n  template:\n    metadata:\n      labels:\n", Labels(j, "worker", 8),
-      "\n    spec:\n"
+      "    spec:\n"
       "      # A failed worker is started again in place, with its index; ember requeues its chunks.\n"
       "      restartPolicy: OnFailure\n      terminationGracePeriodSeconds: 30\n      containers:\n",
-      Indent(container, 6), "\n      volumes:\n", Indent(v.pod, 6), "\n");
+      Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
 }
 
 absl::StatusOr<Job> Check(const K8sOptions& o) {
