@@ -233,9 +233,16 @@ std::string Probe(int port, int period, int failures) {
       Q(script), period, failures);
 }
 
-// The lines a server or worker runs after `ember` exited with `rc` 0.
+// The lines after a server's or worker's `ember ... &`: the shell (the
+// container's PID 1) passes SIGTERM on to ember and exits with it; after a
+// clean exit, it tells the job's end from a stopped scheduler.
 std::string AfterCleanExit(absl::string_view what_then) {
   return absl::StrFormat(
+      "pid=$!\n"
+      "stop=\n"
+      "trap 'stop=1; kill -TERM $pid 2>/dev/null' TERM INT\n"
+      "wait $pid; rc=$?\n"
+      "if [ -n \"$stop\" ]; then wait $pid; exit 143; fi\n"
       "if [ $rc -eq 0 ]; then\n"
       "  # 0 also ends a node when the scheduler was stopped (SIGTERM) and will resume: only the\n"
       "  # result file says the job is over.\n"
@@ -322,7 +329,7 @@ std::string ServersStatefulSet(const Job& j) {
       "if [ -e ", kJobDir, "/result.txt ]; then echo \"ember: job ", j.o.name, " has finished\"; ", kIdle, "; fi\n",
       "# The rank is the pod's ordinal (<name>-server-<i>); the others reach it at its pod IP.\n", j.o.binary,
       " server --scheduler=", j.scheduler_endpoint, " --host=0.0.0.0 --advertise_host=\"$POD_IP\" \\\n  --port=",
-      j.o.server_port, " --rank=\"${POD_NAME##*-}\" ", SecurityFlags(j), "\nrc=$?\n", AfterCleanExit(kIdle));
+      j.o.server_port, " --rank=\"${POD_NAME##*-}\" ", SecurityFlags(j), " &\n", AfterCleanExit(kIdle));
   const Volumes v = VolumesFor(j, "server");
   std::string container = ContainerHead(j, "server", script);
   absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.server_port,
@@ -351,7 +358,7 @@ std::string ServersStatefulSet(const Job& j) {
 std::string WorkersJob(const Job& j) {
   const std::string script = absl::StrCat(
       "# The rank is the Job's completion index.\n", j.o.binary, " worker --scheduler=", j.scheduler_endpoint,
-      " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j), "\nrc=$?\n", AfterCleanExit("exit 0"));
+      " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j), " &\n", AfterCleanExit("exit 0"));
   const Volumes v = VolumesFor(j, "worker");
   std::string container = ContainerHead(j, "worker", script);
   absl::StrAppend(&container, "  volumeMounts:\n", Indent(v.mounts, 2), "");

@@ -288,6 +288,27 @@ def main():
         want_w = ["worker", f"--scheduler={endpoint}", f"--rank={k}"] + sec
         check(got == want_w, f"worker {k} args: {got} != {want_w}")
         check(rc == 3, f"worker script passes ember's failure on (rc {rc})")
+    # SIGTERM to the script (the container's PID 1) reaches ember, and the
+    # script exits with it instead of waiting for a result.
+    for obj, extra in ((sts, {"POD_NAME": f"{n}-server-0", "POD_IP": "10.1.0.9"}), (job, {"JOB_COMPLETION_INDEX": "1"})):
+        env = dict(os.environ, **fake, FAKE_SLEEP="1", **extra)
+        p = subprocess.Popen(["/bin/sh", "-c", script(obj).replace("/ember/job", job_dir)], env=env)
+        for _ in range(200):
+            if os.path.exists(args_file):
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the script reach `wait`
+        p.terminate()
+        try:
+            rc = p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = None
+        check(rc == 143, f"{obj['kind']} script exits 143 on SIGTERM (rc {rc})")
+        check(os.path.exists(args_file + ".term"), f"{obj['kind']} script passes SIGTERM on to ember")
+        read_args(args_file)
+        if os.path.exists(args_file + ".term"):
+            os.unlink(args_file + ".term")
     # A worker that ends with the job (the result is there) completes its index.
     rc, out = run_script(script(job), job_dir, dict(fake, FAKE_RC="0", FAKE_RESULT=os.path.join(job_dir, "result.txt"),
                                                      JOB_COMPLETION_INDEX="0"))

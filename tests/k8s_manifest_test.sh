@@ -21,11 +21,15 @@ tmp=$(mktemp -d /tmp/k8s_manifest_test.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
 # The fake ember the scripts run: records its arguments, writes the result
-# file if asked, exits with FAKE_RC.
+# file if asked, runs until SIGTERM if asked, exits with FAKE_RC.
 cat > "$tmp/fake-ember" <<'EOF'
 #!/bin/sh
 for a in "$@"; do echo "$a"; done > "$FAKE_ARGS"
 if [ -n "${FAKE_RESULT:-}" ]; then echo "final: auc=0.8" > "$FAKE_RESULT"; fi
+if [ -n "${FAKE_SLEEP:-}" ]; then
+  trap 'echo TERM > "$FAKE_ARGS.term"; exit 143' TERM
+  while :; do sleep 1; done
+fi
 exit "${FAKE_RC:-0}"
 EOF
 chmod 755 "$tmp/fake-ember"
