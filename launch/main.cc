@@ -48,23 +48,24 @@ DEFINE_string(advertise_host, "", "Address other nodes reach this one at: the en
                                   "at registration (`scheduler`, `server`). Empty: --host, or this machine's "
                                   "hostname when --host is the wildcard 0.0.0.0 (set it behind NAT or in a pod).");
 DEFINE_int32(port, 0, "Port to listen on: the scheduler's port (fixed, required for `scheduler`), or a server's "
-                      "port (0 = any free port, which the server reports at registration).");
+                      "port (0 = any free port, which the server reports at registration). `k8s`: the scheduler's port in the "
+                      "pods, default 27100.");
 DEFINE_string(scheduler, "", "Scheduler endpoint for `server` and `worker`, e.g. tcp://127.0.0.1:7000.");
 // Scheduler.
-DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`); see examples/ and docs/.");
+DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`, `k8s`); see examples/ and docs/.");
 DEFINE_string(data_dir, "", "Overrides data.train/test/meta with DIR/train, DIR/test, DIR/meta.txt (`scheduler`).");
-DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`).");
-DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
+DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`, `k8s`).");
+DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`, `k8s`).");
 DEFINE_int64(max_message_bytes, int64_t{1} << 30,
              "The largest message part this node accepts from the network (ZMQ_MAXMSGSIZE); a peer that sends "
              "a larger one is disconnected before it is allocated. -1: no limit (`scheduler`, `server`, `worker`).");
-DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
+DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`, `k8s`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
 DEFINE_uint32(debug_step_delay_ms, 0, "Fault injection: the worker sleeps this long after each training step, as a "
                                       "straggler would (`worker`; tests and benchmarks).");
 DEFINE_bool(resume, false, "Continue the job from the newest complete checkpoint under checkpoint.dir (`scheduler`).");
 DEFINE_string(checkpoint_dir, "", "Overrides checkpoint.dir: where the job's checkpoints go (`scheduler`).");
-DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`).");
+DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`, `k8s`).");
 DEFINE_string(export_dir, "", "Overrides export.dir: the export root the job writes serving bundles to (`scheduler`).");
 DEFINE_uint32(export_every_seconds, 0, "Overrides export.every_seconds when > 0: live-serving exports (`scheduler`).");
 DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
@@ -75,7 +76,8 @@ DEFINE_string(eval_scores_out, "", "Write the last evaluation's scores to this n
                                    "in arrival order). The job refuses to start if the file exists.");
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`, `convert`), export root (`export`: the bundle goes into "
-                      "OUT/<version>), or output file (`predict`: must not exist).");
+                      "OUT/<version>), or output file (`predict`: must not exist), or the manifests' directory (`k8s`; "
+                      "empty: stdout).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
 // generator's defaults (datasets/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
@@ -116,7 +118,8 @@ DEFINE_string(keys_dir, "", "Directory written by `ember keygen`: this node load
                             "<dir>/authorized_keys and runs every link with CURVE (`scheduler`, `server`, `worker`). "
                             "Empty: plain TCP, which only a loopback --host allows unless --insecure.");
 DEFINE_string(key_file, "", "This node's key pair, instead of <keys_dir>/<role>.key (`scheduler`, `server`, `worker`).");
-DEFINE_bool(insecure, false, "Allow plain, unauthenticated TCP on a non-loopback --host (`scheduler`, `server`).");
+DEFINE_bool(insecure, false, "Allow plain, unauthenticated TCP on a non-loopback --host (`scheduler`, `server`; `k8s`: "
+                              "every pod, no keys).");
 DEFINE_int32(rank, -1, "The rank this server or worker must get (a launcher that fixes ranks, e.g. from a pod "
                        "ordinal); registration is refused if it is taken. -1: the scheduler assigns one.");
 // Launchers.

@@ -56,6 +56,9 @@ sed -e 's/^name: "local"/name: "Spill_Demo"/' \
     -e 's|^cluster {|storage { memory_budget_bytes: 50000000 spill_path: "/var/lib/ember-spill" }\ncluster {|' \
     "$src/examples/local.conf" > "$tmp/spill.conf"
 grep -q memory_budget_bytes "$tmp/spill.conf" || { echo "FAIL: could not write spill.conf"; exit 1; }
+# A line of blanks, a tab, and no newline at the end: the ConfigMap must still
+# hold the text byte for byte (a literal block cannot; a quoted string can).
+printf '  \n\t# tab\n# no newline at the end' >> "$tmp/spill.conf"
 port=$(free_port)
 out2=$tmp/spill
 "$ember" k8s --config="$tmp/spill.conf" --image=registry.example/ember:2 --job_claim=shared.jobs \
