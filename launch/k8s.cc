@@ -76,7 +76,8 @@ bool IsQuantity(absl::string_view s) {
     if (i == frac) return false;
   }
   const absl::string_view suffix = s.substr(i);
-  for (absl::string_view ok : {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"}) {
+  for (absl::string_view ok :
+       {"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E"}) {
     if (suffix == ok) return true;
   }
   return false;
@@ -87,10 +88,18 @@ std::string Q(absl::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           absl::StrAppend(&out, absl::StrFormat("\\x%02x", c));
@@ -160,14 +169,14 @@ struct Job {
 };
 
 std::string Labels(const Job& j, absl::string_view component, int indent) {
-  return Indent(absl::StrCat("app.kubernetes.io/name: ember\napp.kubernetes.io/instance: ", Q(j.o.name),
-                             "\napp.kubernetes.io/component: ", component),
+  return Indent(absl::StrCat("app.kubernetes.io/name: ember\napp.kubernetes.io/instance: ",
+                             Q(j.o.name), "\napp.kubernetes.io/component: ", component),
                 indent);
 }
 
 std::string Metadata(const Job& j, absl::string_view name, absl::string_view component) {
-  return absl::StrCat("metadata:\n  name: ", Q(name), "\n  namespace: ", Q(j.o.namespace_name), "\n  labels:\n",
-                      Labels(j, component, 4), "");
+  return absl::StrCat("metadata:\n  name: ", Q(name), "\n  namespace: ", Q(j.o.namespace_name),
+                      "\n  labels:\n", Labels(j, component, 4), "");
 }
 
 // The flags every node of the job gets for its links.
@@ -188,14 +197,18 @@ Volumes VolumesFor(const Job& j, absl::string_view role) {
   // checkpoints there, the workers only look for the result. (Not mounted
   // read-only on the workers: the kubelet creates the sub-path directory when
   // a worker starts first.)
-  absl::StrAppend(&v.pod, "- name: job\n  persistentVolumeClaim:\n    claimName: ", Q(j.o.job_claim), "\n");
-  absl::StrAppend(&v.mounts, "- name: job\n  mountPath: ", kJobDir, "\n  subPath: ", Q(j.o.name), "\n");
+  absl::StrAppend(&v.pod,
+                  "- name: job\n  persistentVolumeClaim:\n    claimName: ", Q(j.o.job_claim), "\n");
+  absl::StrAppend(&v.mounts, "- name: job\n  mountPath: ", kJobDir, "\n  subPath: ", Q(j.o.name),
+                  "\n");
   if (scheduler) {
-    absl::StrAppend(&v.pod, "- name: config\n  configMap:\n    name: ", Q(j.o.name + "-config"), "\n");
+    absl::StrAppend(&v.pod, "- name: config\n  configMap:\n    name: ", Q(j.o.name + "-config"),
+                    "\n");
     absl::StrAppend(&v.mounts, "- name: config\n  mountPath: ", kConfigDir, "\n  readOnly: true\n");
   }
   if (!j.o.data_claim.empty() && role != "server") {
-    absl::StrAppend(&v.pod, "- name: data\n  persistentVolumeClaim:\n    claimName: ", Q(j.o.data_claim),
+    absl::StrAppend(&v.pod,
+                    "- name: data\n  persistentVolumeClaim:\n    claimName: ", Q(j.o.data_claim),
                     "\n    readOnly: true\n");
     absl::StrAppend(&v.mounts, "- name: data\n  mountPath: ", kDataDir, "\n  readOnly: true\n");
   }
@@ -203,12 +216,14 @@ Volumes VolumesFor(const Job& j, absl::string_view role) {
     // Only this role's key pair and the list of admitted keys; mode 0400,
     // since ember refuses a key file others can read.
     absl::StrAppend(&v.pod, "- name: keys\n  secret:\n    secretName: ", Q(j.o.secret),
-                    "\n    defaultMode: 256  # 0400\n    items:\n    - key: ", role, ".key\n      path: ", role,
+                    "\n    defaultMode: 256  # 0400\n    items:\n    - key: ", role,
+                    ".key\n      path: ", role,
                     ".key\n    - key: authorized_keys\n      path: authorized_keys\n");
     absl::StrAppend(&v.mounts, "- name: keys\n  mountPath: ", kKeysDir, "\n  readOnly: true\n");
   }
   if (role == "server" && j.spill) {
-    absl::StrAppend(&v.mounts, "- name: spill\n  mountPath: ", Q(j.config.storage().spill_path()), "\n");
+    absl::StrAppend(&v.mounts, "- name: spill\n  mountPath: ", Q(j.config.storage().spill_path()),
+                    "\n");
   }
   return v;
 }
@@ -226,10 +241,11 @@ std::string Env(const Job& j) {
 // once the job has finished. It connects to nothing: a TCP probe would open a
 // connection that a CURVE socket counts and logs as a rejected peer.
 std::string Probe(int port, int period, int failures) {
-  const std::string script =
-      absl::StrFormat("test -e %s/result.txt || grep -q ':%04X 00000000:0000 0A' /proc/net/tcp", kJobDir, port);
+  const std::string script = absl::StrFormat(
+      "test -e %s/result.txt || grep -q ':%04X 00000000:0000 0A' /proc/net/tcp", kJobDir, port);
   return absl::StrFormat(
-      "exec:\n  command: [\"/bin/sh\", \"-c\", %s]\nperiodSeconds: %d\nfailureThreshold: %d\ntimeoutSeconds: 5\n",
+      "exec:\n  command: [\"/bin/sh\", \"-c\", %s]\nperiodSeconds: %d\nfailureThreshold: "
+      "%d\ntimeoutSeconds: 5\n",
       Q(script), period, failures);
 }
 
@@ -251,7 +267,8 @@ std::string AfterCleanExit(absl::string_view what_then) {
       "    if [ -e %s/result.txt ]; then echo \"ember: the job has finished\"; %s; fi\n"
       "    sleep 1; i=$((i + 1))\n"
       "  done\n"
-      "  echo \"ember: the scheduler stopped before the job's end; exiting so that this node is started again\"\n"
+      "  echo \"ember: the scheduler stopped before the job's end; exiting so that this node is "
+      "started again\"\n"
       "  exit 1\n"
       "fi\n"
       "exit $rc\n",
@@ -261,12 +278,14 @@ std::string AfterCleanExit(absl::string_view what_then) {
 constexpr char kIdle[] = "while :; do sleep 3600; done";
 
 std::string ContainerHead(const Job& j, absl::string_view role, absl::string_view script) {
-  return absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image), "\n  command: [\"/bin/sh\", \"-c\"]\n  args:\n  - ",
-                      Block(script, 2), "\n  env:\n", Indent(Env(j), 2), "");
+  return absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image),
+                      "\n  command: [\"/bin/sh\", \"-c\"]\n  args:\n  - ", Block(script, 2),
+                      "\n  env:\n", Indent(Env(j), 2), "");
 }
 
 std::string ConfigMap(const Job& j) {
-  return absl::StrCat(Header(j.o.name), "apiVersion: v1\nkind: ConfigMap\n", Metadata(j, j.o.name + "-config", "config"),
+  return absl::StrCat(Header(j.o.name), "apiVersion: v1\nkind: ConfigMap\n",
+                      Metadata(j, j.o.name + "-config", "config"),
                       "data:\n  job.conf: ", Block(j.config_text, 2), "\n");
 }
 
@@ -279,35 +298,46 @@ std::string SchedulerService(const Job& j) {
 }
 
 std::string SchedulerDeployment(const Job& j) {
-  std::string flags = absl::StrCat(
-      " --config=", kConfigDir, "/job.conf --host=0.0.0.0 --advertise_host=", j.o.name, "-scheduler.",
-      j.o.namespace_name, ".svc.", j.o.cluster_domain, " --port=", j.o.scheduler_port, " \\\n  --num_servers=",
-      j.servers, " --num_workers=", j.workers, " --checkpoint_dir=", kJobDir, "/checkpoints --export_dir=", kJobDir,
-      "/export \\\n  --metrics_file=", kJobDir, "/metrics.jsonl --result_file=", kJobDir, "/result.txt ",
-      SecurityFlags(j));
+  std::string flags =
+      absl::StrCat(" --config=", kConfigDir, "/job.conf --host=0.0.0.0 --advertise_host=", j.o.name,
+                   "-scheduler.", j.o.namespace_name, ".svc.", j.o.cluster_domain,
+                   " --port=", j.o.scheduler_port, " \\\n  --num_servers=", j.servers,
+                   " --num_workers=", j.workers, " --checkpoint_dir=", kJobDir,
+                   "/checkpoints --export_dir=", kJobDir, "/export \\\n  --metrics_file=", kJobDir,
+                   "/metrics.jsonl --result_file=", kJobDir, "/result.txt ", SecurityFlags(j));
   if (!j.o.data_claim.empty()) absl::StrAppend(&flags, " --data_dir=", kDataDir);
   if (j.o.epochs > 0) absl::StrAppend(&flags, " --epochs=", j.o.epochs);
-  if (j.o.checkpoint_every_seconds > 0) absl::StrAppend(&flags, " --checkpoint_every_seconds=", j.o.checkpoint_every_seconds);
+  if (j.o.checkpoint_every_seconds > 0)
+    absl::StrAppend(&flags, " --checkpoint_every_seconds=", j.o.checkpoint_every_seconds);
   const std::string script = absl::StrCat(
-      "if [ -e ", kJobDir, "/result.txt ]; then\n"
-      "  echo \"ember: job ", j.o.name, " has finished; its result:\"; cat ", kJobDir, "/result.txt\n  ", kIdle,
+      "if [ -e ", kJobDir,
+      "/result.txt ]; then\n"
+      "  echo \"ember: job ",
+      j.o.name, " has finished; its result:\"; cat ", kJobDir, "/result.txt\n  ", kIdle,
       "\nfi\n"
       "# A restarted scheduler resumes from the newest complete checkpoint (one with a MANIFEST).\n"
       "resume=\n"
-      "for m in ", kJobDir, "/checkpoints/ckpt-*/MANIFEST; do if [ -e \"$m\" ]; then resume=--resume; fi; done\n"
-      "exec ", j.o.binary, " scheduler", flags, " $resume\n");
+      "for m in ",
+      kJobDir,
+      "/checkpoints/ckpt-*/MANIFEST; do if [ -e \"$m\" ]; then resume=--resume; fi; done\n"
+      "exec ",
+      j.o.binary, " scheduler", flags, " $resume\n");
   const Volumes v = VolumesFor(j, "scheduler");
   std::string container = ContainerHead(j, "scheduler", script);
   absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.scheduler_port,
-                  "\n    protocol: TCP\n  readinessProbe:\n", Indent(Probe(j.o.scheduler_port, 5, 3), 4),
-                  "  livenessProbe:\n", Indent(Probe(j.o.scheduler_port, 10, 6), 4), "  volumeMounts:\n",
+                  "\n    protocol: TCP\n  readinessProbe:\n",
+                  Indent(Probe(j.o.scheduler_port, 5, 3), 4), "  livenessProbe:\n",
+                  Indent(Probe(j.o.scheduler_port, 10, 6), 4), "  volumeMounts:\n",
                   Indent(v.mounts, 2), "");
   return absl::StrCat(
-      Header(j.o.name), "apiVersion: apps/v1\nkind: Deployment\n", Metadata(j, j.o.name + "-scheduler", "scheduler"),
+      Header(j.o.name), "apiVersion: apps/v1\nkind: Deployment\n",
+      Metadata(j, j.o.name + "-scheduler", "scheduler"),
       "spec:\n  replicas: 1\n"
-      "  # Never two schedulers on one checkpoint directory: the old pod goes before the new one starts.\n"
+      "  # Never two schedulers on one checkpoint directory: the old pod goes before the new one "
+      "starts.\n"
       "  strategy:\n    type: Recreate\n  selector:\n    matchLabels:\n",
-      Labels(j, "scheduler", 6), "  template:\n    metadata:\n      labels:\n", Labels(j, "scheduler", 8),
+      Labels(j, "scheduler", 6), "  template:\n    metadata:\n      labels:\n",
+      Labels(j, "scheduler", 8),
       "    spec:\n      restartPolicy: Always\n"
       "      # SIGTERM: the scheduler checkpoints at the next step boundary and stops every node.\n"
       "      terminationGracePeriodSeconds: 300\n      containers:\n",
@@ -315,62 +345,73 @@ std::string SchedulerDeployment(const Job& j) {
 }
 
 std::string ServersService(const Job& j) {
-  return absl::StrCat(Header(j.o.name), "apiVersion: v1\nkind: Service\n",
-                      Metadata(j, j.o.name + "-servers", "server"),
-                      "spec:\n  clusterIP: None\n"
-                      "  # Names resolve before a server is ready (it registers before its probe passes).\n"
-                      "  publishNotReadyAddresses: true\n  selector:\n",
-                      Labels(j, "server", 4), "  ports:\n  - name: ember\n    port: ", j.o.server_port,
-                      "\n    targetPort: ", j.o.server_port, "\n    protocol: TCP\n");
+  return absl::StrCat(
+      Header(j.o.name), "apiVersion: v1\nkind: Service\n",
+      Metadata(j, j.o.name + "-servers", "server"),
+      "spec:\n  clusterIP: None\n"
+      "  # Names resolve before a server is ready (it registers before its probe passes).\n"
+      "  publishNotReadyAddresses: true\n  selector:\n",
+      Labels(j, "server", 4), "  ports:\n  - name: ember\n    port: ", j.o.server_port,
+      "\n    targetPort: ", j.o.server_port, "\n    protocol: TCP\n");
 }
 
 std::string ServersStatefulSet(const Job& j) {
   const std::string script = absl::StrCat(
-      "if [ -e ", kJobDir, "/result.txt ]; then echo \"ember: job ", j.o.name, " has finished\"; ", kIdle, "; fi\n",
-      "# The rank is the pod's ordinal (<name>-server-<i>); the others reach it at its pod IP.\n", j.o.binary,
-      " server --scheduler=", j.scheduler_endpoint, " --host=0.0.0.0 --advertise_host=\"$POD_IP\" \\\n  --port=",
-      j.o.server_port, " --rank=\"${POD_NAME##*-}\" ", SecurityFlags(j), " &\n", AfterCleanExit(kIdle));
+      "if [ -e ", kJobDir, "/result.txt ]; then echo \"ember: job ", j.o.name, " has finished\"; ",
+      kIdle, "; fi\n",
+      "# The rank is the pod's ordinal (<name>-server-<i>); the others reach it at its pod IP.\n",
+      j.o.binary, " server --scheduler=", j.scheduler_endpoint,
+      " --host=0.0.0.0 --advertise_host=\"$POD_IP\" \\\n  --port=", j.o.server_port,
+      " --rank=\"${POD_NAME##*-}\" ", SecurityFlags(j), " &\n", AfterCleanExit(kIdle));
   const Volumes v = VolumesFor(j, "server");
   std::string container = ContainerHead(j, "server", script);
   absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.server_port,
-                  "\n    protocol: TCP\n  readinessProbe:\n", Indent(Probe(j.o.server_port, 5, 3), 4),
-                  "  livenessProbe:\n", Indent(Probe(j.o.server_port, 10, 6), 4), "  volumeMounts:\n",
+                  "\n    protocol: TCP\n  readinessProbe:\n",
+                  Indent(Probe(j.o.server_port, 5, 3), 4), "  livenessProbe:\n",
+                  Indent(Probe(j.o.server_port, 10, 6), 4), "  volumeMounts:\n",
                   Indent(v.mounts, 2), "");
   std::string out = absl::StrCat(
-      Header(j.o.name), "apiVersion: apps/v1\nkind: StatefulSet\n", Metadata(j, j.o.name + "-server", "server"),
+      Header(j.o.name), "apiVersion: apps/v1\nkind: StatefulSet\n",
+      Metadata(j, j.o.name + "-server", "server"),
       "spec:\n  serviceName: ", Q(j.o.name + "-servers"), "\n  replicas: ", j.servers,
       "\n  # All at once: a server is ready only once the job runs, which needs every server.\n"
       "  podManagementPolicy: Parallel\n  selector:\n    matchLabels:\n",
       Labels(j, "server", 6), "  template:\n    metadata:\n      labels:\n", Labels(j, "server", 8),
-      "    spec:\n      restartPolicy: Always\n      terminationGracePeriodSeconds: 60\n      containers:\n",
+      "    spec:\n      restartPolicy: Always\n      terminationGracePeriodSeconds: 60\n      "
+      "containers:\n",
       Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
   if (j.spill) {
-    absl::StrAppend(&out, "  volumeClaimTemplates:\n  - metadata:\n      name: spill\n    spec:\n",
-                    "      accessModes: [\"ReadWriteOnce\"]\n",
-                    j.o.spill_storage_class.empty() ? ""
-                                                    : absl::StrCat("      storageClassName: ",
-                                                                   Q(j.o.spill_storage_class), "\n"),
-                    "      resources:\n        requests:\n          storage: ", Q(j.o.spill_size), "\n");
+    absl::StrAppend(
+        &out, "  volumeClaimTemplates:\n  - metadata:\n      name: spill\n    spec:\n",
+        "      accessModes: [\"ReadWriteOnce\"]\n",
+        j.o.spill_storage_class.empty()
+            ? ""
+            : absl::StrCat("      storageClassName: ", Q(j.o.spill_storage_class), "\n"),
+        "      resources:\n        requests:\n          storage: ", Q(j.o.spill_size), "\n");
   }
   return out;
 }
 
 std::string WorkersJob(const Job& j) {
-  const std::string script = absl::StrCat(
-      "# The rank is the Job's completion index.\n", j.o.binary, " worker --scheduler=", j.scheduler_endpoint,
-      " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j), " &\n", AfterCleanExit("exit 0"));
+  const std::string script = absl::StrCat("# The rank is the Job's completion index.\n", j.o.binary,
+                                          " worker --scheduler=", j.scheduler_endpoint,
+                                          " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j),
+                                          " &\n", AfterCleanExit("exit 0"));
   const Volumes v = VolumesFor(j, "worker");
   std::string container = ContainerHead(j, "worker", script);
   absl::StrAppend(&container, "  volumeMounts:\n", Indent(v.mounts, 2), "");
-  return absl::StrCat(
-      Header(j.o.name), "apiVersion: batch/v1\nkind: Job\n", Metadata(j, j.o.name + "-worker", "worker"),
-      "spec:\n  completionMode: Indexed\n  completions: ", j.workers, "\n  parallelism: ", j.workers,
-      "\n  backoffLimit: ", j.o.worker_restarts * j.workers,
-      "\n  template:\n    metadata:\n      labels:\n", Labels(j, "worker", 8),
-      "    spec:\n"
-      "      # A failed worker is started again in place, with its index; ember requeues its chunks.\n"
-      "      restartPolicy: OnFailure\n      terminationGracePeriodSeconds: 30\n      containers:\n",
-      Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
+  return absl::StrCat(Header(j.o.name), "apiVersion: batch/v1\nkind: Job\n",
+                      Metadata(j, j.o.name + "-worker", "worker"),
+                      "spec:\n  completionMode: Indexed\n  completions: ", j.workers,
+                      "\n  parallelism: ", j.workers,
+                      "\n  backoffLimit: ", j.o.worker_restarts * j.workers,
+                      "\n  template:\n    metadata:\n      labels:\n", Labels(j, "worker", 8),
+                      "    spec:\n"
+                      "      # A failed worker is started again in place, with its index; ember "
+                      "requeues its chunks.\n"
+                      "      restartPolicy: OnFailure\n      terminationGracePeriodSeconds: 30\n   "
+                      "   containers:\n",
+                      Indent(container, 6), "      volumes:\n", Indent(v.pod, 6), "");
 }
 
 absl::StatusOr<Job> Check(const K8sOptions& o) {
@@ -378,75 +419,97 @@ absl::StatusOr<Job> Check(const K8sOptions& o) {
   j.o = o;
   if (o.config_path.empty()) return FlagError("config", "required (the job config)");
   std::ifstream in(o.config_path, std::ios::binary);
-  if (!in) return FlagError("config", absl::StrCat(o.config_path, ": cannot read: ", std::strerror(errno)));
+  if (!in)
+    return FlagError("config",
+                     absl::StrCat(o.config_path, ": cannot read: ", std::strerror(errno)));
   std::stringstream text;
   text << in.rdbuf();
   j.config_text = text.str();
   absl::StatusOr<proto::JobConfig> config = proto::ParseJobConfig(j.config_text, o.config_path);
   if (!config.ok()) return config.status();
   j.config = *std::move(config);
-  if (o.num_servers < 0) return FlagError("num_servers", "must be >= 0 (0: cluster.num_servers of the config)");
-  if (o.num_workers < 0) return FlagError("num_workers", "must be >= 0 (0: cluster.num_workers of the config)");
+  if (o.num_servers < 0)
+    return FlagError("num_servers", "must be >= 0 (0: cluster.num_servers of the config)");
+  if (o.num_workers < 0)
+    return FlagError("num_workers", "must be >= 0 (0: cluster.num_workers of the config)");
   if (o.epochs < 0) return FlagError("epochs", "must be >= 0 (0: train.epochs of the config)");
   if (o.num_servers > 0) j.config.mutable_cluster()->set_num_servers(o.num_servers);
   if (o.num_workers > 0) j.config.mutable_cluster()->set_num_workers(o.num_workers);
   if (o.epochs > 0) j.config.mutable_train()->set_epochs(o.epochs);
   j.config.mutable_checkpoint()->set_dir(absl::StrCat(kJobDir, "/checkpoints"));
   j.config.mutable_export_()->set_dir(absl::StrCat(kJobDir, "/export"));
-  if (o.checkpoint_every_seconds > 0) j.config.mutable_checkpoint()->set_every_seconds(o.checkpoint_every_seconds);
+  if (o.checkpoint_every_seconds > 0)
+    j.config.mutable_checkpoint()->set_every_seconds(o.checkpoint_every_seconds);
   if (absl::Status st = proto::ValidateJobConfig(j.config); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(o.config_path, ": ", st.message()));
   }
   j.servers = static_cast<int>(j.config.cluster().num_servers());
   j.workers = static_cast<int>(j.config.cluster().num_workers());
   if (j.servers < 1 || j.workers < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(o.config_path, ": cluster.num_servers and cluster.num_workers ",
-                                                   "must be at least 1 (or give --num_servers, --num_workers)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.config_path, ": cluster.num_servers and cluster.num_workers ",
+                     "must be at least 1 (or give --num_servers, --num_workers)"));
   }
   if (j.o.name.empty()) {
-    const std::string from_config = absl::AsciiStrToLower(absl::StrReplaceAll(j.config.name(), {{"_", "-"}}));
+    const std::string from_config =
+        absl::AsciiStrToLower(absl::StrReplaceAll(j.config.name(), {{"_", "-"}}));
     if (!IsDnsLabel(from_config, 40)) {
-      return FlagError("name", absl::StrCat("required: the config's name '", j.config.name(),
-                                            "' does not make a DNS label of at most 40 characters (lowercase "
-                                            "letters, digits, '-')"));
+      return FlagError(
+          "name", absl::StrCat("required: the config's name '", j.config.name(),
+                               "' does not make a DNS label of at most 40 characters (lowercase "
+                               "letters, digits, '-')"));
     }
     j.o.name = from_config;
   } else if (!IsDnsLabel(j.o.name, 40)) {
-    return FlagError("name", absl::StrCat("'", j.o.name, "' is not a DNS label of at most 40 characters (lowercase "
-                                          "letters, digits and '-', starting and ending with a letter or digit)"));
+    return FlagError(
+        "name",
+        absl::StrCat("'", j.o.name,
+                     "' is not a DNS label of at most 40 characters (lowercase "
+                     "letters, digits and '-', starting and ending with a letter or digit)"));
   }
   if (!IsDnsLabel(j.o.namespace_name, 63)) {
-    return FlagError("k8s_namespace", absl::StrCat("'", j.o.namespace_name, "' is not a DNS label"));
+    return FlagError("k8s_namespace",
+                     absl::StrCat("'", j.o.namespace_name, "' is not a DNS label"));
   }
-  if (j.o.image.empty()) return FlagError("image", "required: a container image with ember and /bin/sh");
+  if (j.o.image.empty())
+    return FlagError("image", "required: a container image with ember and /bin/sh");
   for (char c : j.o.image) {
     if (absl::ascii_isspace(c) || absl::ascii_iscntrl(c)) {
-      return FlagError("image", absl::StrCat("'", j.o.image, "' holds a space or control character"));
+      return FlagError("image",
+                       absl::StrCat("'", j.o.image, "' holds a space or control character"));
     }
   }
   if (!IsPlainPath(j.o.binary)) {
-    return FlagError("binary", absl::StrCat("'", j.o.binary, "' must be an absolute path of letters, digits, "
+    return FlagError("binary", absl::StrCat("'", j.o.binary,
+                                            "' must be an absolute path of letters, digits, "
                                             "'/', '.', '_' and '-'"));
   }
-  for (auto [flag, port] : {std::pair<const char*, int>{"port", j.o.scheduler_port}, {"server_port", j.o.server_port}}) {
-    if (port < 1 || port > 65535) return FlagError(flag, absl::StrCat(port, " is not in [1, 65535]"));
+  for (auto [flag, port] : {std::pair<const char*, int>{"port", j.o.scheduler_port},
+                            {"server_port", j.o.server_port}}) {
+    if (port < 1 || port > 65535)
+      return FlagError(flag, absl::StrCat(port, " is not in [1, 65535]"));
   }
   if (j.o.scheduler_port == j.o.server_port) {
-    return FlagError("server_port", absl::StrCat("equals --port (", j.o.scheduler_port, "); give the servers another"));
+    return FlagError("server_port", absl::StrCat("equals --port (", j.o.scheduler_port,
+                                                 "); give the servers another"));
   }
   if (!IsDnsSubdomain(j.o.cluster_domain)) {
-    return FlagError("cluster_domain", absl::StrCat("'", j.o.cluster_domain, "' is not a DNS name"));
+    return FlagError("cluster_domain",
+                     absl::StrCat("'", j.o.cluster_domain, "' is not a DNS name"));
   }
   if (j.o.job_claim.empty()) {
-    return FlagError("job_claim", "required: a ReadWriteMany PersistentVolumeClaim for checkpoints, shared by the "
-                                  "scheduler and every server (a replacement server and a restarted scheduler "
-                                  "restore from it)");
+    return FlagError(
+        "job_claim",
+        "required: a ReadWriteMany PersistentVolumeClaim for checkpoints, shared by the "
+        "scheduler and every server (a replacement server and a restarted scheduler "
+        "restore from it)");
   }
   if (!IsDnsSubdomain(j.o.job_claim)) {
     return FlagError("job_claim", absl::StrCat("'", j.o.job_claim, "' is not a valid claim name"));
   }
   if (!j.o.data_claim.empty() && !IsDnsSubdomain(j.o.data_claim)) {
-    return FlagError("data_claim", absl::StrCat("'", j.o.data_claim, "' is not a valid claim name"));
+    return FlagError("data_claim",
+                     absl::StrCat("'", j.o.data_claim, "' is not a valid claim name"));
   }
   if (j.o.secret.empty()) j.o.secret = j.o.name + "-secrets";
   if (!IsDnsSubdomain(j.o.secret)) {
@@ -456,20 +519,23 @@ absl::StatusOr<Job> Check(const K8sOptions& o) {
   j.spill = j.config.storage().memory_budget_bytes() > 0;
   if (j.spill) {
     if (!IsQuantity(j.o.spill_size)) {
-      return FlagError("spill_size", absl::StrCat("'", j.o.spill_size, "' is not a quantity such as 10Gi or 500M"));
+      return FlagError("spill_size", absl::StrCat("'", j.o.spill_size,
+                                                  "' is not a quantity such as 10Gi or 500M"));
     }
     if (!j.o.spill_storage_class.empty() && !IsDnsSubdomain(j.o.spill_storage_class)) {
-      return FlagError("spill_storage_class", absl::StrCat("'", j.o.spill_storage_class, "' is not a valid name"));
+      return FlagError("spill_storage_class",
+                       absl::StrCat("'", j.o.spill_storage_class, "' is not a valid name"));
     }
     const std::string& spill = j.config.storage().spill_path();
     if (spill.empty() || spill.front() != '/' || absl::StartsWith(spill, "/ember")) {
       return absl::InvalidArgumentError(
           absl::StrCat(o.config_path, ": storage.spill_path: '", spill,
-                       "' must be an absolute path outside /ember (each server's RocksDB volume is mounted there)"));
+                       "' must be an absolute path outside /ember (each server's RocksDB volume is "
+                       "mounted there)"));
     }
   }
-  j.scheduler_endpoint = absl::StrCat("tcp://", j.o.name, "-scheduler.", j.o.namespace_name, ".svc.",
-                                      j.o.cluster_domain, ":", j.o.scheduler_port);
+  j.scheduler_endpoint = absl::StrCat("tcp://", j.o.name, "-scheduler.", j.o.namespace_name,
+                                      ".svc.", j.o.cluster_domain, ":", j.o.scheduler_port);
   return j;
 }
 
@@ -509,7 +575,9 @@ absl::Status WriteK8sManifests(const std::vector<K8sManifest>& manifests, const 
       std::string first;
       std::getline(old, first);
       if (first + "\n" != header) {
-        return FlagError("out", absl::StrCat(path, " exists and is not this job's manifest; choose another --out"));
+        return FlagError(
+            "out",
+            absl::StrCat(path, " exists and is not this job's manifest; choose another --out"));
       }
     }
     std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -80,13 +80,15 @@ struct K8sManifest {
 // nothing. The YAML never holds a secret: the token and keys are referenced
 // from options.secret. On failure, INVALID_ARGUMENT (or the config loader's
 // error) naming the flag or config field and why.
-[[nodiscard]] absl::StatusOr<std::vector<K8sManifest>> GenerateK8sManifests(const K8sOptions& options);
+[[nodiscard]] absl::StatusOr<std::vector<K8sManifest>> GenerateK8sManifests(
+    const K8sOptions& options);
 
 // Writes each manifest to `dir`/<file> (creating `dir`; files there are
 // replaced only if they are ember k8s manifests of the same job name, i.e.
 // start with the header GenerateK8sManifests writes), or, if `dir` is empty,
 // all of them to stdout, separated by "---" lines.
-[[nodiscard]] absl::Status WriteK8sManifests(const std::vector<K8sManifest>& manifests, const std::string& dir);
+[[nodiscard]] absl::Status WriteK8sManifests(const std::vector<K8sManifest>& manifests,
+                                             const std::string& dir);
 
 }  // namespace ember::launch
 

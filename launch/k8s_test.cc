@@ -91,7 +91,8 @@ TEST_F(K8sTest, EachBadFlagIsNamed) {
       {[](K8sOptions* o) { o->namespace_name = "-x"; }, "flag --k8s_namespace: '-x'"},
       {[](K8sOptions* o) { o->scheduler_port = 70000; }, "flag --port: 70000 is not in [1, 65535]"},
       {[](K8sOptions* o) { o->server_port = 0; }, "flag --server_port: 0 is not in"},
-      {[](K8sOptions* o) { o->server_port = o->scheduler_port; }, "flag --server_port: equals --port"},
+      {[](K8sOptions* o) { o->server_port = o->scheduler_port; },
+       "flag --server_port: equals --port"},
       {[](K8sOptions* o) { o->num_servers = -1; }, "flag --num_servers: must be >= 0"},
       {[](K8sOptions* o) { o->num_workers = -2; }, "flag --num_workers: must be >= 0"},
       {[](K8sOptions* o) { o->epochs = -1; }, "flag --epochs:"},
@@ -100,13 +101,15 @@ TEST_F(K8sTest, EachBadFlagIsNamed) {
       {[](K8sOptions* o) { o->cluster_domain = "a..b"; }, "flag --cluster_domain:"},
       {[](K8sOptions* o) { o->worker_restarts = -1; }, "flag --worker_restarts:"},
       {[](K8sOptions* o) { o->config_path.clear(); }, "flag --config: required"},
-      {[](K8sOptions* o) { o->config_path = "/nonexistent/job.conf"; }, "flag --config: /nonexistent/job.conf"},
+      {[](K8sOptions* o) { o->config_path = "/nonexistent/job.conf"; },
+       "flag --config: /nonexistent/job.conf"},
   };
   for (const Case& c : cases) {
     K8sOptions o = Valid();
     c.set(&o);
     const std::string error = Error(o);
-    EXPECT_TRUE(absl::StartsWith(error, c.expected)) << "got: " << error << "\nwanted: " << c.expected;
+    EXPECT_TRUE(absl::StartsWith(error, c.expected))
+        << "got: " << error << "\nwanted: " << c.expected;
   }
 }
 
@@ -122,7 +125,8 @@ TEST_F(K8sTest, ConfigErrorsNameTheFileAndField) {
   EXPECT_TRUE(absl::StrContains(error, "syntax.conf")) << error;
 
   // A name that makes no DNS label needs --name.
-  o.config_path = WriteFile(dir_, "named.conf", absl::StrReplaceAll(kConfig, {{"Demo_Job", "demo job!"}}));
+  o.config_path =
+      WriteFile(dir_, "named.conf", absl::StrReplaceAll(kConfig, {{"Demo_Job", "demo job!"}}));
   error = Error(o);
   EXPECT_TRUE(absl::StartsWith(error, "flag --name: required")) << error;
   o.name = "demo";
@@ -131,16 +135,18 @@ TEST_F(K8sTest, ConfigErrorsNameTheFileAndField) {
 
 TEST_F(K8sTest, SpillVolumeNeedsAQuantityAndAPathOutsideEmber) {
   K8sOptions o = Valid();
-  o.config_path = WriteFile(dir_, "spill.conf",
-                            std::string(kConfig) + "storage { memory_budget_bytes: 1000000 spill_path: \"/spill\" }\n");
+  o.config_path = WriteFile(
+      dir_, "spill.conf",
+      std::string(kConfig) + "storage { memory_budget_bytes: 1000000 spill_path: \"/spill\" }\n");
   absl::StatusOr<std::vector<K8sManifest>> m = GenerateK8sManifests(o);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_TRUE(absl::StrContains((*m)[4].yaml, "volumeClaimTemplates")) << (*m)[4].yaml;
   o.spill_size = "ten gigs";
   EXPECT_TRUE(absl::StartsWith(Error(o), "flag --spill_size: 'ten gigs'"));
   o.spill_size = "1.5Gi";
-  o.config_path = WriteFile(dir_, "spill2.conf",
-                            std::string(kConfig) + "storage { memory_budget_bytes: 1000000 spill_path: \"/ember/x\" }\n");
+  o.config_path = WriteFile(
+      dir_, "spill2.conf",
+      std::string(kConfig) + "storage { memory_budget_bytes: 1000000 spill_path: \"/ember/x\" }\n");
   EXPECT_TRUE(absl::StrContains(Error(o), "storage.spill_path"));
 }
 
