@@ -159,6 +159,7 @@ def main():
     ap.add_argument("--data_dir", default="", help="a real data set for the probe's scheduler")
     ap.add_argument("--spill_path", default="")
     ap.add_argument("--spill_size", default="")
+    ap.add_argument("--spill_storage_class", default="")
     ap.add_argument("--insecure", action="store_true")
     ap.add_argument("--kubectl", default="")
     a = ap.parse_args()
@@ -236,6 +237,7 @@ def main():
         (t,) = sts["spec"]["volumeClaimTemplates"]
         check(t["metadata"]["name"] == "spill" and t["spec"]["accessModes"] == ["ReadWriteOnce"], "spill: RWO claim")
         check(t["spec"]["resources"]["requests"]["storage"] == a.spill_size, f"spill: {a.spill_size}")
+        check(t["spec"].get("storageClassName", "") == a.spill_storage_class, "spill: storage class")
         check(m["spill"]["mountPath"] == a.spill_path, f"servers: spill volume at storage.spill_path {a.spill_path}")
     else:
         check("volumeClaimTemplates" not in sts["spec"], "no spill volume without storage.memory_budget_bytes")

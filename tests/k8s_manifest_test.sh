@@ -63,12 +63,12 @@ port=$(free_port)
 out2=$tmp/spill
 "$ember" k8s --config="$tmp/spill.conf" --image=registry.example/ember:2 --job_claim=shared.jobs \
   --num_servers=3 --num_workers=5 --port="$port" --server_port=31000 --k8s_namespace=ml --secret=ember-token \
-  --insecure --spill_size=20Gi --worker_restarts=2 --binary="$tmp/fake-ember" --out="$out2" || exit 1
+  --insecure --spill_size=20Gi --spill_storage_class=local-ssd --worker_restarts=2 --binary="$tmp/fake-ember" --out="$out2" || exit 1
 mkdir -p "$tmp/t2"
 "$py" "$src/tests/k8s_manifest_check.py" --dir="$out2" --config="$tmp/spill.conf" --name=spill-demo \
   --namespace=ml --job_claim=shared.jobs --secret=ember-token --insecure --binary="$tmp/fake-ember" \
   --ember="$ember" --tmp="$tmp/t2" --servers=3 --workers=5 --port="$port" --server_port=31000 \
-  --worker_restarts=2 --spill_path=/var/lib/ember-spill --spill_size=20Gi --data_dir="$tmp/data" --kubectl="$kubectl" || status=1
+  --worker_restarts=2 --spill_path=/var/lib/ember-spill --spill_size=20Gi --spill_storage_class=local-ssd --data_dir="$tmp/data" --kubectl="$kubectl" || status=1
 
 # stdout: the same objects as --out, separated by ---.
 "$ember" k8s --config="$src/examples/local.conf" --image=registry.example/ember:1 --job_claim=ember-jobs \
