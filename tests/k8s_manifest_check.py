@@ -11,7 +11,7 @@ fake `ember` that records its arguments; runs the probe command against a real
 import argparse
 import glob
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -51,11 +51,17 @@ def run_script(text, job_dir, env, timeout=20):
     text = text.replace("/ember/job", job_dir)
     full = dict(os.environ)
     full.update(env)
+    # Its own process group, so that a timeout also ends the `sleep` an idle
+    # script is in.
+    p = subprocess.Popen(["/bin/sh", "-c", text], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
     try:
-        p = subprocess.run(["/bin/sh", "-c", text], env=full, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        return None, (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
+        return None, out
 
 
 def read_args(path):
