@@ -275,7 +275,9 @@ std::string AfterCleanExit(absl::string_view what_then) {
       kResultWaitSeconds, kJobDir, what_then);
 }
 
-constexpr char kIdle[] = "while :; do sleep 3600; done";
+// Idles until SIGTERM, which it obeys at once (the shell is the container's
+// PID 1, which ignores signals it has no trap for).
+constexpr char kIdle[] = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
 std::string ContainerHead(const Job& j, absl::string_view role, absl::string_view script) {
   return absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image),

@@ -280,6 +280,22 @@ def main():
     rc, out = run_script(script(sched), job_dir, fake, timeout=3)
     check(rc is None and read_args(args_file) is None, "finished scheduler idles without starting ember")
     check("final: auc=0.8 test" in out, f"finished scheduler prints the result: {out!r}")
+    # ... and obeys SIGTERM at once (the shell is PID 1 in the pod).
+    for obj, extra in ((sched, {}), (sts, {"POD_NAME": f"{n}-server-0"})):
+        p = subprocess.Popen(["/bin/sh", "-c", script(obj).replace("/ember/job", job_dir)],
+                             env=dict(os.environ, **fake, **extra), start_new_session=True)
+        time.sleep(0.5)
+        p.terminate()
+        try:
+            rc = p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+        check(rc == 0, f"{obj['kind']}: an idle pod exits 0 on SIGTERM (rc {rc})")
+        check(read_args(args_file) is None, f"{obj['kind']}: an idle pod starts no ember")
     os.unlink(os.path.join(job_dir, "result.txt"))
 
     for i in range(a.servers):
