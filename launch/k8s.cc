@@ -256,7 +256,7 @@ std::string AfterCleanExit(absl::string_view what_then) {
   return absl::StrFormat(
       "pid=$!\n"
       "stop=\n"
-      "trap 'stop=1; kill -TERM $pid 2>/dev/null' TERM INT\n"
+      "trap 'stop=1; kill -TERM $pid 2>/dev/null || exit 143' TERM INT\n"
       "wait $pid; rc=$?\n"
       "if [ -n \"$stop\" ]; then wait $pid; exit 143; fi\n"
       "if [ $rc -eq 0 ]; then\n"
