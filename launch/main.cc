@@ -23,6 +23,7 @@
 #include "datasets/gen_data.h"
 #include "gflags/gflags.h"
 #include "glog/logging.h"
+#include "launch/k8s.h"
 #include "models/model.h"
 #include "net/memory.h"
 #include "net/transport.h"
@@ -47,23 +48,24 @@ DEFINE_string(advertise_host, "", "Address other nodes reach this one at: the en
                                   "at registration (`scheduler`, `server`). Empty: --host, or this machine's "
                                   "hostname when --host is the wildcard 0.0.0.0 (set it behind NAT or in a pod).");
 DEFINE_int32(port, 0, "Port to listen on: the scheduler's port (fixed, required for `scheduler`), or a server's "
-                      "port (0 = any free port, which the server reports at registration).");
+                      "port (0 = any free port, which the server reports at registration). `k8s`: the scheduler's port in the "
+                      "pods, default 27100.");
 DEFINE_string(scheduler, "", "Scheduler endpoint for `server` and `worker`, e.g. tcp://127.0.0.1:7000.");
 // Scheduler.
-DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`); see examples/ and docs/.");
+DEFINE_string(config, "", "Job config, protobuf text format (`scheduler`, `k8s`); see examples/ and docs/.");
 DEFINE_string(data_dir, "", "Overrides data.train/test/meta with DIR/train, DIR/test, DIR/meta.txt (`scheduler`).");
-DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`).");
-DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`).");
+DEFINE_int32(num_servers, 0, "Overrides cluster.num_servers when > 0 (`scheduler`, `k8s`).");
+DEFINE_int32(num_workers, 0, "Overrides cluster.num_workers when > 0 (`scheduler`, `k8s`).");
 DEFINE_int64(max_message_bytes, int64_t{1} << 30,
              "The largest message part this node accepts from the network (ZMQ_MAXMSGSIZE); a peer that sends "
              "a larger one is disconnected before it is allocated. -1: no limit (`scheduler`, `server`, `worker`).");
-DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`).");
+DEFINE_int32(epochs, 0, "Overrides train.epochs when > 0 (`scheduler`, `k8s`).");
 DEFINE_string(result_file, "", "If set, the scheduler writes the final line here too (`scheduler`).");
 DEFINE_uint32(debug_step_delay_ms, 0, "Fault injection: the worker sleeps this long after each training step, as a "
                                       "straggler would (`worker`; tests and benchmarks).");
 DEFINE_bool(resume, false, "Continue the job from the newest complete checkpoint under checkpoint.dir (`scheduler`).");
 DEFINE_string(checkpoint_dir, "", "Overrides checkpoint.dir: where the job's checkpoints go (`scheduler`).");
-DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`).");
+DEFINE_uint32(checkpoint_every_seconds, 0, "Overrides checkpoint.every_seconds when > 0 (`scheduler`, `k8s`).");
 DEFINE_string(export_dir, "", "Overrides export.dir: the export root the job writes serving bundles to (`scheduler`).");
 DEFINE_uint32(export_every_seconds, 0, "Overrides export.every_seconds when > 0: live-serving exports (`scheduler`).");
 DEFINE_string(metrics_file, "", "Append JSON lines of progress, evaluations, checkpoints and recoveries here; "
@@ -74,7 +76,8 @@ DEFINE_string(eval_scores_out, "", "Write the last evaluation's scores to this n
                                    "in arrival order). The job refuses to start if the file exists.");
 // gen-data.
 DEFINE_string(out, "", "Output directory (`gen-data`, `convert`), export root (`export`: the bundle goes into "
-                      "OUT/<version>), or output file (`predict`: must not exist).");
+                      "OUT/<version>), or output file (`predict`: must not exist), or the manifests' directory (`k8s`; "
+                      "empty: stdout).");
 // These mirror GenDataOptions fields of the same name; unset ones keep the
 // generator's defaults (datasets/gen_data.h), which the demo config is tuned for.
 DEFINE_uint64(seed, 1, "Random seed (`gen-data`).");
@@ -115,12 +118,33 @@ DEFINE_string(keys_dir, "", "Directory written by `ember keygen`: this node load
                             "<dir>/authorized_keys and runs every link with CURVE (`scheduler`, `server`, `worker`). "
                             "Empty: plain TCP, which only a loopback --host allows unless --insecure.");
 DEFINE_string(key_file, "", "This node's key pair, instead of <keys_dir>/<role>.key (`scheduler`, `server`, `worker`).");
-DEFINE_bool(insecure, false, "Allow plain, unauthenticated TCP on a non-loopback --host (`scheduler`, `server`).");
+DEFINE_bool(insecure, false, "Allow plain, unauthenticated TCP on a non-loopback --host (`scheduler`, `server`; `k8s`: "
+                              "every pod, no keys).");
 DEFINE_int32(rank, -1, "The rank this server or worker must get (a launcher that fixes ranks, e.g. from a pod "
                        "ordinal); registration is refused if it is taken. -1: the scheduler assigns one.");
 // Launchers.
 DEFINE_bool(exit_with_parent, false, "Die with the process that started this one, even if it is killed with "
                                      "SIGKILL (`scheduler`, `server`, `worker`; launch/local.sh sets it).");
+
+// k8s (launch/k8s.h); also --config, --num_servers, --num_workers, --epochs,
+// --port, --checkpoint_every_seconds, --insecure and --out.
+DEFINE_string(name, "", "The job's name in Kubernetes: a DNS label of at most 40 characters; default: the config's "
+                        "name, lowercase (`k8s`).");
+DEFINE_string(k8s_namespace, "default", "Namespace of the job's objects (`k8s`).");
+DEFINE_string(image, "", "Container image with the ember binary (--binary) and /bin/sh (`k8s`).");
+DEFINE_string(binary, "/usr/local/bin/ember", "Path of `ember` in the image (`k8s`).");
+DEFINE_int32(server_port, 27200, "Port every server listens on in its pod (`k8s`).");
+DEFINE_string(cluster_domain, "cluster.local", "The cluster's DNS domain (`k8s`).");
+DEFINE_string(job_claim, "", "A ReadWriteMany PersistentVolumeClaim for checkpoints, exports, metrics and the "
+                             "result, shared by every pod (`k8s`; required).");
+DEFINE_string(data_claim, "", "A PersistentVolumeClaim holding train/, test/ and meta.txt, mounted read-only on the "
+                              "scheduler and the workers; empty: the config's data paths, inside the image (`k8s`).");
+DEFINE_string(secret, "", "The Secret with key job-token and the files of `ember keygen`; default <name>-secrets "
+                          "(`k8s`).");
+DEFINE_string(spill_size, "10Gi", "Each server's volume for the RocksDB tier, made when storage.memory_budget_bytes "
+                                  "> 0 (`k8s`).");
+DEFINE_string(spill_storage_class, "", "Storage class of the servers' RocksDB volumes; empty: the default (`k8s`).");
+DEFINE_int32(worker_restarts, 6, "Pod failures allowed per worker before the workers' Job fails (`k8s`).");
 
 namespace ember {
 namespace {
@@ -152,6 +176,12 @@ const std::vector<CommandHelp>& Commands() {
       {"keygen", "ember keygen --out=DIR",
        "write CURVE key pairs for a cluster (scheduler, server, worker, admin) and their authorized_keys",
        {"out"}},
+      {"k8s", "ember k8s --config=JOB.conf --image=IMG --job_claim=PVC [--out=DIR] [flags]",
+       "write the Kubernetes manifests of a job (ConfigMap, scheduler Deployment, server StatefulSet, worker "
+       "Indexed Job); docs/launch.md",
+       {"config", "image", "job_claim", "out", "name", "k8s_namespace", "num_servers", "num_workers", "epochs", "port",
+        "server_port", "data_claim", "secret", "insecure", "checkpoint_every_seconds", "spill_size",
+        "spill_storage_class", "binary", "cluster_domain", "worker_restarts"}},
       {"gen-data", "ember gen-data --out=DIR [flags]", "write a synthetic click log with its oracle AUC",
        {"out", "seed", "train_rows", "test_rows", "train_files", "test_files", "num_users", "num_items", "gzip",
         "overwrite", "gen_options"}},
@@ -532,6 +562,39 @@ int RunWorker() {
   return 0;
 }
 
+// `ember k8s`: the manifests to --out (a directory) or stdout.
+int RunK8s() {
+  launch::K8sOptions o;
+  o.config_path = FLAGS_config;
+  o.num_servers = FLAGS_num_servers;
+  o.num_workers = FLAGS_num_workers;
+  o.epochs = FLAGS_epochs;
+  o.name = FLAGS_name;
+  o.namespace_name = FLAGS_k8s_namespace;
+  o.image = FLAGS_image;
+  o.binary = FLAGS_binary;
+  // --port's default (0) is for the other commands.
+  if (!gflags::GetCommandLineFlagInfoOrDie("port").is_default) o.scheduler_port = FLAGS_port;
+  o.server_port = FLAGS_server_port;
+  o.cluster_domain = FLAGS_cluster_domain;
+  o.job_claim = FLAGS_job_claim;
+  o.data_claim = FLAGS_data_claim;
+  o.secret = FLAGS_secret;
+  o.insecure = FLAGS_insecure;
+  o.spill_size = FLAGS_spill_size;
+  o.spill_storage_class = FLAGS_spill_storage_class;
+  o.checkpoint_every_seconds = FLAGS_checkpoint_every_seconds;
+  o.worker_restarts = FLAGS_worker_restarts;
+  absl::StatusOr<std::vector<launch::K8sManifest>> m = launch::GenerateK8sManifests(o);
+  if (!m.ok()) return ErrorExit(m.status());
+  if (absl::Status st = launch::WriteK8sManifests(*m, FLAGS_out); !st.ok()) return ErrorExit(st);
+  if (!FLAGS_out.empty()) {
+    std::fprintf(stderr, "k8s: %zu manifests in %s; create the Secret first (docs/launch.md), then kubectl apply -f %s\n",
+                 m->size(), FLAGS_out.c_str(), FLAGS_out.c_str());
+  }
+  return 0;
+}
+
 int RunGenData() {
   datasets::GenDataOptions o;
   o.out_dir = FLAGS_out;
@@ -747,6 +810,7 @@ int main(int argc, char** argv) {
   if (command == "worker") return ember::RunWorker();
   if (command == "gen-data") return ember::RunGenData();
   if (command == "keygen") return ember::RunKeygen();
+  if (command == "k8s") return ember::RunK8s();
   if (command == "convert") return ember::RunConvert(positional);
   if (command == "inspect") return ember::RunInspect(positional);
   if (command == "export") return ember::RunExport();

@@ -9,8 +9,10 @@ EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libproto
 # tools beside the binary (launch/plot.py: tests/plot_test.sh) and for the
 # sanitizer and fuzzing build (clang, libFuzzer: docs/fuzzing.md), and the
 # launchers run on real daemons and hosts (launch/slurm/: tests/slurm_test.sh;
-# network namespaces: tests/netns_lib.sh).
-EMBER_TEST_PACKAGES="python3-matplotlib clang libfuzzer-14-dev slurm-wlm munge iproute2 iputils-ping"
+# network namespaces: tests/netns_lib.sh), and `ember k8s`'s manifests are
+# checked offline (python3-yaml, kubectl: tests/k8s_manifest_test.sh).
+EMBER_TEST_PACKAGES="python3-matplotlib clang libfuzzer-14-dev slurm-wlm munge iproute2 iputils-ping python3-yaml
+  kubernetes-client"
 
 # ember_install_deps [PACKAGE...]: installs EMBER_PACKAGES and the given
 # packages that are not installed yet (apt-get; sudo when not root).
