@@ -244,8 +244,9 @@ start_cluster() {  # [--resume]
   for i in $(seq 1 "$workers"); do start_worker "$i"; done
 }
 if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
-# The scheduler's progress lines, live (the file outlives restarts).
-tail -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
+# The scheduler's progress lines, live (the file outlives restarts); --pid: tail
+# ends with this script, even one killed with SIGKILL.
+tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
 # Poll every process. One killed by a signal (not ours) is started again;

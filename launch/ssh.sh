@@ -405,7 +405,7 @@ has_checkpoint() {
 
 echo "scheduler at $endpoint; $servers server(s), $workers worker(s) on ${#hosts[@]} host(s)"
 if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
-tail -n +1 -f "$log_dir/scheduler.out" 2>/dev/null > >(grep --line-buffered -v '^final:') &
+tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2>/dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
 # Poll every session. A process killed by a signal (exit 128+N) or lost with
@@ -426,7 +426,7 @@ while [ "$status" -eq 0 ]; do
     role="${roles[$i]}" target="${slot_target[$i]}"
     how="exited with status $rc"
     [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
-    [ "$rc" -eq 255 ] && how="lost its ssh session (the host or its link went away, or ssh failed: $(tail -n 1 "$log_dir/${role// /}.log"))"
+    [ "$rc" -eq 255 ] && how="lost its ssh session (exit status 255: the host or its link went away, or ssh failed; see ${role// /}.log)"
     sched_alive=0
     kill -0 "${pids[0]}" 2>/dev/null && sched_alive=1
     if [ "$rc" -gt 128 ] && [ "$stopping" -eq 0 ] && [ "$restarts" -lt "$max_restarts" ] &&

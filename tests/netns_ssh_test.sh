@@ -44,7 +44,7 @@ cleanup() {
   trap '' PIPE INT TERM HUP  # finish the cleanup whatever happens to the output
   if [ "$rc" -ne 0 ]; then
     echo "--- logs (the test failed) ---" >&2
-    for f in "$work"/launcher.out "$work"/logs/*.log "$work"/sshd/*.log; do
+    for f in "$work"/launcher.out "$work"/job/*.log "$work"/sshd/*.log; do
       [ -f "$f" ] && { echo "== $f" >&2; tail -n 20 "$f" >&2; }
     done
   fi
@@ -136,26 +136,79 @@ HOSTS
 # The demo model; with --link-cut a 3 s heartbeat timeout, so that a 10 s cut
 # is a death, and frequent checkpoints.
 sed '/^cluster {/a\  heartbeat_timeout_ms: 3000\n  heartbeat_interval_ms: 500' "$root/examples/local.conf" >"$work/job.conf"
-"$ember" gen-data --out="$work/data" --train_rows=300000 --test_rows=30000 --train_files=8 --test_files=2 \
+"$ember" gen-data --out="$work/data" --train_rows=1000000 --test_rows=50000 --train_files=8 --test_files=2 \
   --num_users=2000 --num_items=1000 >/dev/null
 
 flags=(--hostfile "$work/hostfile" --config "$work/job.conf" --data-dir "$work/data" --binary "$ember"
-       --log-dir "$work/logs" --epochs 3 --ssh-config "$work/ssh/config" --max-restarts 2
-       --ssh-option ServerAliveInterval=2 --ssh-option ServerAliveCountMax=3 --lost-after 6 --connect-timeout 3)
-[ "$link_cut" -eq 1 ] && flags+=(--checkpoint-every 3)
-t0=$SECONDS
-netns_exec 1 "$root/launch/ssh.sh" "${flags[@]}" >"$work/launcher.out" 2>&1 &
-launcher_pid=$!
-
-if [ "$link_cut" -eq 1 ]; then
-  # After the first complete checkpoint, mid-epoch: cut server 1's host (2).
+       --ssh-config "$work/ssh/config" --max-restarts 2 --ssh-option ServerAliveInterval=2
+       --ssh-option ServerAliveCountMax=3 --lost-after 6 --connect-timeout 3)
+# launch NAME FLAG...: runs ssh.sh in host 1 in the background, its output in
+# $work/NAME.out and its logs in $work/NAME/; sets launcher_pid.
+launch() {
+  local name=$1
+  shift
+  # ip netns exec execs the script, so launcher_pid is the launcher's own pid
+  # (netns_exec, a function, would run it in a subshell).
+  ip netns exec "$prefix-1" "$root/launch/ssh.sh" "${flags[@]}" --log-dir "$work/$name" "$@" >"$work/$name.out" 2>&1 &
+  launcher_pid=$!
+}
+# wait_for FILE PATTERN WHAT: until FILE has a line matching PATTERN (while the launcher runs).
+wait_for() {
   for _ in $(seq 1 600); do
-    ls "$work"/logs/checkpoints/ckpt-*/MANIFEST >/dev/null 2>&1 && break
+    grep -q -- "$2" "$1" 2>/dev/null && return 0
     kill -0 "$launcher_pid" 2>/dev/null || break
     sleep 0.2
   done
-  ls "$work"/logs/checkpoints/ckpt-*/MANIFEST >/dev/null 2>&1 || fail "no complete checkpoint before the job ended"
-  grep -q '^final:' "$work/logs/scheduler.out" && fail "the job ended before the link could be cut"
+  grep -q -- "$2" "$1" 2>/dev/null || fail "$3 (no '$2' in $1)"
+}
+# job_processes: what of this test still runs, but the sshds: in the
+# namespaces, or naming the test's directory.
+job_processes() {
+  local p
+  for p in $(netns_pids) $(pgrep -f -- "$work/" || true); do
+    [ "$p" = "$$" ] && continue
+    [ "$(cat "/proc/$p/comm" 2>/dev/null || echo sshd)" != sshd ] && echo "$p"
+  done | sort -u
+  return 0
+}
+# check_none_left WHEN: no process of a job is left, within 10 s.
+check_none_left() {
+  local rest
+  for _ in $(seq 1 40); do
+    rest=$(job_processes)
+    [ -z "$rest" ] && return 0
+    sleep 0.25
+  done
+  fail "processes left $1: $(ps -o pid=,args= -p "$(echo $rest | tr ' ' ,)")"
+}
+# check_no_token: no command line in the namespaces shows a 32-hex-digit token.
+check_no_token() {
+  local p
+  for p in $(netns_pids) $(pgrep -f -- "launch/ssh.sh" || true); do
+    tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline" | grep -Eq '(^|[^0-9a-f])[0-9a-f]{32}([^0-9a-f]|$)' &&
+      fail "a command line shows something like the job token: $(tr '\0' ' ' <"/proc/$p/cmdline")"
+  done
+  return 0
+}
+
+# 1. A job to its final line (with --link-cut: through a cut link).
+extra=(--epochs 3)
+[ "$link_cut" -eq 1 ] && extra+=(--checkpoint-every 3)
+t0=$SECONDS
+launch job "${extra[@]}"
+wait_for "$work/job/scheduler.out" "cluster up" "the job did not come up"
+check_no_token
+if [ "$link_cut" -eq 1 ]; then
+  # After the first complete checkpoint taken while training (the second:
+  # the first is taken before training starts), mid-epoch: cut server 1's
+  # host (2).
+  for _ in $(seq 1 600); do
+    ls "$work"/job/checkpoints/ckpt-00000002/MANIFEST >/dev/null 2>&1 && break
+    kill -0 "$launcher_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  ls "$work"/job/checkpoints/ckpt-00000002/MANIFEST >/dev/null 2>&1 || fail "no second checkpoint before the job ended"
+  grep -q '^final:' "$work/job/scheduler.out" && fail "the job ended before the link could be cut"
   netns_link 2 down
   echo "cut host 2 (server 1) at $((SECONDS - t0))s"
   sleep 10
@@ -169,38 +222,72 @@ rc=$?
 set -e
 launcher_pid=""
 elapsed=$((SECONDS - t0))
-sed 's/^/  | /' "$work/launcher.out"
+sed 's/^/  | /' "$work/job.out"
 [ "$rc" -eq 0 ] || fail "launch/ssh.sh exited with status $rc"
-final=$(grep '^final:' "$work/launcher.out" | tail -n 1)
+final=$(grep '^final:' "$work/job.out" | tail -n 1)
 [ -n "$final" ] || fail "no final: line in the launcher's output"
 auc=$(sed -n 's/.* auc=\([0-9.]*\).*/\1/p' <<<"$final")
 oracle=$(sed -n 's/.* oracle_auc=\([0-9.]*\).*/\1/p' <<<"$final")
 [ -n "$auc" ] && [ -n "$oracle" ] || fail "no auc or oracle_auc in: $final"
 python3 -c "import sys; sys.exit(0 if $auc > $oracle - 0.02 else 1)" || fail "auc $auc is not within 0.02 of oracle_auc $oracle"
-grep -q '^exported: ' "$work/launcher.out" || fail "no exported: line"
+grep -q '^exported: ' "$work/job.out" || fail "no exported: line"
 
 # One log per process, gathered on host 1; each server listened on its own
 # host's address and the fixed port.
-for f in scheduler server1 server2 worker1 worker2; do [ -s "$work/logs/$f.log" ] || fail "no log $f.log"; done
-grep -q "listening on tcp://$(netns_addr 2):27200" "$work/logs/server1.log" || fail "server1 did not listen on $(netns_addr 2):27200"
-grep -q "listening on tcp://$(netns_addr 3):27200" "$work/logs/server2.log" || fail "server2 did not listen on $(netns_addr 3):27200"
-# The token is on no command line: the launcher's and the remote ones.
-token_seen=$(grep -l "EMBER_JOB_TOKEN=" "$work"/logs/*.log 2>/dev/null || true)
-[ -z "$token_seen" ] || fail "the job token shows in $token_seen"
+for f in scheduler server1 server2 worker1 worker2; do [ -s "$work/job/$f.log" ] || fail "no log $f.log"; done
+grep -q "listening on tcp://$(netns_addr 2):27200" "$work/job/server1.log" || fail "server1 did not listen on $(netns_addr 2):27200"
+grep -q "listening on tcp://$(netns_addr 3):27200" "$work/job/server2.log" || fail "server2 did not listen on $(netns_addr 3):27200"
 
 if [ "$link_cut" -eq 1 ]; then
-  grep -q "server rank [0-9]* (.*) is dead" "$work/logs/scheduler.log" || fail "the scheduler did not declare the cut server dead"
-  grep -q "restart 1/2: server 1 on $(netns_addr 2) lost its ssh session" "$work/launcher.out" ||
+  grep -q "server rank [0-9]* (.*) is dead" "$work/job/scheduler.log" || fail "the scheduler did not declare the cut server dead"
+  grep -q "restart 1/2: server 1 on $(netns_addr 2) lost its ssh session" "$work/job.out" ||
     fail "ssh.sh did not see server 1's session lost"
-  grep -q "registered to replace the lost server" "$work/logs/scheduler.log" || fail "no replacement server registered"
-  grep -q "recovered from " "$work/logs/scheduler.log" || fail "the servers did not restore the checkpoint"
+  grep -q "registered to replace the lost server" "$work/job/scheduler.out" || fail "no replacement server registered"
+  grep -q "recovered from .*/ckpt-" "$work/job/scheduler.out" || fail "the servers did not restore the checkpoint"
+  grep -q "recoveries=1 " <<<"$final" || fail "the final line does not count one recovery"
+  [ "$(grep -c '^== server 1 on ' "$work/job/server1.log")" -eq 2 ] || fail "server1.log does not show two starts"
 fi
 
-# Nothing of the job is left: only the five sshds live in the namespaces.
-for _ in $(seq 1 20); do
-  rest=$(for p in $(netns_pids); do [ "$(cat "/proc/$p/comm" 2>/dev/null)" != sshd ] && echo "$p"; done || true)
-  [ -z "$rest" ] && break
-  sleep 0.5
+check_none_left "after ssh.sh ended"
+echo "job: auc=$auc oracle_auc=$oracle in ${elapsed}s (5 hosts over ssh)"
+if [ "$link_cut" -eq 1 ]; then
+  echo "PASSED (link cut): auc=$auc oracle_auc=$oracle in ${elapsed}s"
+  exit 0
+fi
+
+# 2. A remote worker killed with SIGKILL is started again on its host; then
+# SIGTERM (as Ctrl-C) to the launcher: the scheduler checkpoints and stops
+# the job, and nothing is left.
+launch stop --epochs 100
+wait_for "$work/stop/scheduler.out" "epoch 1/100" "the second job did not start training"
+wpid=$(sed -n 's/.*registered WORKER rank 0 as node [0-9]* ([^ ]* pid \([0-9]*\).*/\1/p' "$work/stop/scheduler.log" | head -n 1)
+[ -n "$wpid" ] || fail "no pid for worker rank 0 in the scheduler's log"
+kill -9 "$wpid"
+wait_for "$work/stop.out" "restart 1/2: worker [12] on .* was killed by signal 9" "ssh.sh did not restart the killed worker"
+for _ in $(seq 1 300); do
+  [ "$(grep -c "registered WORKER rank" "$work/stop/scheduler.log")" -ge 3 ] && break
+  sleep 0.2
 done
-[ -z "$rest" ] || fail "processes left in the namespaces after ssh.sh ended: $(ps -o pid=,args= -p "$(echo $rest | tr ' ' ,)")"
-echo "PASSED$([ "$link_cut" -eq 1 ] && echo " (link cut)"): auc=$auc oracle_auc=$oracle in ${elapsed}s (5 hosts over ssh)"
+[ "$(grep -c "registered WORKER rank" "$work/stop/scheduler.log")" -ge 3 ] || fail "the new worker did not register"
+kill -TERM "$launcher_pid"
+set +e
+wait "$launcher_pid"
+rc=$?
+set -e
+launcher_pid=""
+[ "$rc" -eq 0 ] || { sed 's/^/  | /' "$work/stop.out"; fail "ssh.sh exited with status $rc after SIGTERM"; }
+grep -q "^stopped; to continue the job: launch/ssh.sh .*--resume $work/stop/checkpoints" "$work/stop.out" ||
+  { sed 's/^/  | /' "$work/stop.out"; fail "no 'stopped; ... --resume' line after SIGTERM"; }
+ls "$work"/stop/checkpoints/ckpt-*/MANIFEST >/dev/null 2>&1 || fail "no complete checkpoint after the SIGTERM stop"
+check_none_left "after ssh.sh stopped on SIGTERM"
+echo "stop: a killed worker was restarted; SIGTERM checkpointed and stopped the job"
+
+# 3. The launcher killed with SIGKILL: every remote process dies with it.
+launch orphan --epochs 100
+wait_for "$work/orphan/scheduler.out" "epoch 1/100" "the third job did not start training"
+kill -9 "$launcher_pid"
+wait "$launcher_pid" 2>/dev/null || true
+launcher_pid=""
+check_none_left "after ssh.sh was killed with SIGKILL"
+echo "orphan: SIGKILL of ssh.sh left no process on any host"
+echo "PASSED: auc=$auc oracle_auc=$oracle in ${elapsed}s"
