@@ -152,7 +152,7 @@ while IFS= read -r line || [ -n "$line" ]; do
       server)
         for _ in $(seq 1 "$count"); do
           p="${next_port[$target]:-$server_port}"
-          [ "$p" = "$port" ] && [ "$target" = "$s_target" ] && p=$((p + 1))
+          [ "$p" = "$port" ] && p=$((p + 1))  # never the scheduler's port
           srv_target+=("$target") srv_addr+=("$addr") srv_port+=("$p") srv_where+=("$where")
           next_port[$target]=$((p + 1))
         done ;;
@@ -174,6 +174,7 @@ log_dir="$(cd "$log_dir" && pwd)"
 echo "logs in $log_dir"
 ctl_dir="$(mktemp -d "$log_dir/.ctl.XXXXXX")"
 run_id="$(basename "$ctl_dir" | tr -dc 'A-Za-z0-9')$$"
+trap 'rm -rf "$ctl_dir"' EXIT  # (the full cleanup replaces it once processes start)
 
 if [ "$secure" -eq 1 ] && [ -z "$keys_dir" ]; then
   keys_dir="$log_dir/keys"
@@ -234,15 +235,18 @@ done
 [ "$bad" -eq 0 ] || exit 2
 if [ -n "$copy_to" ]; then
   echo "copying the binary, the config${keys_dir:+ and the keys} to $copy_to on each host ..."
-  scp_base=(scp "${ssh_opts[@]+"${ssh_opts[@]}"}" -o BatchMode=yes -o ConnectTimeout="$connect_timeout" -q -p)
+  # Staged here under their remote names, then one scp per host.
+  stage="$ctl_dir/stage"
+  mkdir -p "$stage"
+  cp -p "$binary" "$stage/ember"
+  cp "$config" "$stage/job.conf"
+  [ -n "$keys_dir" ] && cp -rp "$keys_dir" "$stage/keys"
   for h in "${hosts[@]}"; do
-    remote "$h" mkdir -p -m 700 "$copy_to" </dev/null || die "${host_line[$h]}: cannot make $copy_to on $h"
-    "${scp_base[@]}" "$binary" "$h:$copy_to/ember" </dev/null &&
-      "${scp_base[@]}" "$config" "$h:$copy_to/job.conf" </dev/null &&
-      { [ -z "$keys_dir" ] || "${scp_base[@]}" -r "$keys_dir" "$h:$copy_to/keys.new" </dev/null; } &&
-      { [ -z "$keys_dir" ] || remote "$h" sh -c 'rm -rf "$1/keys" && mv "$1/keys.new" "$1/keys"' mv "$copy_to" </dev/null; } ||
-      die "${host_line[$h]}: copying to $h:$copy_to failed"
+    { remote "$h" mkdir -p -m 700 "$copy_to" </dev/null &&
+      scp "${ssh_opts[@]+"${ssh_opts[@]}"}" -o BatchMode=yes -o ConnectTimeout="$connect_timeout" -q -p -r \
+        "$stage"/* "$h:$copy_to/" </dev/null; } || die "${host_line[$h]}: copying to $h:$copy_to failed"
   done
+  rm -rf "$stage"
 fi
 remote "$s_target" mkdir -p "$job_dir" "$checkpoint_dir" "$(dirname "$export_dir")" </dev/null ||
   die "$s_where: cannot make $job_dir on $s_target"

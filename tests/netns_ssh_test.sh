@@ -98,6 +98,7 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin prohibit-password
 StrictModes no
+Subsystem sftp /usr/lib/openssh/sftp-server
 ClientAliveInterval 5
 ClientAliveCountMax 3
 CONF
@@ -193,11 +194,19 @@ check_no_token() {
 
 # 1. A job to its final line (with --link-cut: through a cut link).
 extra=(--epochs 3)
-[ "$link_cut" -eq 1 ] && extra+=(--checkpoint-every 3)
+# The link-cut job also copies the binary, config and keys to each host
+# (--copy-to; the hosts share this file system, so it is the same directory).
+[ "$link_cut" -eq 1 ] && extra+=(--checkpoint-every 3 --copy-to "$work/remote" --job-dir "$work/job")
 t0=$SECONDS
 launch job "${extra[@]}"
 wait_for "$work/job/scheduler.out" "cluster up" "the job did not come up"
 check_no_token
+if [ "$link_cut" -eq 1 ]; then
+  [ -x "$work/remote/ember" ] && [ -f "$work/remote/job.conf" ] && [ -f "$work/remote/keys/authorized_keys" ] ||
+    fail "--copy-to: no ember, job.conf or keys/ in $work/remote"
+  pgrep -f -- "^$work/remote/ember server --keys_dir=$work/remote/keys" >/dev/null ||
+    fail "--copy-to: no server runs the copied binary with the copied keys"
+fi
 if [ "$link_cut" -eq 1 ]; then
   # After the first complete checkpoint taken while training (the second:
   # the first is taken before training starts), mid-epoch: cut server 1's
