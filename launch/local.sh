@@ -169,7 +169,7 @@ endpoint="tcp://127.0.0.1:$port"
 # Every process of this run registers with this token, so a stray process
 # of another job cannot join (docs/security.md). In the environment, not on
 # the command line, so `ps` does not show it.
-EMBER_JOB_TOKEN="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+EMBER_JOB_TOKEN="$(ember_job_token)"
 export EMBER_JOB_TOKEN
 key_flags=()
 if [ "$secure" -eq 1 ]; then
@@ -244,8 +244,9 @@ start_cluster() {  # [--resume]
   for i in $(seq 1 "$workers"); do start_worker "$i"; done
 }
 if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
-# The scheduler's progress lines, live (the file outlives restarts).
-tail -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
+# The scheduler's progress lines, live (the file outlives restarts); --pid: tail
+# ends with this script, even one killed with SIGKILL.
+tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
 # Poll every process. One killed by a signal (not ours) is started again;
@@ -318,37 +319,8 @@ if [ "$status" -eq 0 ] && grep -q '^stopped:' "$log_dir/scheduler.out"; then
   exit 0
 fi
 if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
-  # Why, once: the scheduler's error (the job's view) first, then the failed
-  # process's, then the rest, tagged by log; a line that repeats one already
-  # shown (or is contained in it) is dropped.
-  {
-    for f in scheduler "${failed// /}" $(cd "$log_dir" && ls -- *.log 2>/dev/null | sed 's/\.log$//' | sort -V); do
-      [ -f "$log_dir/$f.log" ] || continue
-      sed -n 's/^error: //p' "$log_dir/$f.log" | head -3 | sed "s/^/$f: /"
-    done
-  } | awk '{ m = $0; sub(/^[a-z]+[0-9]*: /, "", m); sub(/^job failed: /, "", m)
-             for (i = 0; i < n; i++) if (index(shown[i], m) || index(m, shown[i])) next
-             shown[n++] = m; print "  " $0 }' | head -6 >&2
+  ember_explain_failure "$log_dir" "$failed"
   echo "error: the job failed (see $log_dir)" >&2
   exit 1
 fi
-final=$(grep '^final:' "$log_dir/scheduler.out" | tail -1)
-echo "$final"
-# The servable model: the job's last export, scored on the test split by
-# `ember predict` (outside the cluster), beside the job's own evaluation.
-bundle=$(sed -n 's/^export [0-9]* .* -> //p' "$log_dir/scheduler.out" | tail -1)
-if [ -z "$bundle" ]; then
-  echo "error: the job exported no model (see $log_dir/scheduler.out)" >&2
-  exit 1
-fi
-predictions="$log_dir/predictions.tsv"
-n=1
-while [ -e "$predictions" ]; do predictions="$log_dir/predictions.$n.tsv"; n=$((n + 1)); done
-if ! predict=$("$ember" predict --bundle="$bundle" --out="$predictions" 2>"$log_dir/predict.log"); then
-  sed 's/^/  predict: /' "$log_dir/predict.log" | tail -3 >&2
-  echo "error: ember predict failed on the exported model $bundle" >&2
-  exit 1
-fi
-export_auc=$(sed -n 's/.* auc=\([^ ]*\).*/\1/p' <<<"$predict")
-echo "exported: bundle=$bundle export_auc=${export_auc:-n/a} (ember predict on the test split; the job's auc=$(sed -n 's/^final: auc=\([^ ]*\).*/\1/p' <<<"$final")) predictions=$predictions"
-echo "serve it: $ember serve --bundle=$export_dir --port=8500 --watch   (README.md: Serving over HTTP)"
+ember_report_final "$ember" "$log_dir" "$export_dir" || exit 1
