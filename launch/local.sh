@@ -249,66 +249,11 @@ if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
 tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2> /dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
-# Poll every process. One killed by a signal (not ours) is started again;
-# any other failure stops the rest.
-status=0
-failed=""
-restarts=0
-finished=()  # finished[i]=1 once pids[i] exited 0
-while [ "$status" -eq 0 ]; do
-  alive=0
-  for i in "${!pids[@]}"; do
-    [ "${finished[$i]:-0}" -eq 1 ] && continue
-    p="${pids[$i]}"
-    if kill -0 "$p" 2>/dev/null; then
-      alive=1
-      continue
-    fi
-    set +e
-    { wait "$p"; rc=$?; } 2>/dev/null  # (bash would print "Killed")
-    set -e
-    if [ "$rc" -eq 0 ]; then
-      finished[$i]=1
-      continue
-    fi
-    how="exited with status $rc"
-    [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
-    role="${roles[$i]}"
-    sched_alive=0
-    kill -0 "${pids[0]}" 2>/dev/null && sched_alive=1
-    if [ "$rc" -gt 128 ] && [ "$stopping" -eq 0 ] && [ "$restarts" -lt "$max_restarts" ] &&
-       { [ "$role" = scheduler ] || [ "$sched_alive" -eq 1 ]; }; then
-      restarts=$((restarts + 1))
-      if [ "$role" = scheduler ]; then
-        if [ -z "$(ls -d "$checkpoint_dir"/ckpt-* 2>/dev/null)" ]; then
-          echo "error: the scheduler (pid $p) $how before the first checkpoint; nothing to resume" >&2
-          status=$rc; failed=scheduler; break
-        fi
-        echo "restart $restarts/$max_restarts: the scheduler (pid $p) $how; restarting the cluster with --resume" >&2
-        for j in "${!pids[@]}"; do [ "$j" -ne 0 ] && kill -9 "${pids[$j]}" 2>/dev/null || true; done
-        for j in "${!pids[@]}"; do { wait "${pids[$j]}"; } 2>/dev/null || true; done
-        finished=()
-        start_cluster --resume
-      else
-        echo "restart $restarts/$max_restarts: $role (pid $p) $how; starting a new one" >&2
-        case "$role" in
-          server*) start_server "${role#server }" ;;
-          worker*) start_worker "${role#worker }" ;;
-        esac
-      fi
-      alive=1
-      continue
-    fi
-    status=$rc
-    failed="$role"
-    echo "error: $failed (pid $p) $how; stopping the cluster (logs in $log_dir)" >&2
-    break
-  done
-  [ "$alive" -eq 0 ] && break
-  [ "$status" -eq 0 ] && sleep 0.5
-# bash reports a child killed by a signal ("line N: PID Killed ..."), the
-# restart line says it better.
-done 2> >(grep --line-buffered -Ev '^[^ ]*local\.sh: line [0-9]+: +[0-9]+ Killed' >&2)
+# Restart what dies, as Kubernetes or Slurm would (ember_supervise, setup.sh).
+ember_slot_where() { echo "(pid ${pids[$1]})"; }
+ember_slot_ready() { return 0; }
+ember_has_checkpoint() { ls "$checkpoint_dir"/ckpt-*/MANIFEST >/dev/null 2>&1; }
+ember_supervise
 kill "$tail_pid" 2>/dev/null || true
 wait "$tail_pid" 2>/dev/null || true
 tail_pid=""

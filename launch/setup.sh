@@ -15,7 +15,11 @@ EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libproto
 # and `ember k8s`'s manifests are checked offline (python3-yaml, kubectl:
 # tests/k8s_manifest_test.sh).
 EMBER_TEST_PACKAGES="python3-matplotlib clang libfuzzer-14-dev slurm-wlm munge iproute2 iputils-ping openssh-server
-  python3-yaml kubernetes-client"
+  python3-yaml"
+# Debian's kubectl is kubernetes-client; a machine that has a kubectl from
+# elsewhere (e.g. a cloud SDK's package, which owns /usr/bin/kubectl and makes
+# kubernetes-client fail to install) keeps its own.
+command -v kubectl >/dev/null 2>&1 || EMBER_TEST_PACKAGES+=" kubernetes-client"
 
 # ember_install_deps [PACKAGE...]: installs EMBER_PACKAGES and the given
 # packages that are not installed yet (apt-get; sudo when not root).
@@ -86,4 +90,89 @@ ember_report_final() {
   export_auc=$(sed -n 's/.* auc=\([^ ]*\).*/\1/p' <<<"$predict")
   echo "exported: bundle=$bundle export_auc=${export_auc:-n/a} (ember predict on the test split; the job's auc=$(sed -n 's/^final: auc=\([^ ]*\).*/\1/p' <<<"$final")) predictions=$predictions"
   echo "serve it: $ember serve --bundle=$export_dir --port=8500 --watch   (README.md: Serving over HTTP)"
+}
+
+# ember_supervise: the launchers' restart rules, one loop for local.sh and
+# ssh.sh. It polls the processes in pids[] (roles[] names each: "scheduler"
+# in slot 0, "server I", "worker I") until every one has exited 0, or one
+# fails. A process killed by a signal (exit status > 128; ssh's 255, a lost
+# session, counts too) while the job is not stopping is started again, at
+# most max_restarts times in all: a server or worker alone, if the scheduler
+# lives (the scheduler restores every server from the newest checkpoint, or
+# requeues the worker's chunks); the scheduler with the whole cluster and
+# --resume, if a complete checkpoint exists. Any other exit stops the job.
+# The launcher defines start_cluster [--resume], start_server I,
+# start_worker I, and three hooks:
+#   ember_slot_where I      how the messages name slot I: "(pid P)", "on HOST"
+#   ember_slot_ready I      0 when slot I may be started again (ssh.sh: its
+#                           host answers); else the job stops
+#   ember_has_checkpoint    0 when a complete checkpoint exists (a MANIFEST)
+# EMBER_STATUS_255, if set, says what an exit status of 255 means (ssh.sh: a
+# lost session). It reads stopping, max_restarts and log_dir, and sets status (the failed
+# process's exit status, 0 if none) and failed (its role).
+ember_supervise() {
+  local i j p rc how role where alive restarts=0 finished=()
+  status=0
+  failed=""
+  while [ "$status" -eq 0 ]; do
+    alive=0
+    for i in "${!pids[@]}"; do
+      [ "${finished[$i]:-0}" -eq 1 ] && continue
+      p="${pids[$i]}"
+      if kill -0 "$p" 2>/dev/null; then
+        alive=1
+        continue
+      fi
+      set +e
+      { wait "$p"; rc=$?; } 2>/dev/null  # (bash would print "Killed")
+      set -e
+      if [ "$rc" -eq 0 ]; then
+        finished[$i]=1
+        continue
+      fi
+      role="${roles[$i]}"
+      where="$(ember_slot_where "$i")"
+      how="exited with status $rc"
+      [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
+      [ "$rc" -eq 255 ] && [ -n "${EMBER_STATUS_255:-}" ] && how="$EMBER_STATUS_255"
+      if [ "$rc" -gt 128 ] && [ "$stopping" -eq 0 ] && [ "$restarts" -lt "$max_restarts" ] &&
+         { [ "$role" = scheduler ] || kill -0 "${pids[0]}" 2>/dev/null; }; then
+        restarts=$((restarts + 1))
+        echo "restart $restarts/$max_restarts: $role $where $how" >&2
+        if ! ember_slot_ready "$i"; then
+          echo "error: $role cannot be started again $where; stopping the cluster (logs in $log_dir)" >&2
+          status=$rc failed="$role"
+          break
+        fi
+        if [ "$role" = scheduler ]; then
+          if ! ember_has_checkpoint; then
+            echo "error: the scheduler was lost before the first complete checkpoint; nothing to resume" >&2
+            status=$rc failed=scheduler
+            break
+          fi
+          echo "restarting the cluster with --resume" >&2
+          for j in "${!pids[@]}"; do [ "$j" -ne 0 ] && kill -9 "${pids[$j]}" 2>/dev/null || true; done
+          for j in "${!pids[@]}"; do { wait "${pids[$j]}"; } 2>/dev/null || true; done
+          finished=()
+          start_cluster --resume
+        else
+          echo "starting a new $role" >&2
+          case "$role" in
+            server*) start_server "${role#server }" ;;
+            worker*) start_worker "${role#worker }" ;;
+          esac
+        fi
+        alive=1
+        continue
+      fi
+      status=$rc failed="$role"
+      echo "error: $role $where $how; stopping the cluster (logs in $log_dir)" >&2
+      break
+    done
+    [ "$alive" -eq 0 ] && break
+    [ "$status" -eq 0 ] && sleep 0.5
+  # bash reports a child killed by a signal ("line N: PID Killed ..."); the
+  # restart line says it better.
+  done 2> >(grep --line-buffered -Ev '^[^ ]*\.sh: line [0-9]+: +[0-9]+ (Killed|Terminated)' >&2)
+  return 0
 }

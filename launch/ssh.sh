@@ -403,7 +403,15 @@ wait_reachable() {
   done
   return 1
 }
-has_checkpoint() {
+# The hooks of ember_supervise (setup.sh), which restarts what dies.
+ember_slot_where() { echo "on ${slot_target[$1]}"; }
+EMBER_STATUS_255="lost its ssh session (exit status 255: the host or its link went away, or ssh failed; see its log)"
+ember_slot_ready() {  # a lost host must answer again first
+  wait_reachable "${slot_target[$1]}" ||
+    { echo "error: ${slot_target[$1]} does not answer over ssh after ${reconnect_timeout}s" >&2; return 1; }
+}
+ember_has_checkpoint() {
+  # shellcheck disable=SC2016
   remote "$s_target" sh -c 'ls "$1"/ckpt-*/MANIFEST' ls "$checkpoint_dir" </dev/null >/dev/null 2>&1
 }
 
@@ -412,62 +420,7 @@ if [ "$resume" -eq 1 ]; then start_cluster --resume; else start_cluster; fi
 tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2>/dev/null > >(grep --line-buffered -v '^final:') &
 tail_pid=$!
 
-# Poll every session. A process killed by a signal (exit 128+N) or lost with
-# its ssh connection (255: the host or the link went away) is started again
-# on its host; any other failure stops the rest.
-status=0 failed="" restarts=0
-finished=()
-while [ "$status" -eq 0 ]; do
-  alive=0
-  for i in "${!pids[@]}"; do
-    [ "${finished[$i]:-0}" -eq 1 ] && continue
-    p="${pids[$i]}"
-    if kill -0 "$p" 2>/dev/null; then alive=1; continue; fi
-    set +e
-    { wait "$p"; rc=$?; } 2>/dev/null
-    set -e
-    if [ "$rc" -eq 0 ]; then finished[$i]=1; continue; fi
-    role="${roles[$i]}" target="${slot_target[$i]}"
-    how="exited with status $rc"
-    [ "$rc" -gt 128 ] && how="was killed by signal $((rc - 128)) ($(kill -l "$((rc - 128))" 2>/dev/null || echo ?))"
-    [ "$rc" -eq 255 ] && how="lost its ssh session (exit status 255: the host or its link went away, or ssh failed; see ${role// /}.log)"
-    sched_alive=0
-    kill -0 "${pids[0]}" 2>/dev/null && sched_alive=1
-    if [ "$rc" -gt 128 ] && [ "$stopping" -eq 0 ] && [ "$restarts" -lt "$max_restarts" ] &&
-       { [ "$role" = scheduler ] || [ "$sched_alive" -eq 1 ]; }; then
-      restarts=$((restarts + 1))
-      echo "restart $restarts/$max_restarts: $role on $target $how" >&2
-      if ! wait_reachable "$target"; then
-        echo "error: $target does not answer over ssh after ${reconnect_timeout}s; stopping the cluster" >&2
-        status=$rc; failed="$role"; break
-      fi
-      if [ "$role" = scheduler ]; then
-        if ! has_checkpoint; then
-          echo "error: the scheduler was lost before the first checkpoint; nothing to resume" >&2
-          status=$rc; failed=scheduler; break
-        fi
-        echo "restarting the cluster with --resume" >&2
-        for j in "${!pids[@]}"; do [ "$j" -ne 0 ] && kill "${pids[$j]}" 2>/dev/null || true; done
-        for j in "${!pids[@]}"; do { wait "${pids[$j]}"; } 2>/dev/null || true; done
-        finished=()
-        start_cluster --resume
-      else
-        echo "starting a new $role on $target" >&2
-        case "$role" in
-          server*) start_server "${role#server }" ;;
-          worker*) start_worker "${role#worker }" ;;
-        esac
-      fi
-      alive=1
-      continue
-    fi
-    status=$rc failed="$role"
-    echo "error: $role on $target $how; stopping the cluster (logs in $log_dir)" >&2
-    break
-  done
-  [ "$alive" -eq 0 ] && break
-  [ "$status" -eq 0 ] && sleep 0.5
-done 2> >(grep --line-buffered -Ev '^[^ ]*ssh\.sh: line [0-9]+: +[0-9]+ (Killed|Terminated)' >&2)
+ember_supervise
 kill "$tail_pid" 2>/dev/null || true
 wait "$tail_pid" 2>/dev/null || true
 tail_pid=""
