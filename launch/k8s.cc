@@ -279,10 +279,21 @@ std::string AfterCleanExit(absl::string_view what_then) {
 // PID 1, which ignores signals it has no trap for).
 constexpr char kIdle[] = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
-std::string ContainerHead(const Job& j, absl::string_view role, absl::string_view script) {
-  return absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image),
-                      "\n  command: [\"/bin/sh\", \"-c\"]\n  args:\n  - ", Block(script, 2),
-                      "\n  env:\n", Indent(Env(j), 2), "");
+// The role's one container: `script` run by /bin/sh, the environment, and
+// `mounts`; a role that listens (`port` > 0) also gets the port and its
+// readiness and liveness probes.
+std::string Container(const Job& j, absl::string_view role, absl::string_view script, int port,
+                      absl::string_view mounts) {
+  std::string c = absl::StrCat("- name: ", role, "\n  image: ", Q(j.o.image),
+                               "\n  command: [\"/bin/sh\", \"-c\"]\n  args:\n  - ",
+                               Block(script, 2), "\n  env:\n", Indent(Env(j), 2), "");
+  if (port > 0) {
+    absl::StrAppend(&c, "  ports:\n  - name: ember\n    containerPort: ", port,
+                    "\n    protocol: TCP\n  readinessProbe:\n", Indent(Probe(port, 5, 3), 4),
+                    "  livenessProbe:\n", Indent(Probe(port, 10, 6), 4));
+  }
+  absl::StrAppend(&c, "  volumeMounts:\n", Indent(mounts, 2), "");
+  return c;
 }
 
 std::string ConfigMap(const Job& j) {
@@ -325,12 +336,7 @@ std::string SchedulerDeployment(const Job& j) {
       "exec ",
       j.o.binary, " scheduler", flags, " $resume\n");
   const Volumes v = VolumesFor(j, "scheduler");
-  std::string container = ContainerHead(j, "scheduler", script);
-  absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.scheduler_port,
-                  "\n    protocol: TCP\n  readinessProbe:\n",
-                  Indent(Probe(j.o.scheduler_port, 5, 3), 4), "  livenessProbe:\n",
-                  Indent(Probe(j.o.scheduler_port, 10, 6), 4), "  volumeMounts:\n",
-                  Indent(v.mounts, 2), "");
+  const std::string container = Container(j, "scheduler", script, j.o.scheduler_port, v.mounts);
   return absl::StrCat(
       Header(j.o.name), "apiVersion: apps/v1\nkind: Deployment\n",
       Metadata(j, j.o.name + "-scheduler", "scheduler"),
@@ -366,12 +372,7 @@ std::string ServersStatefulSet(const Job& j) {
       " --host=0.0.0.0 --advertise_host=\"$POD_IP\" \\\n  --port=", j.o.server_port,
       " --rank=\"${POD_NAME##*-}\" ", SecurityFlags(j), " &\n", AfterCleanExit(kIdle));
   const Volumes v = VolumesFor(j, "server");
-  std::string container = ContainerHead(j, "server", script);
-  absl::StrAppend(&container, "  ports:\n  - name: ember\n    containerPort: ", j.o.server_port,
-                  "\n    protocol: TCP\n  readinessProbe:\n",
-                  Indent(Probe(j.o.server_port, 5, 3), 4), "  livenessProbe:\n",
-                  Indent(Probe(j.o.server_port, 10, 6), 4), "  volumeMounts:\n",
-                  Indent(v.mounts, 2), "");
+  const std::string container = Container(j, "server", script, j.o.server_port, v.mounts);
   std::string out = absl::StrCat(
       Header(j.o.name), "apiVersion: apps/v1\nkind: StatefulSet\n",
       Metadata(j, j.o.name + "-server", "server"),
@@ -400,8 +401,7 @@ std::string WorkersJob(const Job& j) {
                                           " --rank=\"$JOB_COMPLETION_INDEX\" ", SecurityFlags(j),
                                           " &\n", AfterCleanExit("exit 0"));
   const Volumes v = VolumesFor(j, "worker");
-  std::string container = ContainerHead(j, "worker", script);
-  absl::StrAppend(&container, "  volumeMounts:\n", Indent(v.mounts, 2), "");
+  const std::string container = Container(j, "worker", script, 0, v.mounts);
   return absl::StrCat(Header(j.o.name), "apiVersion: batch/v1\nkind: Job\n",
                       Metadata(j, j.o.name + "-worker", "worker"),
                       "spec:\n  completionMode: Indexed\n  completions: ", j.workers,

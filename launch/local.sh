@@ -110,9 +110,7 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in servers workers port server_port epochs checkpoint_every export_every max_restarts; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --$v must be a number, got '${!v}'" >&2; exit 2; }
-done
+ember_require_numbers servers workers port server_port epochs checkpoint_every export_every max_restarts
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] || { echo "error: --servers and --workers must be >= 1" >&2; exit 2; }
 [ -f "$config" ] || { echo "error: --config: no such file: $config" >&2; exit 2; }
 if [ "$resume" -eq 1 ] && [ ! -d "$checkpoint_dir" ]; then
@@ -254,18 +252,5 @@ ember_slot_where() { echo "(pid ${pids[$1]})"; }
 ember_slot_ready() { return 0; }
 ember_has_checkpoint() { ls "$checkpoint_dir"/ckpt-*/MANIFEST >/dev/null 2>&1; }
 ember_supervise
-kill "$tail_pid" 2>/dev/null || true
-wait "$tail_pid" 2>/dev/null || true
-tail_pid=""
-cleanup
-pids=()
-if [ "$status" -eq 0 ] && grep -q '^stopped:' "$log_dir/scheduler.out"; then
-  echo "stopped; to continue the job: launch/local.sh --resume $checkpoint_dir (with the same --config/--data-dir)"
-  exit 0
-fi
-if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
-  ember_explain_failure "$log_dir" "$failed"
-  echo "error: the job failed (see $log_dir)" >&2
-  exit 1
-fi
+ember_finish "launch/local.sh --resume $checkpoint_dir"
 ember_report_final "$ember" "$log_dir" "$export_dir" || exit 1

@@ -1,7 +1,8 @@
-# Shared by launch/local.sh, launch/ssh.sh and tests/run.sh: install what is
-# missing (Debian packages only), build, and the launchers' common steps (the
-# job token, the failure summary, the final and exported lines). Source it; it
-# defines functions and changes nothing.
+# Shared by launch/local.sh, launch/ssh.sh, launch/slurm/, bench/net_bench and
+# tests/run.sh: install what is missing (Debian packages only), build, and the
+# launchers' common steps (option checks, the job token, the restart loop, the
+# failure summary, the final and exported lines). Source it; it defines
+# functions and variables and changes nothing.
 
 EMBER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 EMBER_PACKAGES="build-essential cmake pkg-config libzmq3-dev cppzmq-dev libprotobuf-dev protobuf-compiler
@@ -48,6 +49,15 @@ ember_build() {
 # export it as EMBER_JOB_TOKEN (never on a command line: docs/security.md).
 ember_job_token() {
   od -An -N16 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# ember_require_numbers VAR...: each variable holds a whole number >= 0, else
+# exits 2 naming its option (--server-port for server_port).
+ember_require_numbers() {
+  local v
+  for v in "$@"; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --${v//_/-} must be a number, got '${!v}'" >&2; exit 2; }
+  done
 }
 
 # ember_explain_failure LOG_DIR FAILED: why the job failed, once, on stderr:
@@ -175,4 +185,26 @@ ember_supervise() {
   # restart line says it better.
   done 2> >(grep --line-buffered -Ev '^[^ ]*\.sh: line [0-9]+: +[0-9]+ (Killed|Terminated)' >&2)
   return 0
+}
+
+# ember_finish RESUME_COMMAND: after ember_supervise, stops the live view of
+# scheduler.out (tail_pid) and every process (the launcher's cleanup). A job
+# the scheduler stopped (Ctrl-C) ends the script with status 0 and how to
+# continue it (RESUME_COMMAND); a failed one with status 1 and why. It
+# returns only when the scheduler printed its final line.
+ember_finish() {
+  kill "$tail_pid" 2>/dev/null || true
+  wait "$tail_pid" 2>/dev/null || true
+  tail_pid=""
+  cleanup
+  pids=()
+  if [ "$status" -eq 0 ] && grep -q '^stopped:' "$log_dir/scheduler.out"; then
+    echo "stopped; to continue the job: $1 (with the same --config/--data-dir)"
+    exit 0
+  fi
+  if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
+    ember_explain_failure "$log_dir" "$failed"
+    echo "error: the job failed (see $log_dir)" >&2
+    exit 1
+  fi
 }

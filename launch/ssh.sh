@@ -104,9 +104,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 die() { echo "error: $*" >&2; exit 2; }
-for v in port server_port epochs checkpoint_every export_every max_restarts connect_timeout lost_after reconnect_timeout; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || die "--${v//_/-} must be a number, got '${!v}'"
-done
+ember_require_numbers port server_port epochs checkpoint_every export_every max_restarts connect_timeout lost_after \
+  reconnect_timeout
 [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "--port must be a fixed port in [1, 65535]"
 [ "$server_port" -ge 1 ] && [ "$server_port" -le 65535 ] || die "--server-port must be a port in [1, 65535]"
 [ "$lost_after" -ge 3 ] || die "--lost-after must be at least 3 (seconds)"
@@ -421,20 +420,7 @@ tail --pid=$$ -n +1 -f "$log_dir/scheduler.out" 2>/dev/null > >(grep --line-buff
 tail_pid=$!
 
 ember_supervise
-kill "$tail_pid" 2>/dev/null || true
-wait "$tail_pid" 2>/dev/null || true
-tail_pid=""
-cleanup
-pids=()
-if [ "$status" -eq 0 ] && grep -q '^stopped:' "$log_dir/scheduler.out"; then
-  echo "stopped; to continue the job: launch/ssh.sh --hostfile $hostfile --resume $checkpoint_dir (with the same --config/--data-dir)"
-  exit 0
-fi
-if [ "$status" -ne 0 ] || ! grep -q '^final:' "$log_dir/scheduler.out"; then
-  ember_explain_failure "$log_dir" "$failed"
-  echo "error: the job failed (see $log_dir)" >&2
-  exit 1
-fi
+ember_finish "launch/ssh.sh --hostfile $hostfile --resume $checkpoint_dir"
 if [ -d "$export_dir" ]; then
   ember_report_final "$binary" "$log_dir" "$export_dir" || exit 1
 else

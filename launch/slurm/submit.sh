@@ -7,6 +7,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
+source "$root/launch/setup.sh"
 
 servers=1 workers=1 nodes=1 port=27100 server_port=0 epochs=0 checkpoint_every=0 max_requeues=2
 config="$root/examples/local.conf" data_dir="" job_dir="" keys_dir="" insecure=0 wait=0
@@ -57,9 +58,7 @@ while [ $# -gt 0 ]; do
     *) echo "error: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in servers workers nodes port server_port epochs checkpoint_every max_requeues; do
-  [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "error: --${v//_/-} must be a number, got '${!v}'" >&2; exit 2; }
-done
+ember_require_numbers servers workers nodes port server_port epochs checkpoint_every max_requeues
 [ "$servers" -ge 1 ] && [ "$workers" -ge 1 ] && [ "$nodes" -ge 1 ] ||
   { echo "error: --servers, --workers and --nodes must be >= 1" >&2; exit 2; }
 [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || { echo "error: --port must be a fixed port in [1, 65535]" >&2; exit 2; }
