@@ -240,8 +240,17 @@ if [ -n "$copy_to" ]; then
   cp -p "$binary" "$stage/ember"
   cp "$config" "$stage/job.conf"
   [ -n "$keys_dir" ] && cp -rp "$keys_dir" "$stage/keys"
+  # Never over files it did not put there: DIR must be new, empty, or one
+  # this script made (its marker file .ember-ssh-copy).
+  # shellcheck disable=SC2016
+  prepare='d=$1
+if [ -e "$d" ] && [ ! -e "$d/.ember-ssh-copy" ] && [ -n "$(ls -A "$d" 2>/dev/null)" ]; then
+  echo "$d exists, is not empty and was not made by launch/ssh.sh --copy-to; give a new directory" >&2
+  exit 3
+fi
+mkdir -p -m 700 "$d" && touch "$d/.ember-ssh-copy"'
   for h in "${hosts[@]}"; do
-    { remote "$h" mkdir -p -m 700 "$copy_to" </dev/null &&
+    { remote "$h" sh -c "$prepare" prepare "$copy_to" </dev/null &&
       scp "${ssh_opts[@]+"${ssh_opts[@]}"}" -o BatchMode=yes -o ConnectTimeout="$connect_timeout" -q -p -r \
         "$stage"/* "$h:$copy_to/" </dev/null; } || die "${host_line[$h]}: copying to $h:$copy_to failed"
   done

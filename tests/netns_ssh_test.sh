@@ -54,6 +54,7 @@ cleanup() {
     kill -9 "$launcher_pid" 2>/dev/null
   fi
   netns_down
+  [ "${made_run_sshd:-0}" -eq 1 ] && rmdir /run/sshd 2>/dev/null
   local left
   left=$(leftovers)
   [ -n "$left" ] && kill -9 $left 2>/dev/null
@@ -84,7 +85,10 @@ chmod 700 "$work/ssh"
 ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/host_key" -C ember-test-host
 ssh-keygen -q -t ed25519 -N '' -f "$work/ssh/id" -C ember-test-client
 cp "$work/ssh/id.pub" "$work/ssh/authorized_keys"
-[ -d /run/sshd ] || mkdir -p -m 755 /run/sshd  # sshd's privilege separation directory (Debian: made at boot)
+# sshd's privilege separation directory (Debian makes it at boot); removed
+# again in the cleanup if this test made it.
+made_run_sshd=0
+[ -d /run/sshd ] || { mkdir -p -m 755 /run/sshd && made_run_sshd=1; }
 for i in 1 2 3 4 5; do
   echo "$(netns_addr "$i") $(cut -d' ' -f1-2 "$work/ssh/host_key.pub")" >>"$work/ssh/known_hosts"
   cat >"$work/sshd/$i.conf" <<CONF
@@ -197,6 +201,21 @@ extra=(--epochs 3)
 # The link-cut job also copies the binary, config and keys to each host
 # (--copy-to; the hosts share this file system, so it is the same directory).
 [ "$link_cut" -eq 1 ] && extra+=(--checkpoint-every 3 --copy-to "$work/remote" --job-dir "$work/job")
+if [ "$link_cut" -eq 1 ]; then
+  # --copy-to never writes into a directory it did not make: one holding a
+  # file of its own is refused before anything starts, and left as it was.
+  mkdir -p "$work/foreign"
+  echo "the user's file" >"$work/foreign/ember"
+  if ip netns exec "$prefix-1" "$root/launch/ssh.sh" "${flags[@]}" --log-dir "$work/foreign-logs" \
+       --copy-to "$work/foreign" >"$work/foreign.out" 2>&1; then
+    fail "--copy-to into a directory ssh.sh did not make was not refused"
+  fi
+  grep -q "was not made by launch/ssh.sh --copy-to" "$work/foreign.out" ||
+    { sed 's/^/  | /' "$work/foreign.out"; fail "--copy-to: the refusal does not say why"; }
+  [ "$(cat "$work/foreign/ember")" = "the user's file" ] && [ "$(ls -A "$work/foreign")" = ember ] ||
+    fail "--copy-to changed a directory it did not make: $(ls -A "$work/foreign")"
+  echo "copy-to: a directory ssh.sh did not make is refused and left as it was"
+fi
 t0=$SECONDS
 launch job "${extra[@]}"
 wait_for "$work/job/scheduler.out" "cluster up" "the job did not come up"
